@@ -1,0 +1,81 @@
+//! Command-line and environment configuration of the ingest server.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+/// Configuration of a stand-alone ingest server.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to serve gRPC on; port 0 picks a free port.
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+    /// The queue: `embedded` (a file in --data-dir) or `embedded:PATH`.
+    #[arg(long, env = "TRIBUTARY_QUEUE", default_value = "embedded")]
+    pub queue: String,
+    /// Directory for the embedded queue's file.
+    #[arg(long, env = "TRIBUTARY_DATA_DIR", default_value = "tributary-data")]
+    pub data_dir: PathBuf,
+    #[command(flatten)]
+    pub limits: Limits,
+}
+
+/// Limits and timings of the Ingest service.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Limits {
+    /// Most records one Publish stream may have waiting for the queue; the
+    /// server stops reading the stream until acks bring it below.
+    #[arg(long, env = "TRIBUTARY_PUBLISH_WINDOW", default_value_t = 20_000)]
+    pub publish_window: usize,
+    /// Largest gRPC request message accepted, in bytes; larger requests get
+    /// RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TRIBUTARY_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
+    pub max_message_bytes: usize,
+    /// Largest single record accepted, in encoded bytes; a larger record is
+    /// rejected alone with RESOURCE_EXHAUSTED.
+    #[arg(long, env = "TRIBUTARY_MAX_RECORD_BYTES", default_value_t = 64 << 10)]
+    pub max_record_bytes: usize,
+    /// Deliveries of a batch before its parser dead-letters what still fails.
+    #[arg(long, env = "TRIBUTARY_MAX_ATTEMPTS", default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Milliseconds a delivery may stay unacknowledged before it is
+    /// redelivered, when the subscriber does not choose.
+    #[arg(long, env = "TRIBUTARY_ACK_DEADLINE_MS", default_value_t = 30_000)]
+    pub ack_deadline_ms: u32,
+    /// Records a Pull subscriber may hold unacknowledged, when it does not
+    /// choose.
+    #[arg(long, env = "TRIBUTARY_MAX_OUTSTANDING", default_value_t = 10_000)]
+    pub max_outstanding: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            publish_window: 20_000,
+            max_message_bytes: 4 << 20,
+            max_record_bytes: 64 << 10,
+            max_attempts: 5,
+            ack_deadline_ms: 30_000,
+            max_outstanding: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    /// Checks that the limits make sense together.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.publish_window > 0, "--publish-window must be at least 1");
+        anyhow::ensure!(self.max_attempts > 0, "--max-attempts must be at least 1");
+        anyhow::ensure!(self.ack_deadline_ms >= 100, "--ack-deadline-ms must be at least 100");
+        anyhow::ensure!(
+            self.max_record_bytes <= self.max_message_bytes,
+            "--max-record-bytes ({}) cannot exceed --max-message-bytes ({})",
+            self.max_record_bytes,
+            self.max_message_bytes
+        );
+        Ok(())
+    }
+
+    /// The default ack deadline.
+    pub fn ack_deadline(&self) -> Duration {
+        Duration::from_millis(u64::from(self.ack_deadline_ms))
+    }
+}

@@ -1,0 +1,92 @@
+//! The `tributary.v1.Ingest` handlers: they translate between proto and the
+//! publish and pull logic, nothing more.
+
+use std::{pin::Pin, sync::Arc};
+
+use futures::Stream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tributary::{
+    proto::{
+        PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse, PullRequest,
+        PullResponse, ingest_server::Ingest,
+    },
+    queue::Queue,
+};
+
+use crate::{Limits, publish, pull};
+
+type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// The Ingest service over one queue.
+#[derive(Clone)]
+pub struct IngestService {
+    pub(crate) queue: Arc<dyn Queue>,
+    pub(crate) limits: Arc<Limits>,
+    pub(crate) shutdown: CancellationToken,
+}
+
+impl IngestService {
+    /// A service publishing to and pulling from `queue`. Streams end when
+    /// `shutdown` is cancelled.
+    pub fn new(queue: Arc<dyn Queue>, limits: Limits, shutdown: CancellationToken) -> Self {
+        Self {
+            queue,
+            limits: Arc::new(limits),
+            shutdown,
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl Ingest for IngestService {
+    type PublishStream = ResponseStream<PublishResponse>;
+    type PullStream = ResponseStream<PullResponse>;
+
+    async fn publish(
+        &self,
+        request: Request<Streaming<PublishRequest>>,
+    ) -> Result<Response<Self::PublishStream>, Status> {
+        let traceparent = traceparent(&request);
+        Ok(Response::new(publish::stream(
+            self.clone(),
+            request.into_inner(),
+            traceparent,
+        )))
+    }
+
+    async fn publish_batch(
+        &self,
+        request: Request<PublishBatchRequest>,
+    ) -> Result<Response<PublishBatchResponse>, Status> {
+        let traceparent = traceparent(&request);
+        let outcome = publish::accept(
+            &self.queue,
+            &self.limits,
+            request.into_inner().records,
+            traceparent,
+        )
+        .await;
+        Ok(Response::new(PublishBatchResponse {
+            accepted: outcome.accepted,
+            duplicates: outcome.duplicates,
+            rejections: outcome.rejections,
+        }))
+    }
+
+    async fn pull(
+        &self,
+        request: Request<Streaming<PullRequest>>,
+    ) -> Result<Response<Self::PullStream>, Status> {
+        let stream = pull::stream(self.clone(), request.into_inner()).await?;
+        Ok(Response::new(stream))
+    }
+}
+
+fn traceparent<T>(request: &Request<T>) -> Option<String> {
+    request
+        .metadata()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+}

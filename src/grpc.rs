@@ -1,0 +1,110 @@
+//! What every Tributary gRPC server has: health, reflection (v1 and v1alpha,
+//! since the grpcurl that package managers ship speaks only v1alpha), the
+//! status mapping for oversized messages, and graceful serving.
+
+use std::{future::Future, time::Duration};
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{
+    codegen::http,
+    server::NamedService,
+    service::{Routes, RoutesBuilder},
+    transport::Server,
+};
+use tonic_health::{ServingStatus, server::HealthReporter};
+
+use crate::proto::FILE_DESCRIPTOR_SET;
+
+/// How long a server waits for open streams to finish after shutdown starts.
+pub const GRACE: Duration = Duration::from_secs(10);
+
+/// Adds health and reflection to `routes` and returns the health reporter,
+/// with every name in `serving` (and the server as a whole) marked SERVING.
+pub async fn add_standard_services(
+    routes: &mut RoutesBuilder,
+    serving: &[&str],
+) -> HealthReporter {
+    let (reporter, health) = tonic_health::server::health_reporter();
+    for name in serving {
+        reporter.set_service_status(*name, ServingStatus::Serving).await;
+    }
+    reporter.set_service_status("", ServingStatus::Serving).await;
+    let v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .expect("the embedded descriptor set was produced by protox from our own protos");
+    let v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .expect("the embedded descriptor set was produced by protox from our own protos");
+    routes.add_service(health).add_service(v1).add_service(v1alpha);
+    reporter
+}
+
+/// The fully qualified name of a generated service, for health checks.
+pub fn service_name<S: NamedService>() -> &'static str {
+    S::NAME
+}
+
+/// Serves `routes` on `listener` until `shutdown` is cancelled, then lets open
+/// streams finish for up to [`GRACE`].
+pub async fn serve(
+    listener: TcpListener,
+    routes: Routes,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let server = Server::builder()
+        // tonic reports a message over the decoding limit as OUT_OF_RANGE;
+        // gRPC's convention (and our contract) is RESOURCE_EXHAUSTED. The
+        // rewrite is a layer so that every service gets it, unary included.
+        .layer(tower::util::MapResponseLayer::new(too_large_is_exhausted))
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .add_routes(routes)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+    drain(server, &shutdown).await
+}
+
+/// Runs `server` to completion, but gives up [`GRACE`] after `shutdown`.
+pub async fn drain<E>(
+    server: impl Future<Output = Result<(), E>>,
+    shutdown: &CancellationToken,
+) -> Result<(), E> {
+    tokio::pin!(server);
+    tokio::select! {
+        result = &mut server => return result,
+        () = shutdown.cancelled() => {}
+    }
+    match tokio::time::timeout(GRACE, server).await {
+        Ok(result) => result,
+        Err(_) => {
+            tracing::warn!(grace_secs = GRACE.as_secs(), "streams still open after the grace period; closing them");
+            Ok(())
+        }
+    }
+}
+
+fn too_large_is_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
+    let headers = response.headers_mut();
+    let too_large = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .is_some_and(|m| String::from_utf8_lossy(m.as_bytes()).contains("too large"));
+    if too_large {
+        headers.insert("grpc-status", http::HeaderValue::from_static("8"));
+    }
+    response
+}
+
+/// Maps an error met while reading a request stream to the status to answer
+/// with: oversized messages become RESOURCE_EXHAUSTED, as on unary calls.
+pub fn inbound_status(status: tonic::Status) -> tonic::Status {
+    if status.code() == tonic::Code::OutOfRange && status.message().contains("too large") {
+        tonic::Status::resource_exhausted(status.message().to_owned())
+    } else {
+        status
+    }
+}

@@ -1,0 +1,13 @@
+//! Shared library of the Tributary streaming mesh: the protobuf contracts, the
+//! queue and store traits with their backends, and the plumbing every service
+//! shares (gRPC standard services, shutdown, telemetry).
+#![forbid(unsafe_code)]
+
+pub mod clock;
+pub mod grpc;
+pub mod kind;
+pub mod proto;
+pub mod queue;
+pub mod shutdown;
+pub mod store;
+pub mod telemetry;

@@ -1,0 +1,180 @@
+//! The durable queue between the ingest tier and the parsers.
+//!
+//! One queue message carries a batch of records of one kind, as one producer
+//! published them: per-message costs (a durable write, an ack) are then paid
+//! once per batch, not once per record. Consumer groups are named after parser
+//! types: every group sees every message of its kinds, and the subscribers of
+//! one group share its messages.
+//!
+//! Nothing above this trait knows which backend is in use; [`open`] picks one
+//! from a URL.
+
+pub mod embedded;
+
+use std::{path::Path, sync::Arc, time::Duration};
+
+use async_trait::async_trait;
+
+use crate::{
+    kind::KindSet,
+    proto::{Record, RecordKind},
+};
+
+/// Errors a caller of the queue can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum QueueError {
+    /// The backend could not do the work now; the caller may retry.
+    #[error("queue unavailable: {0}")]
+    Unavailable(String),
+    /// The request names something the queue does not know or accept.
+    #[error("invalid queue request: {0}")]
+    Invalid(String),
+    /// The queue URL is malformed or names an unknown backend.
+    #[error("bad queue URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// Records of one kind to append as one queue message.
+#[derive(Debug, Clone)]
+pub struct Batch {
+    /// The kind of every record in `records`.
+    pub kind: RecordKind,
+    /// The records, already validated by the ingest server.
+    pub records: Vec<Record>,
+    /// When the ingest server accepted them, in microseconds since the epoch.
+    pub received_at: i64,
+    /// W3C trace context of the publishing request, if any.
+    pub traceparent: Option<String>,
+}
+
+/// How a published batch fared.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Published {
+    /// Records appended for the first time.
+    pub accepted: u32,
+    /// Records whose key the queue already held; nothing was appended for them.
+    pub duplicates: u32,
+}
+
+/// A message handed to a subscriber.
+#[derive(Debug, Clone)]
+pub struct Message {
+    /// Acknowledges the message through any handle on the same queue.
+    pub ack_id: String,
+    /// The kind of every record.
+    pub kind: RecordKind,
+    /// The records.
+    pub records: Vec<Record>,
+    /// 1 on the first delivery, counting up on each redelivery.
+    pub attempt: u32,
+    /// When the ingest server accepted the batch, in microseconds.
+    pub received_at: i64,
+    /// W3C trace context of the publishing request, if any.
+    pub traceparent: Option<String>,
+}
+
+/// What a subscriber receives and how long it may hold a message.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    /// The consumer group: the parser type's name.
+    pub group: String,
+    /// The kinds to receive.
+    pub kinds: KindSet,
+    /// How long a delivery may stay unacknowledged before it is redelivered.
+    pub ack_deadline: Duration,
+}
+
+/// A stream of messages for one subscriber of a consumer group.
+#[async_trait]
+pub trait Subscription: Send {
+    /// Waits for the next message. The message counts as delivered (its
+    /// deadline runs) from the moment this returns.
+    async fn next(&mut self) -> Result<Message, QueueError>;
+}
+
+/// The queue: append batches durably, deliver them to consumer groups, and
+/// take acknowledgements by id from anyone.
+#[async_trait]
+pub trait Queue: Send + Sync {
+    /// Appends the batches; returns only once they are durable, one outcome
+    /// per batch in order. Records whose `(source, seq)` the queue has seen
+    /// before are counted as duplicates and not appended again.
+    async fn publish(&self, batches: Vec<Batch>) -> Result<Vec<Published>, QueueError>;
+
+    /// Joins a consumer group, creating it on first use.
+    async fn subscribe(&self, options: SubscribeOptions)
+    -> Result<Box<dyn Subscription>, QueueError>;
+
+    /// The message is processed: never deliver it to this group again.
+    async fn ack(&self, ack_id: &str) -> Result<(), QueueError>;
+
+    /// The message failed with `error`: deliver it again after a back-off
+    /// that grows with the attempt count.
+    async fn nack(&self, ack_id: &str, error: &str) -> Result<(), QueueError>;
+
+    /// The message is still being worked on: restart its deadline.
+    async fn extend(&self, ack_id: &str) -> Result<(), QueueError>;
+
+    /// Flushes what is buffered and stops background work.
+    async fn close(&self);
+}
+
+/// Opens the queue a URL names: `embedded` (a queue file in `data_dir`) or
+/// `embedded:PATH` (that file).
+pub async fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn Queue>, QueueError> {
+    let bad = |reason: &str| QueueError::BadUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    match url.split_once(':') {
+        None if url == "embedded" => Ok(Arc::new(
+            embedded::EmbeddedQueue::open(&data_dir.join("queue.db")).await?,
+        )),
+        Some(("embedded", path)) if !path.is_empty() => {
+            Ok(Arc::new(embedded::EmbeddedQueue::open(Path::new(path)).await?))
+        }
+        _ => Err(bad("expected `embedded` or `embedded:PATH`")),
+    }
+}
+
+/// How long a nacked message waits before its next delivery: 100 ms after the
+/// first attempt, doubling each time, capped at 10 s so that a recovering
+/// parser is not kept waiting long.
+pub fn nack_backoff(attempt: u32) -> Duration {
+    let exp = attempt.saturating_sub(1).min(7);
+    Duration::from_millis(100 << exp).min(Duration::from_secs(10))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        assert_eq!(nack_backoff(1), Duration::from_millis(100));
+        assert_eq!(nack_backoff(2), Duration::from_millis(200));
+        assert_eq!(nack_backoff(4), Duration::from_millis(800));
+        assert_eq!(nack_backoff(30), Duration::from_secs(10));
+    }
+}
+
+impl From<QueueError> for tonic::Status {
+    fn from(e: QueueError) -> Self {
+        match e {
+            QueueError::Unavailable(_) => {
+                tracing::warn!(error = %e, "queue unavailable");
+                tonic::Status::unavailable("the queue is unavailable; retry later")
+            }
+            QueueError::Invalid(reason) => tonic::Status::invalid_argument(reason),
+            QueueError::BadUrl { .. } => {
+                tracing::error!(error = %e, "queue misconfigured");
+                tonic::Status::internal("the queue is misconfigured")
+            }
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The SQL store the parsers write to and the query API reads from.
+//!
+//! Every write is idempotent on the record's key `(parser, source, seq)`: a
+//! redelivered record is stored once. Timestamps are integer microseconds so
+//! that SQLite and PostgreSQL keep them alike. Record bodies are stored as the
+//! encoded protobuf the parser produced; the query API owns their decoding.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+/// Errors a caller of the store can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not do the work now; retrying later may succeed.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The store URL is malformed or names an unknown backend.
+    #[error("bad store URL {url:?}: {reason}")]
+    BadUrl {
+        /// The URL as given.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// A processed record to store.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecord {
+    /// The record's source.
+    pub source: String,
+    /// The record's sequence number in its source.
+    pub seq: u64,
+    /// The record kind's protobuf enum value.
+    pub kind: i32,
+    /// When the producer sent it (µs since the epoch).
+    pub sent_at: i64,
+    /// When an ingest server accepted it (µs since the epoch).
+    pub received_at: i64,
+    /// The record as the parser produced it, protobuf-encoded.
+    pub body: Vec<u8>,
+}
+
+/// A record a parser gave up on.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDeadLetter {
+    /// The record's source.
+    pub source: String,
+    /// The record's sequence number in its source.
+    pub seq: u64,
+    /// The record kind's protobuf enum value.
+    pub kind: i32,
+    /// The record as delivered, protobuf-encoded.
+    pub body: Vec<u8>,
+    /// The last error met.
+    pub error: String,
+    /// Deliveries made before giving up.
+    pub attempts: u32,
+}
+
+/// What one parser writes in one transaction.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteBatch {
+    /// The parser writing.
+    pub parser: String,
+    /// Records to store.
+    pub records: Vec<NewRecord>,
+    /// Records to dead-letter.
+    pub dead_letters: Vec<NewDeadLetter>,
+}
+
+/// The outcome of a write.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Written {
+    /// Records stored for the first time.
+    pub stored: u64,
+    /// Records whose key was already stored by this parser.
+    pub duplicates: u64,
+}
+
+/// A stored record, as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredRow {
+    /// The row id: increases with the order of storage.
+    pub id: i64,
+    /// The parser that stored it.
+    pub parser: String,
+    /// The record kind's protobuf enum value.
+    pub kind: i32,
+    /// When the producer sent it (µs).
+    pub sent_at: i64,
+    /// When an ingest server accepted it (µs).
+    pub received_at: i64,
+    /// When the store committed it (µs).
+    pub stored_at: i64,
+    /// The record as the parser produced it, protobuf-encoded.
+    pub body: Vec<u8>,
+}
+
+/// A dead letter, as read back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetterRow {
+    /// The parser that gave up.
+    pub parser: String,
+    /// The record as delivered, protobuf-encoded.
+    pub body: Vec<u8>,
+    /// The last error.
+    pub error: String,
+    /// Deliveries made.
+    pub attempts: u32,
+    /// When it was dead-lettered (µs).
+    pub dead_at: i64,
+}
+
+/// Stored counts.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Records stored per parser, sorted by parser name.
+    pub parsers: Vec<(String, u64)>,
+    /// Rows in the dead-letter table.
+    pub dead_letters: u64,
+}
+
+/// Which stored records to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RecordFilter {
+    /// Only this parser's records.
+    pub parser: Option<String>,
+    /// Only this source's records.
+    pub source: Option<String>,
+    /// Only rows with a larger id.
+    pub after_id: i64,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+/// The store: idempotent batched writes and the reads the query API needs.
+#[async_trait]
+pub trait Store: Send + Sync {
+    /// Writes a batch in one transaction. Keys already stored by the same
+    /// parser are skipped and counted as duplicates.
+    async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError>;
+
+    /// Counts stored records per parser, and dead letters.
+    async fn counts(&self) -> Result<Counts, StoreError>;
+
+    /// Reads stored records in id order.
+    async fn records(&self, filter: &RecordFilter) -> Result<Vec<StoredRow>, StoreError>;
+
+    /// Reads dead letters, oldest first.
+    async fn dead_letters(
+        &self,
+        parser: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterRow>, StoreError>;
+
+    /// Closes connections.
+    async fn close(&self);
+}
+
+/// Opens the store a URL names: `sqlite://PATH` (created if missing).
+pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        if path.is_empty() {
+            return Err(StoreError::BadUrl {
+                url: url.to_owned(),
+                reason: "no file path after sqlite://".into(),
+            });
+        }
+        return Ok(Arc::new(sqlite::SqliteStore::open(path.as_ref()).await?));
+    }
+    Err(StoreError::BadUrl {
+        url: url.to_owned(),
+        reason: "expected sqlite://PATH".into(),
+    })
+}
+
+impl From<StoreError> for tonic::Status {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(_) => {
+                tracing::warn!(error = %e, "store unavailable");
+                tonic::Status::unavailable("the store is unavailable; retry later")
+            }
+            StoreError::BadUrl { .. } => {
+                tracing::error!(error = %e, "store misconfigured");
+                tonic::Status::internal("the store is misconfigured")
+            }
+        }
+    }
+}

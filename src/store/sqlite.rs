@@ -1,0 +1,338 @@
+//! The SQLite store: one file in WAL mode with `synchronous=FULL`, so a
+//! committed batch (and with it a parser's ack) survives a crash.
+//!
+//! SQLite takes one writer at a time, so writes go through a single
+//! connection and reads through a small pool that WAL lets run alongside.
+
+use std::{path::Path, time::Duration};
+
+use async_trait::async_trait;
+use sqlx::{
+    QueryBuilder, Row, Sqlite, SqlitePool,
+    migrate::{Migration, MigrationType, Migrator},
+    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+};
+
+use super::{
+    Counts, DeadLetterRow, RecordFilter, Store, StoreError, StoredRow, WriteBatch, Written,
+};
+use crate::clock;
+
+/// Rows per INSERT statement: 9 bound values each stays under SQLite's limit
+/// of 32,766 variables per statement.
+const ROWS_PER_INSERT: usize = 3000;
+
+const INIT: &str = "
+CREATE TABLE records (
+    id INTEGER PRIMARY KEY,
+    parser TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    sent_at INTEGER NOT NULL,
+    received_at INTEGER NOT NULL,
+    stored_at INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    UNIQUE (parser, source, seq)
+);
+CREATE TABLE parser_counts (
+    parser TEXT PRIMARY KEY,
+    stored INTEGER NOT NULL
+);
+CREATE TABLE dead_letters (
+    id INTEGER PRIMARY KEY,
+    parser TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    kind INTEGER NOT NULL,
+    body BLOB NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    dead_at INTEGER NOT NULL,
+    UNIQUE (parser, source, seq)
+);
+";
+
+/// The SQLite-backed store.
+pub struct SqliteStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and migrates it.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                StoreError::Unavailable(format!("cannot create {}: {e}", dir.display()))
+            })?;
+        }
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(options.clone())
+            .await
+            .map_err(unavailable)?;
+        migrator().run(&writer).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        let reader = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options.read_only(true))
+            .await
+            .map_err(unavailable)?;
+        Ok(Self { writer, reader })
+    }
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        sqlx::SqlSafeStr::into_sql_str(INIT),
+        false,
+    )])
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
+        let stored_at = clock::now_micros();
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        let mut stored = 0u64;
+        for chunk in batch.records.chunks(ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO records (parser, source, seq, kind, sent_at, received_at, stored_at, body) ",
+            );
+            insert.push_values(chunk, |mut row, r| {
+                row.push_bind(batch.parser.as_str())
+                    .push_bind(r.source.as_str())
+                    .push_bind(r.seq as i64)
+                    .push_bind(r.kind)
+                    .push_bind(r.sent_at)
+                    .push_bind(r.received_at)
+                    .push_bind(stored_at)
+                    .push_bind(r.body.as_slice());
+            });
+            insert.push(" ON CONFLICT (parser, source, seq) DO NOTHING");
+            stored += insert
+                .build()
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+        }
+        if stored > 0 {
+            sqlx::query(
+                "INSERT INTO parser_counts (parser, stored) VALUES (?, ?) \
+                 ON CONFLICT (parser) DO UPDATE SET stored = stored + excluded.stored",
+            )
+            .bind(batch.parser.as_str())
+            .bind(stored as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        for dead in &batch.dead_letters {
+            sqlx::query(
+                "INSERT INTO dead_letters (parser, source, seq, kind, body, error, attempts, dead_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (parser, source, seq) DO NOTHING",
+            )
+            .bind(batch.parser.as_str())
+            .bind(dead.source.as_str())
+            .bind(dead.seq as i64)
+            .bind(dead.kind)
+            .bind(dead.body.as_slice())
+            .bind(dead.error.as_str())
+            .bind(i64::from(dead.attempts))
+            .bind(stored_at)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Written {
+            stored,
+            duplicates: batch.records.len() as u64 - stored,
+        })
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let parsers = sqlx::query("SELECT parser, stored FROM parser_counts ORDER BY parser")
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .into_iter()
+            .map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1) as u64))
+            .collect();
+        let dead_letters: i64 = sqlx::query("SELECT COUNT(*) FROM dead_letters")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        Ok(Counts {
+            parsers,
+            dead_letters: dead_letters as u64,
+        })
+    }
+
+    async fn records(&self, filter: &RecordFilter) -> Result<Vec<StoredRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, parser, kind, sent_at, received_at, stored_at, body FROM records \
+             WHERE id > ? AND (? IS NULL OR parser = ?) AND (? IS NULL OR source = ?) \
+             ORDER BY id LIMIT ?",
+        )
+        .bind(filter.after_id)
+        .bind(filter.parser.as_deref())
+        .bind(filter.parser.as_deref())
+        .bind(filter.source.as_deref())
+        .bind(filter.source.as_deref())
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| StoredRow {
+                id: row.get(0),
+                parser: row.get(1),
+                kind: row.get(2),
+                sent_at: row.get(3),
+                received_at: row.get(4),
+                stored_at: row.get(5),
+                body: row.get(6),
+            })
+            .collect())
+    }
+
+    async fn dead_letters(
+        &self,
+        parser: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT parser, body, error, attempts, dead_at FROM dead_letters \
+             WHERE (? IS NULL OR parser = ?) ORDER BY id LIMIT ?",
+        )
+        .bind(parser)
+        .bind(parser)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| DeadLetterRow {
+                parser: row.get(0),
+                body: row.get(1),
+                error: row.get(2),
+                attempts: row.get::<i64, _>(3) as u32,
+                dead_at: row.get(4),
+            })
+            .collect())
+    }
+
+    async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{NewDeadLetter, NewRecord};
+
+    fn record(source: &str, seq: u64) -> NewRecord {
+        NewRecord {
+            source: source.into(),
+            seq,
+            kind: 5,
+            sent_at: 1,
+            received_at: 2,
+            body: vec![seq as u8],
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_each_key_once_and_counts_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        let batch = WriteBatch {
+            parser: "raw".into(),
+            records: (0..5000).map(|i| record("a", i)).collect(),
+            dead_letters: vec![],
+        };
+        assert_eq!(store.write(&batch).await.unwrap().stored, 5000);
+        let again = store.write(&batch).await.unwrap();
+        assert_eq!((again.stored, again.duplicates), (0, 5000));
+        // Another parser stores the same keys under its own name.
+        let other = WriteBatch {
+            parser: "uppercase".into(),
+            ..batch.clone()
+        };
+        assert_eq!(store.write(&other).await.unwrap().stored, 5000);
+        let counts = store.counts().await.unwrap();
+        assert_eq!(
+            counts.parsers,
+            vec![("raw".to_string(), 5000), ("uppercase".to_string(), 5000)]
+        );
+    }
+
+    #[tokio::test]
+    async fn reads_back_in_pages_and_keeps_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        let batch = WriteBatch {
+            parser: "raw".into(),
+            records: (0..10).map(|i| record(if i % 2 == 0 { "a" } else { "b" }, i)).collect(),
+            dead_letters: vec![NewDeadLetter {
+                source: "c".into(),
+                seq: 7,
+                kind: 5,
+                body: vec![1, 2],
+                error: "boom".into(),
+                attempts: 5,
+            }],
+        };
+        store.write(&batch).await.unwrap();
+        let page = store
+            .records(&RecordFilter {
+                source: Some("b".into()),
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.iter().map(|r| r.body[0]).collect::<Vec<_>>(), vec![1, 3, 5]);
+        let next = store
+            .records(&RecordFilter {
+                source: Some("b".into()),
+                limit: 3,
+                after_id: page[2].id,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(next.iter().map(|r| r.body[0]).collect::<Vec<_>>(), vec![7, 9]);
+        let dead = store.dead_letters(Some("raw"), 10).await.unwrap();
+        assert_eq!((dead.len(), dead[0].error.as_str(), dead[0].attempts), (1, "boom", 5));
+        assert_eq!(store.counts().await.unwrap().dead_letters, 1);
+    }
+
+    #[tokio::test]
+    async fn rejects_unknown_urls() {
+        assert!(matches!(
+            crate::store::open("mysql://x").await,
+            Err(StoreError::BadUrl { .. })
+        ));
+    }
+}
