@@ -31,14 +31,22 @@ pub async fn add_standard_services(
         reporter.set_service_status(*name, ServingStatus::Serving).await;
     }
     reporter.set_service_status("", ServingStatus::Serving).await;
-    let v1 = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    // Reflection lists only what this server serves, not every service the
+    // descriptor set happens to define.
+    let reflection = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health");
+        for name in serving {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    let v1 = reflection()
         .build_v1()
         .expect("the embedded descriptor set was produced by protox from our own protos");
-    let v1alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    let v1alpha = reflection()
         .build_v1alpha()
         .expect("the embedded descriptor set was produced by protox from our own protos");
     routes.add_service(health).add_service(v1).add_service(v1alpha);

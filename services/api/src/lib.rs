@@ -1,1 +1,70 @@
-//! stub
+//! The query API: serves what the parsers stored over gRPC.
+#![forbid(unsafe_code)]
+
+mod convert;
+mod service;
+
+pub use service::QueryService;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+use tributary::{
+    grpc,
+    proto::query_server::QueryServer,
+    store::{self, Store},
+};
+
+/// Configuration of a stand-alone query API.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to serve on; port 0 picks a free port.
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+    /// The store to read: `sqlite://PATH`.
+    #[arg(long, env = "TRIBUTARY_STORE", default_value = "sqlite://tributary-data/tributary.db")]
+    pub store: String,
+}
+
+/// A built query API: store open, port bound.
+pub struct App {
+    listener: TcpListener,
+    store: Arc<dyn Store>,
+}
+
+impl App {
+    /// Opens the store and binds the port.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let store = store::open(&config.store).await.context("opening the store")?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self { listener, store })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// Serves until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(service(self.store.clone(), shutdown.clone()));
+        grpc::add_standard_services(&mut routes, &[grpc::service_name::<QueryServer<QueryService>>()])
+            .await;
+        let served = grpc::serve(self.listener, routes.routes(), shutdown).await;
+        self.store.close().await;
+        Ok(served?)
+    }
+}
+
+/// The Query gRPC service over `store`.
+pub fn service(store: Arc<dyn Store>, shutdown: CancellationToken) -> QueryServer<QueryService> {
+    QueryServer::new(QueryService::new(store, shutdown))
+}

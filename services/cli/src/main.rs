@@ -1,1 +1,77 @@
-fn main() {}
+//! `tributary`: one binary for the embedded mesh, each service on its own,
+//! and the producers.
+#![forbid(unsafe_code)]
+
+mod send;
+mod up;
+
+use clap::{Parser, Subcommand};
+use tributary::{shutdown, telemetry};
+
+/// Tributary: a gRPC streaming mesh. Producers publish records to stateless
+/// ingest servers, a durable queue holds them, parser workers store them in
+/// SQL, and a query API serves them.
+///
+/// Every flag can also be set through the environment variable shown beside
+/// it.
+#[derive(Debug, Parser)]
+#[command(name = "tributary", version)]
+struct Cli {
+    /// Log format: `text` for people, `json` for log collectors. Levels come
+    /// from RUST_LOG (default: info).
+    #[arg(long, global = true, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value_t)]
+    log_format: telemetry::LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the whole mesh in one process: ingest, embedded queue, parsers,
+    /// SQLite store and query API, all on one port.
+    Up(up::Config),
+    /// Stream records to an ingest server and report what was acknowledged.
+    Send(send::Config),
+    /// Run an ingest server on its own.
+    Ingest(tributary_ingest::Config),
+    /// Run a parser worker on its own.
+    Parser(tributary_parser::Config),
+    /// Run the query API on its own.
+    Api(tributary_api::Config),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let shutdown = shutdown::on_signal();
+    match cli.command {
+        Command::Up(config) => {
+            let app = up::App::build(config).await?;
+            announce(app.local_addr());
+            app.run(shutdown).await
+        }
+        Command::Send(config) => send::run(config, shutdown).await,
+        Command::Ingest(config) => {
+            let app = tributary_ingest::App::build(config).await?;
+            announce(app.local_addr());
+            app.run(shutdown).await
+        }
+        Command::Parser(config) => {
+            let app = tributary_parser::App::build(config).await?;
+            announce(app.local_addr());
+            app.run(shutdown).await
+        }
+        Command::Api(config) => {
+            let app = tributary_api::App::build(config).await?;
+            announce(app.local_addr());
+            app.run(shutdown).await
+        }
+    }
+}
+
+/// Prints the bound address on stdout, where scripts and tests read it.
+fn announce(addr: std::net::SocketAddr) {
+    println!("listening on {addr}");
+}

@@ -1,1 +1,147 @@
-//! stub
+//! The parser worker service: it pulls deliveries from the ingest tier over
+//! gRPC (never from the queue itself), runs them through one parser and
+//! stores the results.
+#![forbid(unsafe_code)]
+
+pub mod parsers;
+mod worker;
+
+pub use worker::{Tuning, Worker};
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+use tributary::{grpc, store};
+
+use crate::parsers::ParserConfig;
+
+/// Configuration of a stand-alone parser worker.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to serve health and reflection on; port 0 picks a free port.
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:50053")]
+    pub listen: SocketAddr,
+    /// Ingest server (or Envoy) to pull from.
+    #[arg(long, env = "TRIBUTARY_CONNECT", default_value = "http://127.0.0.1:50051")]
+    pub connect: String,
+    /// Where results go: `sqlite://PATH`.
+    #[arg(long, env = "TRIBUTARY_STORE", default_value = "sqlite://tributary-data/tributary.db")]
+    pub store: String,
+    /// The parser: a type name (`raw`, `uppercase`) or a JSON object with a
+    /// `type` and that parser's options.
+    #[arg(long, env = "TRIBUTARY_PARSER", default_value = "raw")]
+    pub parser: String,
+    /// Consumer-group name; replicas with the same name share the work.
+    /// Defaults to the parser's type name.
+    #[arg(long, env = "TRIBUTARY_PARSER_NAME")]
+    pub name: Option<String>,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+/// Pull and batching knobs, as flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TuningArgs {
+    /// Records a worker may hold unacknowledged (its pull window).
+    #[arg(long, env = "TRIBUTARY_PULL_WINDOW", default_value_t = 20_000)]
+    pub pull_window: u32,
+    /// Records per store transaction, at most.
+    #[arg(long, env = "TRIBUTARY_BATCH_RECORDS", default_value_t = 5_000)]
+    pub batch_records: usize,
+    /// Milliseconds a batch waits to fill before it is written anyway.
+    #[arg(long, env = "TRIBUTARY_LINGER_MS", default_value_t = 5)]
+    pub linger_ms: u64,
+    /// Milliseconds a delivery may stay unacknowledged before it is
+    /// redelivered, as asked of the ingest server.
+    #[arg(long, env = "TRIBUTARY_PULL_ACK_DEADLINE_MS", default_value_t = 30_000)]
+    pub pull_ack_deadline_ms: u64,
+}
+
+impl TuningArgs {
+    /// Checks the knobs and turns them into [`Tuning`].
+    pub fn tuning(&self) -> anyhow::Result<Tuning> {
+        anyhow::ensure!(self.pull_window > 0, "--pull-window must be at least 1");
+        anyhow::ensure!(self.batch_records > 0, "--batch-records must be at least 1");
+        anyhow::ensure!(
+            self.pull_ack_deadline_ms >= 100,
+            "--pull-ack-deadline-ms must be at least 100"
+        );
+        Ok(Tuning {
+            max_outstanding: self.pull_window,
+            batch_records: self.batch_records,
+            linger: Duration::from_millis(self.linger_ms),
+            ack_deadline: Duration::from_millis(self.pull_ack_deadline_ms),
+        })
+    }
+}
+
+/// A built parser worker: configuration checked, store open, port bound.
+pub struct App {
+    listener: TcpListener,
+    worker: Worker,
+}
+
+impl App {
+    /// Validates the configuration, opens the store and binds the port.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let parser = ParserConfig::from_spec(&config.parser).map_err(anyhow::Error::msg)?;
+        let tuning = config.tuning.tuning()?;
+        let store = store::open(&config.store).await.context("opening the store")?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        let worker = Worker {
+            connect: config.connect,
+            name: config.name.unwrap_or_else(|| parser.type_name().to_owned()),
+            parser: parser.build(),
+            store,
+            tuning,
+        };
+        Ok(Self { listener, worker })
+    }
+
+    /// The address of the health endpoint.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound TCP listener has a local address")
+    }
+
+    /// Pulls and stores until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut routes = RoutesBuilder::default();
+        grpc::add_standard_services(&mut routes, &[]).await;
+        let store = self.worker.store.clone();
+        let health = tokio::spawn(grpc::serve(self.listener, routes.routes(), shutdown.clone()));
+        self.worker.run(shutdown).await;
+        store.close().await;
+        health.await??;
+        Ok(())
+    }
+}
+
+/// Starts the workers for `specs` against `connect`, sharing one store.
+pub fn spawn_workers(
+    specs: &[ParserConfig],
+    connect: &str,
+    store: Arc<dyn store::Store>,
+    tuning: &Tuning,
+    shutdown: &CancellationToken,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    specs
+        .iter()
+        .map(|spec| {
+            let worker = Worker {
+                connect: connect.to_owned(),
+                name: spec.type_name().to_owned(),
+                parser: spec.build(),
+                store: store.clone(),
+                tuning: tuning.clone(),
+            };
+            tokio::spawn(worker.run(shutdown.clone()))
+        })
+        .collect()
+}

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# The single test command: formatting, lints and the whole test suite.
+# CI's .ci/run calls only this.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [[ "${CI:-}" == "true" ]]; then
+    export CARGO_TERM_COLOR=never
+fi
+
+step() { printf '==> %s\n' "$*"; }
+
+step "tools (target/tools/venv)"
+# Exports TRIBUTARY_GRPCURL and TRIBUTARY_PYTHON; defines tributary_ensure_services.
+source scripts/tools.sh
+printf '    TRIBUTARY_PYTHON=%s\n    TRIBUTARY_GRPCURL=%s\n' "$TRIBUTARY_PYTHON" "$TRIBUTARY_GRPCURL"
+
+step "services (PostgreSQL 127.0.0.1:5432, NATS JetStream 127.0.0.1:4222)"
+tributary_ensure_services
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+if cargo nextest --version >/dev/null 2>&1; then
+    step "cargo nextest run"
+    cargo nextest run --workspace --locked --no-fail-fast
+else
+    step "cargo test (cargo-nextest not found)"
+    cargo test --workspace --locked --no-fail-fast
+fi

@@ -1,0 +1,263 @@
+//! The parser worker: pulls deliveries over `Ingest.Pull`, runs them through
+//! its parser, writes a batch to the store in one transaction, and acks only
+//! after that transaction commits.
+//!
+//! Deliveries are gathered until `batch_records` records or `linger` has
+//! passed, so the store sees large transactions under load and small ones
+//! quickly when traffic is light. One batch is written while the next is
+//! gathered.
+
+use std::{sync::Arc, time::Duration};
+
+use prost::Message;
+use tokio::{sync::mpsc, time::Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Endpoint;
+use tributary::{
+    clock,
+    proto::{Delivery, Nack, PullRequest, Subscription, ingest_client::IngestClient},
+    store::{NewDeadLetter, NewRecord, Store, WriteBatch},
+};
+
+use crate::parsers::Parser;
+
+/// How a worker pulls and batches.
+#[derive(Debug, Clone)]
+pub struct Tuning {
+    /// Records the worker may hold unacknowledged.
+    pub max_outstanding: u32,
+    /// Records per store transaction, at most (one delivery is never split).
+    pub batch_records: usize,
+    /// How long the first delivery of a batch waits for company.
+    pub linger: Duration,
+    /// Ack deadline asked of the ingest server.
+    pub ack_deadline: Duration,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            max_outstanding: 20_000,
+            batch_records: 5_000,
+            linger: Duration::from_millis(5),
+            ack_deadline: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One parser worker.
+pub struct Worker {
+    /// Ingest server URI, for example `http://127.0.0.1:8080`.
+    pub connect: String,
+    /// Consumer group: replicas with the same name share the work.
+    pub name: String,
+    pub parser: Arc<dyn Parser>,
+    pub store: Arc<dyn Store>,
+    pub tuning: Tuning,
+}
+
+/// Back-off between reconnects and store retries: it doubles from 100 ms up
+/// to 5 s, so an outage is not hammered and recovery is noticed quickly.
+fn backoff(failures: u32) -> Duration {
+    Duration::from_millis(100u64 << failures.min(6)).min(Duration::from_secs(5))
+}
+
+impl Worker {
+    /// Runs until `shutdown`: reconnects with back-off whenever the stream
+    /// breaks. On shutdown it finishes and acks the batch in hand.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let this = Arc::new(self);
+        let mut failures = 0u32;
+        while !shutdown.is_cancelled() {
+            match this.clone().session(&shutdown).await {
+                Ok(()) => failures = 0,
+                Err(e) => {
+                    tracing::warn!(parser = %this.name, error = %e, "pull stream failed; reconnecting");
+                    failures += 1;
+                }
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => {}
+                () = tokio::time::sleep(backoff(failures)) => {}
+            }
+        }
+    }
+
+    async fn session(self: Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+        let channel = Endpoint::from_shared(self.connect.clone())?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .connect()
+            .await?;
+        let mut client = IngestClient::new(channel).max_decoding_message_size(usize::MAX);
+        let (requests, request_rx) = mpsc::channel(64);
+        requests
+            .send(PullRequest {
+                subscribe: Some(Subscription {
+                    parser: self.name.clone(),
+                    kinds: self.parser.kinds().into_iter().map(|k| k as i32).collect(),
+                    max_outstanding: self.tuning.max_outstanding,
+                    ack_deadline_ms: u32::try_from(self.tuning.ack_deadline.as_millis()).unwrap_or(u32::MAX),
+                }),
+                ..Default::default()
+            })
+            .await?;
+        let mut deliveries = client.pull(ReceiverStream::new(request_rx)).await?.into_inner();
+        tracing::info!(parser = %self.name, connect = %self.connect, "pulling");
+
+        // Capacity 1: one batch is written while the next one gathers.
+        let (batches, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);
+        let writer = tokio::spawn(self.clone().write_loop(batch_rx, requests, shutdown.clone()));
+
+        let mut gathered: Vec<Delivery> = Vec::new();
+        let mut records = 0usize;
+        let mut flush_at: Option<Instant> = None;
+        let result = loop {
+            let linger = async {
+                match flush_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => break Ok(()),
+                () = linger => {
+                    records = 0;
+                    flush_at = None;
+                    if batches.send(std::mem::take(&mut gathered)).await.is_err() {
+                        break Ok(());
+                    }
+                }
+                message = deliveries.message() => match message {
+                    Ok(Some(response)) => {
+                        for delivery in response.deliveries {
+                            records += delivery.records.len();
+                            gathered.push(delivery);
+                        }
+                        flush_at.get_or_insert_with(|| Instant::now() + self.tuning.linger);
+                        if records >= self.tuning.batch_records {
+                            records = 0;
+                            flush_at = None;
+                            if batches.send(std::mem::take(&mut gathered)).await.is_err() {
+                                break Ok(());
+                            }
+                        }
+                    }
+                    Ok(None) => break Ok(()),
+                    Err(status) => break Err(anyhow::anyhow!(status)),
+                },
+            }
+        };
+        if !gathered.is_empty() {
+            let _ = batches.send(gathered).await;
+        }
+        drop(batches);
+        // The writer acks what it wrote, then drops the request stream.
+        let _ = writer.await;
+        result
+    }
+
+    /// Writes gathered deliveries and sends their acks and nacks.
+    async fn write_loop(
+        self: Arc<Self>,
+        mut batches: mpsc::Receiver<Vec<Delivery>>,
+        requests: mpsc::Sender<PullRequest>,
+        shutdown: CancellationToken,
+    ) {
+        while let Some(deliveries) = batches.recv().await {
+            let (write, acks, nacks) = self.process(deliveries).await;
+            let mut failures = 0;
+            loop {
+                match self.store.write(&write).await {
+                    Ok(written) => {
+                        tracing::debug!(parser = %self.name, stored = written.stored, duplicates = written.duplicates, "batch stored");
+                        break;
+                    }
+                    Err(e) => {
+                        failures += 1;
+                        tracing::warn!(parser = %self.name, error = %e, failures, "store write failed; retrying");
+                        // Keep the deliveries ours while the store recovers.
+                        let extend = PullRequest {
+                            extend_ack_ids: acks.iter().chain(nacks.iter().map(|n| &n.ack_id)).cloned().collect(),
+                            ..Default::default()
+                        };
+                        let _ = requests.send(extend).await;
+                        tokio::select! {
+                            () = shutdown.cancelled() => return,
+                            () = tokio::time::sleep(backoff(failures)) => {}
+                        }
+                    }
+                }
+            }
+            let done = PullRequest {
+                ack_ids: acks,
+                nacks,
+                ..Default::default()
+            };
+            if requests.send(done).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Runs each record through the parser. Returns what to write, the
+    /// deliveries to ack and those to nack.
+    async fn process(&self, deliveries: Vec<Delivery>) -> (WriteBatch, Vec<String>, Vec<Nack>) {
+        let mut write = WriteBatch {
+            parser: self.name.clone(),
+            records: Vec::with_capacity(deliveries.iter().map(|d| d.records.len()).sum()),
+            dead_letters: Vec::new(),
+        };
+        let mut acks = Vec::with_capacity(deliveries.len());
+        let mut nacks = Vec::new();
+        for delivery in deliveries {
+            let received_at = delivery.received_at.as_ref().map_or(0, clock::to_micros);
+            let exhausted = delivery.attempt > delivery.max_attempts;
+            let last_try = delivery.attempt >= delivery.max_attempts;
+            let mut failure = None;
+            for mut record in delivery.records {
+                let outcome = if exhausted {
+                    Err(format!(
+                        "not acknowledged after {} deliveries (parser crashed or timed out)",
+                        delivery.max_attempts
+                    ))
+                } else {
+                    self.parser.process(&mut record).await
+                };
+                match outcome {
+                    Ok(()) => write.records.push(NewRecord {
+                        sent_at: record.sent_at.as_ref().map_or(received_at, clock::to_micros),
+                        received_at,
+                        kind: delivery.kind,
+                        seq: record.seq,
+                        body: record.encode_to_vec(),
+                        source: record.source,
+                    }),
+                    Err(error) if last_try => {
+                        tracing::warn!(parser = %self.name, source = %record.source, seq = record.seq, %error, "dead-lettering record");
+                        write.dead_letters.push(NewDeadLetter {
+                            kind: delivery.kind,
+                            seq: record.seq,
+                            body: record.encode_to_vec(),
+                            source: record.source,
+                            error,
+                            attempts: delivery.attempt,
+                        });
+                    }
+                    Err(error) => failure = Some(error),
+                }
+            }
+            match failure {
+                // The good records of the batch are stored now; the batch
+                // comes back later and only the failures are new work.
+                Some(error) => nacks.push(Nack {
+                    ack_id: delivery.ack_id,
+                    error,
+                }),
+                None => acks.push(delivery.ack_id),
+            }
+        }
+        (write, acks, nacks)
+    }
+}
