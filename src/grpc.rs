@@ -97,10 +97,13 @@ pub async fn drain<E>(
 
 fn too_large_is_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {
     let headers = response.headers_mut();
+    // grpc-message is percent-encoded on the wire.
     let too_large = headers.get("grpc-status").is_some_and(|s| s == "11")
-        && headers
-            .get("grpc-message")
-            .is_some_and(|m| String::from_utf8_lossy(m.as_bytes()).contains("too large"));
+        && headers.get("grpc-message").is_some_and(|m| {
+            String::from_utf8_lossy(m.as_bytes())
+                .replace("%20", " ")
+                .contains("too large")
+        });
     if too_large {
         headers.insert("grpc-status", http::HeaderValue::from_static("8"));
     }

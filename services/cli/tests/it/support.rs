@@ -1,0 +1,159 @@
+//! Starting `tributary` processes and talking to them.
+
+use std::{
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::Duration,
+};
+
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use tonic::transport::Channel;
+use tributary::proto::{GetStatsRequest, query_client::QueryClient};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_tributary");
+
+/// A running `tributary up`.
+pub struct Mesh {
+    pub child: Child,
+    pub addr: SocketAddr,
+}
+
+impl Mesh {
+    /// Starts `tributary up` on `listen` with its data in `data_dir`, and
+    /// waits for it to print its address.
+    pub async fn start(data_dir: &Path, listen: &str, extra: &[&str]) -> Mesh {
+        let mut child = Command::new(BIN)
+            .arg("up")
+            .arg("--listen")
+            .arg(listen)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .args(extra)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the tributary binary starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+            .await
+            .expect("tributary up prints its address within 30 s")
+            .expect("stdout is readable")
+            .expect("tributary up printed a line before exiting");
+        let addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("the printed address parses");
+        Mesh { child, addr }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .unwrap()
+            .connect()
+            .await
+            .expect("the mesh accepts connections")
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub async fn kill9(mut self) {
+        self.child.kill().await.expect("the process can be killed");
+    }
+}
+
+/// Records stored by `parser`, as the Query API reports them.
+pub async fn stored(channel: &Channel, parser: &str) -> u64 {
+    let stats = QueryClient::new(channel.clone())
+        .get_stats(GetStatsRequest {})
+        .await
+        .expect("GetStats answers")
+        .into_inner();
+    stats
+        .parsers
+        .iter()
+        .find(|p| p.parser == parser)
+        .map_or(0, |p| p.stored)
+}
+
+/// Polls `stored` until it reaches `want`, failing after `within`.
+pub async fn wait_stored(channel: &Channel, parser: &str, want: u64, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let now = stored(channel, parser).await;
+        if now >= want {
+            assert_eq!(now, want, "{parser} stored more records than were sent");
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{parser} stored {now} of {want} records within {within:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// (rows, distinct seqs, min seq, max seq) of one source in the SQLite store,
+/// read straight from the file.
+pub async fn rows_of(data_dir: &Path, parser: &str, source: &str) -> (i64, i64, i64, i64) {
+    use sqlx::{Connection, Row};
+    let path: PathBuf = data_dir.join("tributary.db");
+    let url = format!("sqlite://{}?mode=ro", path.display());
+    let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("the store file opens");
+    let row = sqlx::query(
+        "SELECT COUNT(*), COUNT(DISTINCT seq), COALESCE(MIN(seq), -1), COALESCE(MAX(seq), -1) \
+         FROM records WHERE parser = ? AND source = ?",
+    )
+    .bind(parser)
+    .bind(source)
+    .fetch_one(&mut conn)
+    .await
+    .expect("the records table is readable");
+    (row.get(0), row.get(1), row.get(2), row.get(3))
+}
+
+/// Runs `tributary send --json` to completion and returns its summary.
+pub async fn send(url: &str, args: &[&str]) -> serde_json::Value {
+    let output = send_command(url, args)
+        .output()
+        .await
+        .expect("tributary send runs");
+    assert!(
+        output.status.success(),
+        "send failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout).expect("send --json prints one JSON object")
+}
+
+pub fn send_command(url: &str, args: &[&str]) -> Command {
+    let mut command = Command::new(BIN);
+    command
+        .arg("send")
+        .arg("--connect")
+        .arg(url)
+        .arg("--json")
+        .args(args)
+        .env("RUST_LOG", "error")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// The path of a tool that `scripts/test.sh` installs; fails loudly when the
+/// test is run without it.
+pub fn tool(var: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| {
+        panic!("{var} is not set: run the tests through scripts/test.sh, which installs the tool")
+    })
+}
