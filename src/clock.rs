@@ -40,7 +40,15 @@ mod tests {
 
     #[test]
     fn micros_round_trip_through_timestamps() {
-        for micros in [0, 1, 999_999, 1_000_000, 1_763_800_000_123_456, -1, -1_000_001] {
+        for micros in [
+            0,
+            1,
+            999_999,
+            1_000_000,
+            1_763_800_000_123_456,
+            -1,
+            -1_000_001,
+        ] {
             assert_eq!(to_micros(&from_micros(micros)), micros);
         }
     }

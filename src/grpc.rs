@@ -22,15 +22,16 @@ pub const GRACE: Duration = Duration::from_secs(10);
 
 /// Adds health and reflection to `routes` and returns the health reporter,
 /// with every name in `serving` (and the server as a whole) marked SERVING.
-pub async fn add_standard_services(
-    routes: &mut RoutesBuilder,
-    serving: &[&str],
-) -> HealthReporter {
+pub async fn add_standard_services(routes: &mut RoutesBuilder, serving: &[&str]) -> HealthReporter {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in serving {
-        reporter.set_service_status(*name, ServingStatus::Serving).await;
+        reporter
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
     }
-    reporter.set_service_status("", ServingStatus::Serving).await;
+    reporter
+        .set_service_status("", ServingStatus::Serving)
+        .await;
     // Reflection lists only what this server serves, not every service the
     // descriptor set happens to define.
     let reflection = || {
@@ -49,7 +50,10 @@ pub async fn add_standard_services(
     let v1alpha = reflection()
         .build_v1alpha()
         .expect("the embedded descriptor set was produced by protox from our own protos");
-    routes.add_service(health).add_service(v1).add_service(v1alpha);
+    routes
+        .add_service(health)
+        .add_service(v1)
+        .add_service(v1alpha);
     reporter
 }
 
@@ -72,7 +76,10 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(too_large_is_exhausted))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown.clone().cancelled_owned());
+        .serve_with_incoming_shutdown(
+            TcpListenerStream::new(listener),
+            shutdown.clone().cancelled_owned(),
+        );
     drain(server, &shutdown).await
 }
 
@@ -89,7 +96,10 @@ pub async fn drain<E>(
     match tokio::time::timeout(GRACE, server).await {
         Ok(result) => result,
         Err(_) => {
-            tracing::warn!(grace_secs = GRACE.as_secs(), "streams still open after the grace period; closing them");
+            tracing::warn!(
+                grace_secs = GRACE.as_secs(),
+                "streams still open after the grace period; closing them"
+            );
             Ok(())
         }
     }

@@ -217,7 +217,9 @@ impl Queue for EmbeddedQueue {
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>, QueueError> {
         if options.group.is_empty() {
-            return Err(QueueError::Invalid("the consumer group name is empty".into()));
+            return Err(QueueError::Invalid(
+                "the consumer group name is empty".into(),
+            ));
         }
         {
             let mut state = self.inner.state();
@@ -366,7 +368,9 @@ struct Claim {
 
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state.lock().expect("queue state lock is never poisoned: no panics under it")
+        self.state
+            .lock()
+            .expect("queue state lock is never poisoned: no panics under it")
     }
 
     fn tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
@@ -451,8 +455,9 @@ impl Inner {
                 }
             }
         };
-        let batch = RecordBatch::decode(&*body)
-            .map_err(|e| QueueError::Unavailable(format!("message {} is corrupt: {e}", claim.id)))?;
+        let batch = RecordBatch::decode(&*body).map_err(|e| {
+            QueueError::Unavailable(format!("message {} is corrupt: {e}", claim.id))
+        })?;
         Ok(Some(Message {
             ack_id: format!("{}:{group}", claim.id),
             kind: claim.kind,
@@ -473,7 +478,8 @@ impl State {
         let mut wanted = false;
         for g in self.groups.values().filter(|g| g.kinds.contains(meta.kind)) {
             wanted = true;
-            let acked = (id < g.cursor && !g.pending.contains_key(&id)) || g.acked_ahead.contains(&id);
+            let acked =
+                (id < g.cursor && !g.pending.contains_key(&id)) || g.acked_ahead.contains(&id);
             if !acked {
                 return false;
             }
@@ -647,7 +653,8 @@ async fn commit(
                         }
                     }
                     if !fresh.is_empty() {
-                        let body: Arc<[u8]> = Arc::from(RecordBatch { records: fresh }.encode_to_vec());
+                        let body: Arc<[u8]> =
+                            Arc::from(RecordBatch { records: fresh }.encode_to_vec());
                         let result = sqlx::query(
                             "INSERT INTO messages (kind, received_at, records, traceparent, body) VALUES (?, ?, ?, ?, ?)",
                         )

@@ -107,8 +107,10 @@ pub trait Queue: Send + Sync {
     async fn publish(&self, batches: Vec<Batch>) -> Result<Vec<Published>, QueueError>;
 
     /// Joins a consumer group, creating it on first use.
-    async fn subscribe(&self, options: SubscribeOptions)
-    -> Result<Box<dyn Subscription>, QueueError>;
+    async fn subscribe(
+        &self,
+        options: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, QueueError>;
 
     /// The message is processed: never deliver it to this group again.
     async fn ack(&self, ack_id: &str) -> Result<(), QueueError>;
@@ -135,9 +137,9 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn Queue>, QueueErr
         None if url == "embedded" => Ok(Arc::new(
             embedded::EmbeddedQueue::open(&data_dir.join("queue.db")).await?,
         )),
-        Some(("embedded", path)) if !path.is_empty() => {
-            Ok(Arc::new(embedded::EmbeddedQueue::open(Path::new(path)).await?))
-        }
+        Some(("embedded", path)) if !path.is_empty() => Ok(Arc::new(
+            embedded::EmbeddedQueue::open(Path::new(path)).await?,
+        )),
         _ => Err(bad("expected `embedded` or `embedded:PATH`")),
     }
 }

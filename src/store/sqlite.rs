@@ -78,7 +78,10 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
-        migrator().run(&writer).await.map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        migrator()
+            .run(&writer)
+            .await
+            .map_err(|e| StoreError::Unavailable(e.to_string()))?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -293,7 +296,9 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
         let batch = WriteBatch {
             parser: "raw".into(),
-            records: (0..10).map(|i| record(if i % 2 == 0 { "a" } else { "b" }, i)).collect(),
+            records: (0..10)
+                .map(|i| record(if i % 2 == 0 { "a" } else { "b" }, i))
+                .collect(),
             dead_letters: vec![NewDeadLetter {
                 source: "c".into(),
                 seq: 7,
@@ -312,7 +317,10 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(page.iter().map(|r| r.body[0]).collect::<Vec<_>>(), vec![1, 3, 5]);
+        assert_eq!(
+            page.iter().map(|r| r.body[0]).collect::<Vec<_>>(),
+            vec![1, 3, 5]
+        );
         let next = store
             .records(&RecordFilter {
                 source: Some("b".into()),
@@ -322,9 +330,15 @@ mod tests {
             })
             .await
             .unwrap();
-        assert_eq!(next.iter().map(|r| r.body[0]).collect::<Vec<_>>(), vec![7, 9]);
+        assert_eq!(
+            next.iter().map(|r| r.body[0]).collect::<Vec<_>>(),
+            vec![7, 9]
+        );
         let dead = store.dead_letters(Some("raw"), 10).await.unwrap();
-        assert_eq!((dead.len(), dead[0].error.as_str(), dead[0].attempts), (1, "boom", 5));
+        assert_eq!(
+            (dead.len(), dead[0].error.as_str(), dead[0].attempts),
+            (1, "boom", 5)
+        );
         assert_eq!(store.counts().await.unwrap().dead_letters, 1);
     }
 

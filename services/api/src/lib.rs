@@ -25,7 +25,11 @@ pub struct Config {
     #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
     /// The store to read: `sqlite://PATH`.
-    #[arg(long, env = "TRIBUTARY_STORE", default_value = "sqlite://tributary-data/tributary.db")]
+    #[arg(
+        long,
+        env = "TRIBUTARY_STORE",
+        default_value = "sqlite://tributary-data/tributary.db"
+    )]
     pub store: String,
 }
 
@@ -38,7 +42,9 @@ pub struct App {
 impl App {
     /// Opens the store and binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let store = store::open(&config.store).await.context("opening the store")?;
+        let store = store::open(&config.store)
+            .await
+            .context("opening the store")?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -56,8 +62,11 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut routes = RoutesBuilder::default();
         routes.add_service(service(self.store.clone(), shutdown.clone()));
-        grpc::add_standard_services(&mut routes, &[grpc::service_name::<QueryServer<QueryService>>()])
-            .await;
+        grpc::add_standard_services(
+            &mut routes,
+            &[grpc::service_name::<QueryServer<QueryService>>()],
+        )
+        .await;
         let served = grpc::serve(self.listener, routes.routes(), shutdown).await;
         self.store.close().await;
         Ok(served?)

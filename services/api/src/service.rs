@@ -78,7 +78,11 @@ impl Query for QueryService {
                     () = shutdown.cancelled() => return,
                     _ = tick.tick() => {}
                 }
-                let stats = store.counts().await.map(convert::stats).map_err(Status::from);
+                let stats = store
+                    .counts()
+                    .await
+                    .map(convert::stats)
+                    .map_err(Status::from);
                 if tx.send(stats).await.is_err() {
                     return;
                 }

@@ -19,7 +19,13 @@ use tributary::{shutdown, telemetry};
 struct Cli {
     /// Log format: `text` for people, `json` for log collectors. Levels come
     /// from RUST_LOG (default: info).
-    #[arg(long, global = true, env = "TRIBUTARY_LOG_FORMAT", value_enum, default_value_t)]
+    #[arg(
+        long,
+        global = true,
+        env = "TRIBUTARY_LOG_FORMAT",
+        value_enum,
+        default_value_t
+    )]
     log_format: telemetry::LogFormat,
 
     #[command(subcommand)]

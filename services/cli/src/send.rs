@@ -27,7 +27,11 @@ use tributary::{
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
     /// Ingest endpoint: `tributary up`, an ingest server, or Envoy.
-    #[arg(long, env = "TRIBUTARY_CONNECT", default_value = "http://127.0.0.1:8080")]
+    #[arg(
+        long,
+        env = "TRIBUTARY_CONNECT",
+        default_value = "http://127.0.0.1:8080"
+    )]
     pub connect: String,
     /// How many records to send.
     #[arg(long, short = 'n', env = "TRIBUTARY_COUNT", default_value_t = 100_000)]
@@ -89,10 +93,14 @@ struct Outbox {
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     anyhow::ensure!(config.batch > 0, "--batch must be at least 1");
-    anyhow::ensure!(config.window >= config.batch, "--window must be at least --batch");
-    let source = config.source.clone().unwrap_or_else(|| {
-        format!("send-{:016x}", rand::rng().random::<u64>())
-    });
+    anyhow::ensure!(
+        config.window >= config.batch,
+        "--window must be at least --batch"
+    );
+    let source = config
+        .source
+        .clone()
+        .unwrap_or_else(|| format!("send-{:016x}", rand::rng().random::<u64>()));
     let endpoint = Endpoint::from_shared(config.connect.clone())
         .with_context(|| format!("bad --connect URI {:?}", config.connect))?
         .connect_timeout(Duration::from_secs(5))
@@ -116,7 +124,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     let mut failures = 0u32;
     loop {
         let answered = totals.accepted + totals.duplicates + totals.rejected;
-        match session(&config, &source, &endpoint, &mut outbox, &mut totals, &progress, started, &shutdown).await {
+        match session(
+            &config,
+            &source,
+            &endpoint,
+            &mut outbox,
+            &mut totals,
+            &progress,
+            started,
+            &shutdown,
+        )
+        .await
+        {
             Ok(()) => break,
             Err(e) => {
                 if totals.accepted + totals.duplicates + totals.rejected > answered {
@@ -219,7 +238,12 @@ async fn session(
 
 /// Applies one batch's answer: acknowledged records are done, records the
 /// queue could not take go again in a new batch, other rejections are final.
-fn settle(response: PublishResponse, outbox: &mut Outbox, totals: &mut Totals, progress: &ProgressBar) {
+fn settle(
+    response: PublishResponse,
+    outbox: &mut Outbox,
+    totals: &mut Totals,
+    progress: &ProgressBar,
+) {
     let Some(records) = outbox.unacked.remove(&response.batch_id) else {
         return;
     };

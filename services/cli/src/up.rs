@@ -65,7 +65,10 @@ impl App {
         let queue = queue::open("embedded", &config.data_dir)
             .await
             .context("opening the embedded queue")?;
-        let store_url = format!("sqlite://{}", config.data_dir.join("tributary.db").display());
+        let store_url = format!(
+            "sqlite://{}",
+            config.data_dir.join("tributary.db").display()
+        );
         let store = store::open(&store_url).await.context("opening the store")?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -105,7 +108,11 @@ impl App {
             ],
         )
         .await;
-        let server = tokio::spawn(grpc::serve(self.listener, routes.routes(), shutdown.clone()));
+        let server = tokio::spawn(grpc::serve(
+            self.listener,
+            routes.routes(),
+            shutdown.clone(),
+        ));
 
         // Workers stop on their own token, cancelled only after the server
         // has begun draining, so they can ack their last batch.

@@ -62,9 +62,15 @@ impl Default for Limits {
 impl Limits {
     /// Checks that the limits make sense together.
     pub fn validate(&self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.publish_window > 0, "--publish-window must be at least 1");
+        anyhow::ensure!(
+            self.publish_window > 0,
+            "--publish-window must be at least 1"
+        );
         anyhow::ensure!(self.max_attempts > 0, "--max-attempts must be at least 1");
-        anyhow::ensure!(self.ack_deadline_ms >= 100, "--ack-deadline-ms must be at least 100");
+        anyhow::ensure!(
+            self.ack_deadline_ms >= 100,
+            "--ack-deadline-ms must be at least 100"
+        );
         anyhow::ensure!(
             self.max_record_bytes <= self.max_message_bytes,
             "--max-record-bytes ({}) cannot exceed --max-message-bytes ({})",

@@ -53,9 +53,16 @@ impl App {
     /// Serves until `shutdown` is cancelled, then drains and closes the queue.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut routes = RoutesBuilder::default();
-        routes.add_service(service(self.queue.clone(), self.limits.clone(), shutdown.clone()));
-        grpc::add_standard_services(&mut routes, &[grpc::service_name::<IngestServer<IngestService>>()])
-            .await;
+        routes.add_service(service(
+            self.queue.clone(),
+            self.limits.clone(),
+            shutdown.clone(),
+        ));
+        grpc::add_standard_services(
+            &mut routes,
+            &[grpc::service_name::<IngestServer<IngestService>>()],
+        )
+        .await;
         let served = grpc::serve(self.listener, routes.routes(), shutdown).await;
         self.queue.close().await;
         Ok(served?)

@@ -42,7 +42,9 @@ struct Shared {
 
 impl Shared {
     fn credit(&self) -> MutexGuard<'_, Credit> {
-        self.credit.lock().expect("credit lock is never poisoned: no panics under it")
+        self.credit
+            .lock()
+            .expect("credit lock is never poisoned: no panics under it")
     }
 
     fn release(&self, ack_id: &str) {
@@ -66,9 +68,10 @@ pub async fn stream(
         .await
         .map_err(grpc::inbound_status)?
         .ok_or_else(|| Status::invalid_argument("the Pull stream ended before subscribing"))?;
-    let subscription = first.subscribe.clone().ok_or_else(|| {
-        Status::invalid_argument("the first PullRequest must carry `subscribe`")
-    })?;
+    let subscription = first
+        .subscribe
+        .clone()
+        .ok_or_else(|| Status::invalid_argument("the first PullRequest must carry `subscribe`"))?;
     if subscription.parser.is_empty() {
         return Err(Status::invalid_argument("subscribe.parser is empty"));
     }
@@ -204,7 +207,11 @@ async fn read(
     }
     let held: Vec<String> = shared.credit().held.drain().map(|(id, _)| id).collect();
     for ack_id in held {
-        if let Err(e) = service.queue.nack(&ack_id, "the subscriber went away").await {
+        if let Err(e) = service
+            .queue
+            .nack(&ack_id, "the subscriber went away")
+            .await
+        {
             tracing::debug!(error = %e, "could not hand back a delivery; its deadline will");
         }
     }

@@ -24,7 +24,9 @@ pub fn check(record: &Record, max_record_bytes: usize) -> Result<RecordKind, Ref
         reason,
     };
     if record.source.is_empty() {
-        return Err(invalid("source is empty: every record needs a source".into()));
+        return Err(invalid(
+            "source is empty: every record needs a source".into(),
+        ));
     }
     if record.source.len() > MAX_SOURCE_BYTES {
         return Err(invalid(format!(
@@ -70,14 +72,20 @@ mod tests {
 
     #[test]
     fn refuses_missing_source_and_payload() {
-        assert_eq!(check(&text("", "hi"), 1024).unwrap_err().code, Code::InvalidArgument);
+        assert_eq!(
+            check(&text("", "hi"), 1024).unwrap_err().code,
+            Code::InvalidArgument
+        );
         let bare = Record {
             source: "a".into(),
             ..Default::default()
         };
         assert_eq!(check(&bare, 1024).unwrap_err().code, Code::InvalidArgument);
         let long = "s".repeat(MAX_SOURCE_BYTES + 1);
-        assert_eq!(check(&text(&long, "hi"), 4096).unwrap_err().code, Code::InvalidArgument);
+        assert_eq!(
+            check(&text(&long, "hi"), 4096).unwrap_err().code,
+            Code::InvalidArgument
+        );
     }
 
     #[test]

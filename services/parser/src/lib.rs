@@ -25,10 +25,18 @@ pub struct Config {
     #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:50053")]
     pub listen: SocketAddr,
     /// Ingest server (or Envoy) to pull from.
-    #[arg(long, env = "TRIBUTARY_CONNECT", default_value = "http://127.0.0.1:50051")]
+    #[arg(
+        long,
+        env = "TRIBUTARY_CONNECT",
+        default_value = "http://127.0.0.1:50051"
+    )]
     pub connect: String,
     /// Where results go: `sqlite://PATH`.
-    #[arg(long, env = "TRIBUTARY_STORE", default_value = "sqlite://tributary-data/tributary.db")]
+    #[arg(
+        long,
+        env = "TRIBUTARY_STORE",
+        default_value = "sqlite://tributary-data/tributary.db"
+    )]
     pub store: String,
     /// The parser: a type name (`raw`, `uppercase`) or a JSON object with a
     /// `type` and that parser's options.
@@ -89,7 +97,9 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let parser = ParserConfig::from_spec(&config.parser).map_err(anyhow::Error::msg)?;
         let tuning = config.tuning.tuning()?;
-        let store = store::open(&config.store).await.context("opening the store")?;
+        let store = store::open(&config.store)
+            .await
+            .context("opening the store")?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
@@ -115,7 +125,11 @@ impl App {
         let mut routes = RoutesBuilder::default();
         grpc::add_standard_services(&mut routes, &[]).await;
         let store = self.worker.store.clone();
-        let health = tokio::spawn(grpc::serve(self.listener, routes.routes(), shutdown.clone()));
+        let health = tokio::spawn(grpc::serve(
+            self.listener,
+            routes.routes(),
+            shutdown.clone(),
+        ));
         self.worker.run(shutdown).await;
         store.close().await;
         health.await??;

@@ -98,17 +98,24 @@ impl Worker {
                     parser: self.name.clone(),
                     kinds: self.parser.kinds().into_iter().map(|k| k as i32).collect(),
                     max_outstanding: self.tuning.max_outstanding,
-                    ack_deadline_ms: u32::try_from(self.tuning.ack_deadline.as_millis()).unwrap_or(u32::MAX),
+                    ack_deadline_ms: u32::try_from(self.tuning.ack_deadline.as_millis())
+                        .unwrap_or(u32::MAX),
                 }),
                 ..Default::default()
             })
             .await?;
-        let mut deliveries = client.pull(ReceiverStream::new(request_rx)).await?.into_inner();
+        let mut deliveries = client
+            .pull(ReceiverStream::new(request_rx))
+            .await?
+            .into_inner();
         tracing::info!(parser = %self.name, connect = %self.connect, "pulling");
 
         // Capacity 1: one batch is written while the next one gathers.
         let (batches, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);
-        let writer = tokio::spawn(self.clone().write_loop(batch_rx, requests, shutdown.clone()));
+        let writer = tokio::spawn(
+            self.clone()
+                .write_loop(batch_rx, requests, shutdown.clone()),
+        );
 
         let mut gathered: Vec<Delivery> = Vec::new();
         let mut records = 0usize;
@@ -179,7 +186,11 @@ impl Worker {
                         tracing::warn!(parser = %self.name, error = %e, failures, "store write failed; retrying");
                         // Keep the deliveries ours while the store recovers.
                         let extend = PullRequest {
-                            extend_ack_ids: acks.iter().chain(nacks.iter().map(|n| &n.ack_id)).cloned().collect(),
+                            extend_ack_ids: acks
+                                .iter()
+                                .chain(nacks.iter().map(|n| &n.ack_id))
+                                .cloned()
+                                .collect(),
                             ..Default::default()
                         };
                         let _ = requests.send(extend).await;
@@ -227,7 +238,10 @@ impl Worker {
                 };
                 match outcome {
                     Ok(()) => write.records.push(NewRecord {
-                        sent_at: record.sent_at.as_ref().map_or(received_at, clock::to_micros),
+                        sent_at: record
+                            .sent_at
+                            .as_ref()
+                            .map_or(received_at, clock::to_micros),
                         received_at,
                         kind: delivery.kind,
                         seq: record.seq,

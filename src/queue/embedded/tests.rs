@@ -7,7 +7,9 @@ fn text(source: &str, seq: u64) -> Record {
     Record {
         source: source.into(),
         seq,
-        payload: Some(Payload::Text(Text { body: format!("{source}-{seq}") })),
+        payload: Some(Payload::Text(Text {
+            body: format!("{source}-{seq}"),
+        })),
         ..Default::default()
     }
 }
@@ -45,16 +47,34 @@ async fn next(sub: &mut Box<dyn Subscription>) -> Message {
 async fn delivers_acks_and_forgets() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open(&dir).await;
-    let mut sub = queue.subscribe(options("raw", KindSet::ALL, 30_000)).await.unwrap();
-    let out = queue
-        .publish(vec![batch(RecordKind::Text, (0..3).map(|i| text("a", i)).collect())])
+    let mut sub = queue
+        .subscribe(options("raw", KindSet::ALL, 30_000))
         .await
         .unwrap();
-    assert_eq!(out, vec![Published { accepted: 3, duplicates: 0 }]);
+    let out = queue
+        .publish(vec![batch(
+            RecordKind::Text,
+            (0..3).map(|i| text("a", i)).collect(),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![Published {
+            accepted: 3,
+            duplicates: 0
+        }]
+    );
     let msg = next(&mut sub).await;
-    assert_eq!((msg.attempt, msg.records.len(), msg.received_at), (1, 3, 42));
+    assert_eq!(
+        (msg.attempt, msg.records.len(), msg.received_at),
+        (1, 3, 42)
+    );
     queue.ack(&msg.ack_id).await.unwrap();
-    assert!(queue.inner.state().log.is_empty(), "acked by its only group");
+    assert!(
+        queue.inner.state().log.is_empty(),
+        "acked by its only group"
+    );
 }
 
 #[tokio::test]
@@ -62,23 +82,44 @@ async fn dedupes_keys_across_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open(&dir).await;
     let first = queue
-        .publish(vec![batch(RecordKind::Text, (0..10).map(|i| text("a", i)).collect())])
+        .publish(vec![batch(
+            RecordKind::Text,
+            (0..10).map(|i| text("a", i)).collect(),
+        )])
         .await
         .unwrap();
     assert_eq!(first[0].accepted, 10);
     queue.close().await;
     let queue = open(&dir).await;
     let again = queue
-        .publish(vec![batch(RecordKind::Text, (5..15).map(|i| text("a", i)).collect())])
+        .publish(vec![batch(
+            RecordKind::Text,
+            (5..15).map(|i| text("a", i)).collect(),
+        )])
         .await
         .unwrap();
-    assert_eq!(again, vec![Published { accepted: 5, duplicates: 5 }]);
+    assert_eq!(
+        again,
+        vec![Published {
+            accepted: 5,
+            duplicates: 5
+        }]
+    );
     // Keys repeated inside one batch count once.
     let twice = queue
-        .publish(vec![batch(RecordKind::Text, vec![text("b", 0), text("b", 0)])])
+        .publish(vec![batch(
+            RecordKind::Text,
+            vec![text("b", 0), text("b", 0)],
+        )])
         .await
         .unwrap();
-    assert_eq!(twice, vec![Published { accepted: 1, duplicates: 1 }]);
+    assert_eq!(
+        twice,
+        vec![Published {
+            accepted: 1,
+            duplicates: 1
+        }]
+    );
 }
 
 #[tokio::test]
@@ -86,7 +127,10 @@ async fn unacked_messages_survive_a_crash() {
     let dir = tempfile::tempdir().unwrap();
     {
         let queue = open(&dir).await;
-        let mut sub = queue.subscribe(options("raw", KindSet::ALL, 30_000)).await.unwrap();
+        let mut sub = queue
+            .subscribe(options("raw", KindSet::ALL, 30_000))
+            .await
+            .unwrap();
         queue
             .publish(vec![batch(RecordKind::Text, vec![text("a", 0)])])
             .await
@@ -107,7 +151,10 @@ async fn unacked_messages_survive_a_crash() {
             .unwrap();
     }
     let queue = open(&dir).await;
-    let mut sub = queue.subscribe(options("raw", KindSet::ALL, 30_000)).await.unwrap();
+    let mut sub = queue
+        .subscribe(options("raw", KindSet::ALL, 30_000))
+        .await
+        .unwrap();
     let mut seen = Vec::new();
     for _ in 0..2 {
         let msg = next(&mut sub).await;
@@ -125,7 +172,10 @@ async fn redelivers_after_the_deadline_and_after_a_nack() {
     // Paused only once the file is open: the connection pool's timeouts
     // would otherwise fire while SQLite works on its own thread.
     tokio::time::pause();
-    let mut sub = queue.subscribe(options("raw", KindSet::ALL, 1_000)).await.unwrap();
+    let mut sub = queue
+        .subscribe(options("raw", KindSet::ALL, 1_000))
+        .await
+        .unwrap();
     queue
         .publish(vec![batch(RecordKind::Text, vec![text("a", 0)])])
         .await
@@ -134,14 +184,22 @@ async fn redelivers_after_the_deadline_and_after_a_nack() {
     let started = Instant::now();
     let second = next(&mut sub).await;
     assert_eq!(second.attempt, 2);
-    assert!(started.elapsed() >= Duration::from_millis(900), "not before the deadline");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "not before the deadline"
+    );
     queue.nack(&second.ack_id, "boom").await.unwrap();
     let third = next(&mut sub).await;
-    assert_eq!((third.attempt, third.ack_id.as_str()), (3, first.ack_id.as_str()));
+    assert_eq!(
+        (third.attempt, third.ack_id.as_str()),
+        (3, first.ack_id.as_str())
+    );
     queue.extend(&third.ack_id).await.unwrap();
     queue.ack(&third.ack_id).await.unwrap();
     assert!(
-        tokio::time::timeout(Duration::from_secs(5), sub.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_secs(5), sub.next())
+            .await
+            .is_err(),
         "an acked message is not delivered again"
     );
 }
@@ -150,10 +208,20 @@ async fn redelivers_after_the_deadline_and_after_a_nack() {
 async fn groups_each_get_everything_and_members_share() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open(&dir).await;
-    let mut raw_a = queue.subscribe(options("raw", KindSet::ALL, 30_000)).await.unwrap();
-    let mut raw_b = queue.subscribe(options("raw", KindSet::ALL, 30_000)).await.unwrap();
+    let mut raw_a = queue
+        .subscribe(options("raw", KindSet::ALL, 30_000))
+        .await
+        .unwrap();
+    let mut raw_b = queue
+        .subscribe(options("raw", KindSet::ALL, 30_000))
+        .await
+        .unwrap();
     let mut upper = queue
-        .subscribe(options("uppercase", KindSet::of([RecordKind::Text]), 30_000))
+        .subscribe(options(
+            "uppercase",
+            KindSet::of([RecordKind::Text]),
+            30_000,
+        ))
         .await
         .unwrap();
     let probe = Record {
@@ -170,7 +238,10 @@ async fn groups_each_get_everything_and_members_share() {
         .unwrap();
     let one = next(&mut raw_a).await;
     let two = next(&mut raw_b).await;
-    assert_ne!(one.ack_id, two.ack_id, "members of a group split the messages");
+    assert_ne!(
+        one.ack_id, two.ack_id,
+        "members of a group split the messages"
+    );
     let only = next(&mut upper).await;
     assert_eq!(only.kind, RecordKind::Text);
     for ack in [&one.ack_id, &two.ack_id, &only.ack_id] {
@@ -178,7 +249,9 @@ async fn groups_each_get_everything_and_members_share() {
     }
     assert!(queue.inner.state().log.is_empty());
     assert!(
-        tokio::time::timeout(Duration::from_millis(200), upper.next()).await.is_err(),
+        tokio::time::timeout(Duration::from_millis(200), upper.next())
+            .await
+            .is_err(),
         "the probe is not for uppercase"
     );
 }
@@ -188,7 +261,10 @@ async fn rejects_malformed_ack_ids() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open(&dir).await;
     for bad in ["", "x:raw", "5:", "5"] {
-        assert!(matches!(queue.ack(bad).await, Err(QueueError::Invalid(_))), "{bad:?}");
+        assert!(
+            matches!(queue.ack(bad).await, Err(QueueError::Invalid(_))),
+            "{bad:?}"
+        );
     }
 }
 

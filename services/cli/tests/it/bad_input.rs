@@ -49,13 +49,17 @@ async fn bad_records_are_rejected_one_by_one() {
             FutureRecord {
                 source: "good".into(),
                 seq: 0,
-                text: Some(Text { body: "fine".into() }),
+                text: Some(Text {
+                    body: "fine".into(),
+                }),
                 hologram: None,
             },
             FutureRecord {
                 source: String::new(),
                 seq: 1,
-                text: Some(Text { body: "who sent me?".into() }),
+                text: Some(Text {
+                    body: "who sent me?".into(),
+                }),
                 hologram: None,
             },
             FutureRecord {
@@ -76,10 +80,17 @@ async fn bad_records_are_rejected_one_by_one() {
         .expect("a batch with bad records still succeeds as a call")
         .into_inner();
     assert_eq!(response.accepted, 1);
-    let rejected: Vec<(u32, i32)> = response.rejections.iter().map(|r| (r.index, r.code)).collect();
+    let rejected: Vec<(u32, i32)> = response
+        .rejections
+        .iter()
+        .map(|r| (r.index, r.code))
+        .collect();
     assert_eq!(
         rejected,
-        vec![(1, Code::InvalidArgument as i32), (2, Code::InvalidArgument as i32)]
+        vec![
+            (1, Code::InvalidArgument as i32),
+            (2, Code::InvalidArgument as i32)
+        ]
     );
     assert!(response.rejections[0].reason.contains("source"));
     assert!(response.rejections[1].reason.contains("kind"));
@@ -93,12 +104,17 @@ async fn oversized_requests_are_resource_exhausted() {
     let huge = text("big", 0, "x".repeat(5 << 20));
 
     let status = client
-        .publish_batch(PublishBatchRequest { records: vec![huge.clone()] })
+        .publish_batch(PublishBatchRequest {
+            records: vec![huge.clone()],
+        })
         .await
         .expect_err("5 MiB is over the 4 MiB request limit");
     assert_eq!(status.code(), Code::ResourceExhausted, "{status:?}");
 
-    let request = PublishRequest { batch_id: 0, records: vec![huge] };
+    let request = PublishRequest {
+        batch_id: 0,
+        records: vec![huge],
+    };
     let mut responses = client
         .publish(tokio_stream::iter(vec![request]))
         .await
@@ -110,7 +126,10 @@ async fn oversized_requests_are_resource_exhausted() {
     // One record over the per-record limit, in a request under the limit.
     let response = client
         .publish_batch(PublishBatchRequest {
-            records: vec![text("big", 1, "y".repeat(100 << 10)), text("small", 0, "ok".into())],
+            records: vec![
+                text("big", 1, "y".repeat(100 << 10)),
+                text("small", 0, "ok".into()),
+            ],
         })
         .await
         .unwrap()
@@ -125,8 +144,11 @@ async fn garbage_on_the_port_does_not_crash_the_server() {
     let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
     for garbage in [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
-        (0..65_536u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect(),
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x08\x00\x00\x00\x00\x00\xff\xff\xff\xff".to_vec(),
+        (0..65_536u32)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect(),
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x04\x08\x00\x00\x00\x00\x00\xff\xff\xff\xff"
+            .to_vec(),
     ] {
         let mut socket = tokio::net::TcpStream::connect(mesh.addr).await.unwrap();
         let _ = socket.write_all(&garbage).await;

@@ -12,7 +12,16 @@ async fn a_killed_mesh_loses_nothing_and_stores_nothing_twice() {
     let addr = mesh.addr;
     let sender = send_command(
         &mesh.url(),
-        &["--count", "200000", "--rate", "40000", "--retry-secs", "60", "--source", "crash"],
+        &[
+            "--count",
+            "200000",
+            "--rate",
+            "40000",
+            "--retry-secs",
+            "60",
+            "--source",
+            "crash",
+        ],
     )
     .spawn()
     .unwrap();
@@ -21,7 +30,10 @@ async fn a_killed_mesh_loses_nothing_and_stores_nothing_twice() {
     let channel = mesh.channel().await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while stored(&channel, "raw").await == 0 {
-        assert!(tokio::time::Instant::now() < deadline, "nothing was stored before the kill");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "nothing was stored before the kill"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     mesh.kill9().await;
@@ -31,11 +43,27 @@ async fn a_killed_mesh_loses_nothing_and_stores_nothing_twice() {
         .await
         .expect("the sender finishes")
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["acked"], 200_000);
-    assert!(summary["reconnects"].as_u64().unwrap() >= 1, "the kill broke the stream");
+    assert!(
+        summary["reconnects"].as_u64().unwrap() >= 1,
+        "the kill broke the stream"
+    );
 
-    wait_stored(&mesh.channel().await, "raw", 200_000, Duration::from_secs(60)).await;
-    assert_eq!(rows_of(dir.path(), "raw", "crash").await, (200_000, 200_000, 0, 199_999));
+    wait_stored(
+        &mesh.channel().await,
+        "raw",
+        200_000,
+        Duration::from_secs(60),
+    )
+    .await;
+    assert_eq!(
+        rows_of(dir.path(), "raw", "crash").await,
+        (200_000, 200_000, 0, 199_999)
+    );
 }

@@ -28,8 +28,15 @@ async fn grpcurl_lists_describes_and_calls() {
     let addr = mesh.addr.to_string();
 
     let services = grpcurl(&["-plaintext", &addr, "list"]).await;
-    for name in ["tributary.v1.Ingest", "tributary.v1.Query", "grpc.health.v1.Health"] {
-        assert!(services.lines().any(|l| l == name), "{name} missing from {services}");
+    for name in [
+        "tributary.v1.Ingest",
+        "tributary.v1.Query",
+        "grpc.health.v1.Health",
+    ] {
+        assert!(
+            services.lines().any(|l| l == name),
+            "{name} missing from {services}"
+        );
     }
     assert!(
         !services.contains("tributary.v1.Coordinator"),
@@ -41,8 +48,21 @@ async fn grpcurl_lists_describes_and_calls() {
     assert!(record.contains("oneof payload"), "{record}");
 
     send(&mesh.url(), &["--count", "10", "--source", "curl"]).await;
-    wait_stored(&mesh.channel().await, "raw", 10, std::time::Duration::from_secs(30)).await;
-    let stats = grpcurl(&["-plaintext", "-d", "{}", &addr, "tributary.v1.Query/GetStats"]).await;
+    wait_stored(
+        &mesh.channel().await,
+        "raw",
+        10,
+        std::time::Duration::from_secs(30),
+    )
+    .await;
+    let stats = grpcurl(&[
+        "-plaintext",
+        "-d",
+        "{}",
+        &addr,
+        "tributary.v1.Query/GetStats",
+    ])
+    .await;
     let stats: serde_json::Value = serde_json::from_str(&stats).expect("grpcurl prints JSON");
     let raw = stats["parsers"]
         .as_array()
@@ -52,7 +72,14 @@ async fn grpcurl_lists_describes_and_calls() {
         .expect("raw has stored records");
     assert_eq!(raw["stored"], "10", "int64 is a string in proto3 JSON");
 
-    let health = grpcurl(&["-plaintext", "-d", r#"{"service":"tributary.v1.Ingest"}"#, &addr, "grpc.health.v1.Health/Check"]).await;
+    let health = grpcurl(&[
+        "-plaintext",
+        "-d",
+        r#"{"service":"tributary.v1.Ingest"}"#,
+        &addr,
+        "grpc.health.v1.Health/Check",
+    ])
+    .await;
     assert!(health.contains("SERVING"), "{health}");
 }
 

@@ -108,7 +108,9 @@ pub async fn rows_of(data_dir: &Path, parser: &str, source: &str) -> (i64, i64, 
     use sqlx::{Connection, Row};
     let path: PathBuf = data_dir.join("tributary.db");
     let url = format!("sqlite://{}?mode=ro", path.display());
-    let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("the store file opens");
+    let mut conn = sqlx::SqliteConnection::connect(&url)
+        .await
+        .expect("the store file opens");
     let row = sqlx::query(
         "SELECT COUNT(*), COUNT(DISTINCT seq), COALESCE(MIN(seq), -1), COALESCE(MAX(seq), -1) \
          FROM records WHERE parser = ? AND source = ?",

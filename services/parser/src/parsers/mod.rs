@@ -42,9 +42,8 @@ impl ParserConfig {
         } else {
             serde_json::json!({ "type": spec }).to_string()
         };
-        serde_json::from_str(&json).map_err(|e| {
-            format!("bad parser spec {spec:?}: {e} (known types: raw, uppercase)")
-        })
+        serde_json::from_str(&json)
+            .map_err(|e| format!("bad parser spec {spec:?}: {e} (known types: raw, uppercase)"))
     }
 
     /// The type name, which is also the default consumer-group name.
@@ -75,7 +74,9 @@ mod tests {
             ParserConfig::Raw(raw::Config {})
         );
         assert_eq!(
-            ParserConfig::from_spec(r#"{"type":"uppercase"}"#).unwrap().type_name(),
+            ParserConfig::from_spec(r#"{"type":"uppercase"}"#)
+                .unwrap()
+                .type_name(),
             "uppercase"
         );
     }

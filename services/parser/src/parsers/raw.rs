@@ -40,7 +40,9 @@ mod tests {
     async fn leaves_records_alone() {
         let original = Record {
             source: "a".into(),
-            payload: Some(Payload::Text(Text { body: "MiXed".into() })),
+            payload: Some(Payload::Text(Text {
+                body: "MiXed".into(),
+            })),
             ..Default::default()
         };
         let mut record = original.clone();

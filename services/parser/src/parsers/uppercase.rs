@@ -39,7 +39,9 @@ impl Parser for Uppercase {
             }
             _ => {
                 let kind = kind.map_or("payload-less", tributary::kind::name);
-                return Err(format!("uppercase has no text to change in a {kind} record"));
+                return Err(format!(
+                    "uppercase has no text to change in a {kind} record"
+                ));
             }
         }
         Ok(())
@@ -54,11 +56,18 @@ mod tests {
     #[tokio::test]
     async fn upper_cases_text_and_sensor_names() {
         let mut text = Record {
-            payload: Some(Payload::Text(Text { body: "héllo wörld".into() })),
+            payload: Some(Payload::Text(Text {
+                body: "héllo wörld".into(),
+            })),
             ..Default::default()
         };
         Uppercase.process(&mut text).await.unwrap();
-        assert_eq!(text.payload, Some(Payload::Text(Text { body: "HÉLLO WÖRLD".into() })));
+        assert_eq!(
+            text.payload,
+            Some(Payload::Text(Text {
+                body: "HÉLLO WÖRLD".into()
+            }))
+        );
 
         let mut reading = Record {
             payload: Some(Payload::SensorReading(SensorReading {
@@ -71,8 +80,18 @@ mod tests {
             ..Default::default()
         };
         Uppercase.process(&mut reading).await.unwrap();
-        let Some(Payload::SensorReading(r)) = reading.payload else { unreachable!() };
-        assert_eq!((r.sensor_id.as_str(), r.metric.as_str(), r.unit.as_str(), r.value), ("S1", "TEMP", "C", 1.5));
+        let Some(Payload::SensorReading(r)) = reading.payload else {
+            unreachable!()
+        };
+        assert_eq!(
+            (
+                r.sensor_id.as_str(),
+                r.metric.as_str(),
+                r.unit.as_str(),
+                r.value
+            ),
+            ("S1", "TEMP", "C", 1.5)
+        );
     }
 
     #[tokio::test]
