@@ -152,19 +152,6 @@ pub fn nack_backoff(attempt: u32) -> Duration {
     Duration::from_millis(100 << exp).min(Duration::from_secs(10))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_doubles_then_caps() {
-        assert_eq!(nack_backoff(1), Duration::from_millis(100));
-        assert_eq!(nack_backoff(2), Duration::from_millis(200));
-        assert_eq!(nack_backoff(4), Duration::from_millis(800));
-        assert_eq!(nack_backoff(30), Duration::from_secs(10));
-    }
-}
-
 impl From<QueueError> for tonic::Status {
     fn from(e: QueueError) -> Self {
         match e {
@@ -178,5 +165,18 @@ impl From<QueueError> for tonic::Status {
                 tonic::Status::internal("the queue is misconfigured")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_then_caps() {
+        assert_eq!(nack_backoff(1), Duration::from_millis(100));
+        assert_eq!(nack_backoff(2), Duration::from_millis(200));
+        assert_eq!(nack_backoff(4), Duration::from_millis(800));
+        assert_eq!(nack_backoff(30), Duration::from_secs(10));
     }
 }
