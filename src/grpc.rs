@@ -77,7 +77,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_routes(routes)
         .serve_with_incoming_shutdown(
-            TcpListenerStream::new(listener),
+            incoming(listener),
             shutdown.clone().cancelled_owned(),
         );
     drain(server, &shutdown).await
@@ -103,6 +103,19 @@ pub async fn drain<E>(
             Ok(())
         }
     }
+}
+
+/// Accepted connections with Nagle's algorithm off: small acks and
+/// deliveries must not wait for delayed ACKs (a 40 ms stall per round trip).
+fn incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|stream| {
+        let stream = stream?;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    })
 }
 
 fn too_large_is_exhausted<B>(mut response: http::Response<B>) -> http::Response<B> {

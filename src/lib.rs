@@ -9,5 +9,6 @@ pub mod kind;
 pub mod proto;
 pub mod queue;
 pub mod shutdown;
+mod sqlite;
 pub mod store;
 pub mod telemetry;

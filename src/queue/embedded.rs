@@ -25,7 +25,7 @@ use prost::Message as _;
 use rangemap::RangeInclusiveSet;
 use sqlx::{
     Connection, Row, SqliteConnection, SqlitePool,
-    sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous},
+    sqlite::SqlitePoolOptions,
 };
 use tokio::{
     sync::{Notify, mpsc, oneshot},
@@ -157,17 +157,9 @@ enum Write {
 impl EmbeddedQueue {
     /// Opens (creating if needed) the queue file at `path`.
     pub async fn open(path: &Path) -> Result<Self, QueueError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
-                QueueError::Unavailable(format!("cannot create {}: {e}", dir.display()))
-            })?;
-        }
-        let options = SqliteConnectOptions::new()
-            .filename(path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+        let options = crate::sqlite::options(path).map_err(|e| {
+            QueueError::Unavailable(format!("cannot create {}: {e}", path.display()))
+        })?;
         let mut conn = SqliteConnection::connect_with(&options)
             .await
             .map_err(unavailable)?;
