@@ -76,10 +76,7 @@ pub async fn serve(
         .layer(tower::util::MapResponseLayer::new(too_large_is_exhausted))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .add_routes(routes)
-        .serve_with_incoming_shutdown(
-            incoming(listener),
-            shutdown.clone().cancelled_owned(),
-        );
+        .serve_with_incoming_shutdown(incoming(listener), shutdown.clone().cancelled_owned());
     drain(server, &shutdown).await
 }
 

@@ -23,10 +23,7 @@ use std::{
 use async_trait::async_trait;
 use prost::Message as _;
 use rangemap::RangeInclusiveSet;
-use sqlx::{
-    Connection, Row, SqliteConnection, SqlitePool,
-    sqlite::SqlitePoolOptions,
-};
+use sqlx::{Connection, Row, SqliteConnection, SqlitePool, sqlite::SqlitePoolOptions};
 use tokio::{
     sync::{Notify, mpsc, oneshot},
     task::JoinHandle,
