@@ -57,6 +57,13 @@ pub async fn add_standard_services(routes: &mut RoutesBuilder, serving: &[&str])
     reporter
 }
 
+/// The address a listener is bound to (the real port when 0 was asked for).
+pub fn bound_addr(listener: &TcpListener) -> std::net::SocketAddr {
+    listener
+        .local_addr()
+        .expect("a bound TCP listener has a local address")
+}
+
 /// The fully qualified name of a generated service, for health checks.
 pub fn service_name<S: NamedService>() -> &'static str {
     S::NAME

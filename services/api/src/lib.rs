@@ -53,9 +53,7 @@ impl App {
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound TCP listener has a local address")
+        grpc::bound_addr(&self.listener)
     }
 
     /// Serves until `shutdown`.

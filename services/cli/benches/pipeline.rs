@@ -70,7 +70,7 @@ async fn main() {
     let (mut mesh, addr) = start_mesh(dir.path()).await;
     let url = format!("http://{addr}");
     let (ingest_rate, e2e_rate) = bulk(&url, records).await;
-    let (p50, p99, n) = latency(&url, dir.path(), 10_000, 10).await;
+    let (p50, p99, n) = latency(&url, dir.path(), records, 10_000, 10).await;
     let rss = peak_rss_kib(mesh.id().unwrap());
     mesh.kill().await.unwrap();
 
@@ -188,7 +188,14 @@ async fn publish(url: &str, source: &str, count: u64, rate: Option<u64>) {
 }
 
 /// Paced publishing, then send→stored latency percentiles from the store.
-async fn latency(url: &str, dir: &Path, rate: u64, seconds: u64) -> (f64, f64, usize) {
+/// `earlier` records were stored before this run, by `bulk`.
+async fn latency(
+    url: &str,
+    dir: &Path,
+    earlier: u64,
+    rate: u64,
+    seconds: u64,
+) -> (f64, f64, usize) {
     let count = rate * seconds;
     publish(url, "paced", count, Some(rate)).await;
     let mut query = QueryClient::connect(url.to_owned()).await.unwrap();
@@ -206,7 +213,7 @@ async fn latency(url: &str, dir: &Path, rate: u64, seconds: u64) -> (f64, f64, u
             .iter()
             .find(|p| p.parser == "raw")
             .map_or(0, |p| p.stored);
-        if stored >= count + bulk_total() {
+        if stored >= count + earlier {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -233,13 +240,6 @@ async fn latency(url: &str, dir: &Path, rate: u64, seconds: u64) -> (f64, f64, u
     latencies.sort_by(f64::total_cmp);
     let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
     (at(0.5), at(0.99), latencies.len())
-}
-
-fn bulk_total() -> u64 {
-    std::env::args()
-        .skip_while(|a| a != "--records")
-        .nth(1)
-        .map_or(1_000_000, |n| n.parse().unwrap())
 }
 
 fn peak_rss_kib(pid: u32) -> u64 {

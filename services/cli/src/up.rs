@@ -84,9 +84,7 @@ impl App {
 
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound TCP listener has a local address")
+        grpc::bound_addr(&self.listener)
     }
 
     /// Runs until `shutdown`; then parsers finish their batches, streams

@@ -45,9 +45,7 @@ impl App {
 
     /// The address actually bound (useful with port 0).
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound TCP listener has a local address")
+        grpc::bound_addr(&self.listener)
     }
 
     /// Serves until `shutdown` is cancelled, then drains and closes the queue.

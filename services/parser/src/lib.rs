@@ -115,9 +115,7 @@ impl App {
 
     /// The address of the health endpoint.
     pub fn local_addr(&self) -> SocketAddr {
-        self.listener
-            .local_addr()
-            .expect("a bound TCP listener has a local address")
+        grpc::bound_addr(&self.listener)
     }
 
     /// Pulls and stores until `shutdown`.
