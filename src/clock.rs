@@ -1,7 +1,9 @@
 //! Wall-clock time as the mesh stores it: integer microseconds since the Unix
-//! epoch, which both SQLite and PostgreSQL keep exactly in a 64-bit integer.
+//! epoch, which both SQLite and PostgreSQL keep exactly in a 64-bit integer;
+//! the 100 ms ticks the number generators share; and a [`WallClock`] seam so
+//! that schedules can run on tokio's paused time in tests.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost_types::Timestamp;
 
@@ -34,6 +36,67 @@ pub fn now_timestamp() -> Timestamp {
     from_micros(now_micros())
 }
 
+/// Length of one tick: "the same time" for the number generators.
+pub const TICK_MICROS: i64 = 100_000;
+
+/// The tick holding `micros`: Unix milliseconds divided by 100, floored.
+pub fn tick_of(micros: i64) -> i64 {
+    micros.div_euclid(TICK_MICROS)
+}
+
+/// The first microsecond of `tick`.
+pub fn tick_start(tick: i64) -> i64 {
+    tick.saturating_mul(TICK_MICROS)
+}
+
+/// Where schedules read the wall clock.
+pub trait WallClock: Send + Sync + 'static {
+    /// Microseconds since the Unix epoch, now.
+    fn now_micros(&self) -> i64;
+
+    /// Sleeps until the wall clock reads `micros`. Sleeping is done on
+    /// tokio's clock, re-read against the wall clock on each call, so a
+    /// schedule of absolute deadlines does not drift.
+    fn sleep_until(&self, micros: i64) -> tokio::time::Sleep {
+        let ahead = u64::try_from(micros - self.now_micros()).unwrap_or(0);
+        tokio::time::sleep(Duration::from_micros(ahead))
+    }
+}
+
+/// The system's clock.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl WallClock for SystemClock {
+    fn now_micros(&self) -> i64 {
+        now_micros()
+    }
+}
+
+/// A wall clock that moves with tokio's clock from a chosen start, so that
+/// `tokio::time::pause()` and `advance()` drive it in tests.
+#[derive(Debug, Clone, Copy)]
+pub struct TokioClock {
+    start_micros: i64,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// A clock reading `start_micros` now.
+    pub fn starting_at(start_micros: i64) -> Self {
+        Self {
+            start_micros,
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
+
+impl WallClock for TokioClock {
+    fn now_micros(&self) -> i64 {
+        self.start_micros + self.start.elapsed().as_micros() as i64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -57,5 +120,20 @@ mod tests {
     fn negative_micros_keep_nanos_positive() {
         let ts = from_micros(-1);
         assert_eq!((ts.seconds, ts.nanos), (-1, 999_999_000));
+    }
+
+    #[test]
+    fn ticks_are_tenths_of_a_second() {
+        assert_eq!(tick_of(1_763_800_000_099_999), 17_638_000_000);
+        assert_eq!(tick_of(1_763_800_000_100_000), 17_638_000_001);
+        assert_eq!(tick_start(17_638_000_001), 1_763_800_000_100_000);
+        assert_eq!(tick_of(-1), -1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_tokio_clock_sleeps_to_wall_deadlines() {
+        let clock = TokioClock::starting_at(1_000_050_000);
+        clock.sleep_until(1_000_100_000).await;
+        assert_eq!(clock.now_micros(), 1_000_100_000);
     }
 }

@@ -4,7 +4,14 @@
 //! redelivered record is stored once. Timestamps are integer microseconds so
 //! that SQLite and PostgreSQL keep them alike. Record bodies are stored as the
 //! encoded protobuf the parser produced; the query API owns their decoding.
+//!
+//! Beside the record, a parser may derive one typed [`Fact`] from it (a
+//! number for the averages, a probe's timings, a sensor reading, an SMS
+//! outcome). Facts are written in the same transaction as the record and
+//! only when the record's key is new, so redeliveries and republished keys
+//! never count twice.
 
+pub mod sql;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -42,6 +49,45 @@ pub struct NewRecord {
     pub received_at: i64,
     /// The record as the parser produced it, protobuf-encoded.
     pub body: Vec<u8>,
+    /// What the parser derived from the record, if anything.
+    pub fact: Option<Fact>,
+}
+
+/// A typed result a parser derives from one record.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fact {
+    /// A number counted into its window's average.
+    Number {
+        /// Start of the window (µs since the epoch).
+        window_start: i64,
+        /// Length of the window in milliseconds.
+        window_ms: u32,
+        /// The number.
+        value: i64,
+    },
+    /// A burst probe; its send and arrival times are the record's.
+    Probe {
+        /// The probe's number.
+        number: u64,
+    },
+    /// A sensor reading.
+    Reading {
+        sensor_id: String,
+        metric: String,
+        value: f64,
+        unit: String,
+        /// When the sensor measured it (µs since the epoch).
+        measured_at: i64,
+    },
+    /// The outcome of one simulated SMS send.
+    Sms {
+        /// The label of the sender instance that handled it.
+        sender: String,
+        /// Whether the send succeeded.
+        sent: bool,
+        /// Simulated send time, retries included (µs).
+        duration_us: i64,
+    },
 }
 
 /// A record a parser gave up on.
@@ -64,8 +110,11 @@ pub struct NewDeadLetter {
 /// What one parser writes in one transaction.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct WriteBatch {
-    /// The parser writing.
+    /// The parser writing (its consumer group).
     pub parser: String,
+    /// The writing instance: partial aggregates are kept per writer, so
+    /// replicas never contend on one row, and combined when read.
+    pub writer: String,
     /// Records to store.
     pub records: Vec<NewRecord>,
     /// Records to dead-letter.
@@ -137,6 +186,91 @@ pub struct RecordFilter {
     pub limit: u32,
 }
 
+/// Selects windows of averages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AverageFilter {
+    /// The average parser's consumer group.
+    pub parser: String,
+    /// Only windows starting at or after this time (µs).
+    pub from: i64,
+    /// Only windows starting before this time (µs).
+    pub to: i64,
+    /// At most this many windows, newest first.
+    pub limit: u32,
+}
+
+/// One window's combined partials.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AverageRow {
+    /// Start of the window (µs).
+    pub window_start: i64,
+    /// Length of the window (ms).
+    pub window_ms: u32,
+    /// Numbers in the window.
+    pub count: u64,
+    /// Their sum.
+    pub sum: i64,
+}
+
+/// The burst probe's figures.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LatencyRow {
+    /// Highest probe number stored, if any.
+    pub highest_number: Option<u64>,
+    /// Probes stored in all.
+    pub stored: u64,
+    /// Probes sent inside the window.
+    pub recent: u64,
+    /// Average of received_at - sent_at over the window (µs).
+    pub avg_to_ingest_us: Option<f64>,
+    /// Average of stored_at - sent_at over the window (µs).
+    pub avg_to_store_us: Option<f64>,
+}
+
+/// Selects sensor readings to aggregate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateQuery {
+    /// The sensor parser's consumer group.
+    pub parser: String,
+    /// The metric.
+    pub metric: String,
+    /// Measured at or after (µs).
+    pub from: i64,
+    /// Measured before (µs).
+    pub to: i64,
+    /// One group per sensor instead of one overall.
+    pub group_by_sensor: bool,
+}
+
+/// Aggregates of one group of readings (nearest-rank percentiles).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateRow {
+    /// The sensor id when grouped, empty otherwise.
+    pub sensor_id: String,
+    pub count: u64,
+    pub avg: f64,
+    pub min: f64,
+    pub max: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    /// The unit (the alphabetically first, should sensors disagree).
+    pub unit: String,
+}
+
+/// SMS outcomes of one sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SmsRow {
+    /// The sender's label.
+    pub sender: String,
+    /// Messages sent.
+    pub sent: u64,
+    /// Messages failed.
+    pub failed: u64,
+    /// Total simulated send time (µs).
+    pub total_us: i64,
+}
+
 /// The store: idempotent batched writes and the reads the query API needs.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -156,6 +290,19 @@ pub trait Store: Send + Sync {
         parser: Option<&str>,
         limit: u32,
     ) -> Result<Vec<DeadLetterRow>, StoreError>;
+
+    /// Combined average partials per window, newest first.
+    async fn averages(&self, filter: &AverageFilter) -> Result<Vec<AverageRow>, StoreError>;
+
+    /// The probe figures of `parser`: averages over probes sent in
+    /// `[now - window, now]` (µs).
+    async fn latency(&self, parser: &str, now: i64, window: i64) -> Result<LatencyRow, StoreError>;
+
+    /// Aggregates of one sensor metric, computed by the database.
+    async fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>, StoreError>;
+
+    /// SMS outcomes of `parser`, per sender, sorted by sender.
+    async fn sms_progress(&self, parser: &str) -> Result<Vec<SmsRow>, StoreError>;
 
     /// Closes connections.
     async fn close(&self);

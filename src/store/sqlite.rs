@@ -4,7 +4,10 @@
 //! SQLite takes one writer at a time, so writes go through a single
 //! connection and reads through a small pool that WAL lets run alongside.
 
-use std::path::Path;
+use std::{
+    collections::{BTreeMap, HashSet},
+    path::Path,
+};
 
 use async_trait::async_trait;
 use sqlx::{
@@ -14,7 +17,9 @@ use sqlx::{
 };
 
 use super::{
-    Counts, DeadLetterRow, RecordFilter, Store, StoreError, StoredRow, WriteBatch, Written,
+    AggregateQuery, AggregateRow, AverageFilter, AverageRow, Counts, DeadLetterRow, Fact,
+    LatencyRow, NewRecord, RecordFilter, SmsRow, Store, StoreError, StoredRow, WriteBatch, Written,
+    sql,
 };
 use crate::clock;
 
@@ -84,13 +89,137 @@ impl SqliteStore {
 }
 
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "init".into(),
-        MigrationType::Simple,
-        sqlx::SqlSafeStr::into_sql_str(INIT),
-        false,
-    )])
+    let migration = |version, name: &str, sql: &'static str| {
+        Migration::new(
+            version,
+            name.to_owned().into(),
+            MigrationType::Simple,
+            sqlx::SqlSafeStr::into_sql_str(sql),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "init", INIT),
+        migration(2, "workloads", sql::WORKLOAD_TABLES),
+    ])
+}
+
+/// Rows per fact INSERT: at most 8 bound values each, under SQLite's limit.
+const FACTS_PER_INSERT: usize = 2000;
+
+/// Writes the facts of the records whose keys were new in this transaction.
+async fn write_facts(
+    tx: &mut sqlx::SqliteConnection,
+    batch: &WriteBatch,
+    new: &[&NewRecord],
+    stored_at: i64,
+) -> Result<(), StoreError> {
+    let mut partials: BTreeMap<(i64, u32), (i64, i64)> = BTreeMap::new();
+    let mut probes = Vec::new();
+    let mut readings = Vec::new();
+    let mut sms = Vec::new();
+    for record in new {
+        match &record.fact {
+            Some(Fact::Number {
+                window_start,
+                window_ms,
+                value,
+            }) => {
+                let partial = partials.entry((*window_start, *window_ms)).or_default();
+                partial.0 += 1;
+                partial.1 += value;
+            }
+            Some(Fact::Probe { number }) => probes.push((*record, *number)),
+            Some(Fact::Reading { .. }) => readings.push(*record),
+            Some(Fact::Sms { .. }) => sms.push(*record),
+            None => {}
+        }
+    }
+    for ((window_start, window_ms), (count, sum)) in partials {
+        sqlx::query(sql::UPSERT_AVERAGE_PARTIAL)
+            .bind(batch.parser.as_str())
+            .bind(window_start)
+            .bind(i64::from(window_ms))
+            .bind(batch.writer.as_str())
+            .bind(count)
+            .bind(sum)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    for chunk in probes.chunks(FACTS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(sql::INSERT_PROBES);
+        insert.push_values(chunk, |mut row, (r, number)| {
+            row.push_bind(batch.parser.as_str())
+                .push_bind(r.source.as_str())
+                .push_bind(r.seq as i64)
+                .push_bind(*number as i64)
+                .push_bind(r.sent_at)
+                .push_bind(r.received_at)
+                .push_bind(stored_at);
+        });
+        insert.push(sql::ON_KEY_CONFLICT_SKIP);
+        insert
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    for chunk in readings.chunks(FACTS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(sql::INSERT_READINGS);
+        insert.push_values(chunk, |mut row, r| {
+            let Some(Fact::Reading {
+                sensor_id,
+                metric,
+                value,
+                unit,
+                measured_at,
+            }) = &r.fact
+            else {
+                unreachable!("only readings were gathered here")
+            };
+            row.push_bind(batch.parser.as_str())
+                .push_bind(r.source.as_str())
+                .push_bind(r.seq as i64)
+                .push_bind(sensor_id.as_str())
+                .push_bind(metric.as_str())
+                .push_bind(*value)
+                .push_bind(unit.as_str())
+                .push_bind(*measured_at);
+        });
+        insert.push(sql::ON_KEY_CONFLICT_SKIP);
+        insert
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    for chunk in sms.chunks(FACTS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(sql::INSERT_SMS_OUTCOMES);
+        insert.push_values(chunk, |mut row, r| {
+            let Some(Fact::Sms {
+                sender,
+                sent,
+                duration_us,
+            }) = &r.fact
+            else {
+                unreachable!("only SMS outcomes were gathered here")
+            };
+            row.push_bind(batch.parser.as_str())
+                .push_bind(r.source.as_str())
+                .push_bind(r.seq as i64)
+                .push_bind(sender.as_str())
+                .push_bind(if *sent { "sent" } else { "failed" })
+                .push_bind(*duration_us);
+        });
+        insert.push(sql::ON_KEY_CONFLICT_SKIP);
+        insert
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -99,6 +228,10 @@ impl Store for SqliteStore {
         let stored_at = clock::now_micros();
         let mut tx = self.writer.begin().await.map_err(unavailable)?;
         let mut stored = 0u64;
+        // Facts must follow only the keys this transaction inserted, so the
+        // insert reports them when any record carries a fact.
+        let with_facts = batch.records.iter().any(|r| r.fact.is_some());
+        let mut new_keys: HashSet<(String, i64)> = HashSet::new();
         for chunk in batch.records.chunks(ROWS_PER_INSERT) {
             let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO records (parser, source, seq, kind, sent_at, received_at, stored_at, body) ",
@@ -114,12 +247,31 @@ impl Store for SqliteStore {
                     .push_bind(r.body.as_slice());
             });
             insert.push(" ON CONFLICT (parser, source, seq) DO NOTHING");
-            stored += insert
-                .build()
-                .execute(&mut *tx)
-                .await
-                .map_err(unavailable)?
-                .rows_affected();
+            if with_facts {
+                insert.push(" RETURNING source, seq");
+                let rows = insert
+                    .build()
+                    .fetch_all(&mut *tx)
+                    .await
+                    .map_err(unavailable)?;
+                stored += rows.len() as u64;
+                new_keys.extend(rows.into_iter().map(|row| (row.get(0), row.get(1))));
+            } else {
+                stored += insert
+                    .build()
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected();
+            }
+        }
+        if with_facts {
+            let new: Vec<&NewRecord> = batch
+                .records
+                .iter()
+                .filter(|r| new_keys.contains(&(r.source.clone(), r.seq as i64)))
+                .collect();
+            write_facts(&mut tx, batch, &new, stored_at).await?;
         }
         if stored > 0 {
             sqlx::query(
@@ -231,6 +383,91 @@ impl Store for SqliteStore {
             .collect())
     }
 
+    async fn averages(&self, filter: &AverageFilter) -> Result<Vec<AverageRow>, StoreError> {
+        let rows = sqlx::query(sql::SELECT_AVERAGES)
+            .bind(filter.parser.as_str())
+            .bind(filter.from)
+            .bind(filter.to)
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| AverageRow {
+                window_start: row.get(0),
+                window_ms: row.get::<i64, _>(1) as u32,
+                count: row.get::<i64, _>(2) as u64,
+                sum: row.get(3),
+            })
+            .collect())
+    }
+
+    async fn latency(&self, parser: &str, now: i64, window: i64) -> Result<LatencyRow, StoreError> {
+        let totals = sqlx::query(sql::SELECT_PROBE_TOTALS)
+            .bind(parser)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        let recent = sqlx::query(sql::SELECT_PROBE_WINDOW)
+            .bind(parser)
+            .bind(now - window)
+            .bind(now)
+            .fetch_one(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(LatencyRow {
+            highest_number: totals.get::<Option<i64>, _>(0).map(|n| n as u64),
+            stored: totals.get::<i64, _>(1) as u64,
+            recent: recent.get::<i64, _>(0) as u64,
+            avg_to_ingest_us: recent.get(1),
+            avg_to_store_us: recent.get(2),
+        })
+    }
+
+    async fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>, StoreError> {
+        let text = sql::aggregate(query.group_by_sensor);
+        let rows = sqlx::query(sqlx::AssertSqlSafe(text))
+            .bind(query.parser.as_str())
+            .bind(query.metric.as_str())
+            .bind(query.from)
+            .bind(query.to)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| AggregateRow {
+                sensor_id: row.get(0),
+                count: row.get::<i64, _>(1) as u64,
+                avg: row.get(2),
+                min: row.get(3),
+                max: row.get(4),
+                p50: row.get(5),
+                p95: row.get(6),
+                p99: row.get(7),
+                unit: row.get(8),
+            })
+            .collect())
+    }
+
+    async fn sms_progress(&self, parser: &str) -> Result<Vec<SmsRow>, StoreError> {
+        let rows = sqlx::query(sql::SELECT_SMS_PROGRESS)
+            .bind(parser)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| SmsRow {
+                sender: row.get(0),
+                sent: row.get::<i64, _>(1) as u64,
+                failed: row.get::<i64, _>(2) as u64,
+                total_us: row.get(3),
+            })
+            .collect())
+    }
+
     async fn close(&self) {
         self.writer.close().await;
         self.reader.close().await;
@@ -254,6 +491,7 @@ mod tests {
             sent_at: 1,
             received_at: 2,
             body: vec![seq as u8],
+            fact: None,
         }
     }
 
@@ -263,6 +501,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
         let batch = WriteBatch {
             parser: "raw".into(),
+            writer: "w".into(),
             records: (0..5000).map(|i| record("a", i)).collect(),
             dead_letters: vec![],
         };
@@ -288,6 +527,7 @@ mod tests {
         let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
         let batch = WriteBatch {
             parser: "raw".into(),
+            writer: "w".into(),
             records: (0..10)
                 .map(|i| record(if i % 2 == 0 { "a" } else { "b" }, i))
                 .collect(),
@@ -332,6 +572,241 @@ mod tests {
             (1, "boom", 5)
         );
         assert_eq!(store.counts().await.unwrap().dead_letters, 1);
+    }
+
+    fn with_fact(source: &str, seq: u64, sent_at: i64, received_at: i64, fact: Fact) -> NewRecord {
+        NewRecord {
+            sent_at,
+            received_at,
+            fact: Some(fact),
+            ..record(source, seq)
+        }
+    }
+
+    fn batch(parser: &str, writer: &str, records: Vec<NewRecord>) -> WriteBatch {
+        WriteBatch {
+            parser: parser.into(),
+            writer: writer.into(),
+            records,
+            dead_letters: vec![],
+        }
+    }
+
+    fn number(window_start: i64, value: i64) -> Fact {
+        Fact::Number {
+            window_start,
+            window_ms: 1000,
+            value,
+        }
+    }
+
+    /// Two writers' partials combine into the exact average; a redelivered
+    /// key adds nothing.
+    #[tokio::test]
+    async fn averages_combine_partials_and_ignore_repeated_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        let a = vec![
+            with_fact("g1", 0, 0, 0, number(1_000_000, 10)),
+            with_fact("g1", 1, 0, 0, number(1_000_000, 20)),
+            with_fact("g1", 2, 0, 0, number(2_000_000, 7)),
+        ];
+        let b = vec![with_fact("g2", 0, 0, 0, number(1_000_000, 3))];
+        store
+            .write(&batch("average", "w1", a.clone()))
+            .await
+            .unwrap();
+        store.write(&batch("average", "w2", b)).await.unwrap();
+        // The same keys again, through the other writer: nothing changes.
+        let again = store.write(&batch("average", "w2", a)).await.unwrap();
+        assert_eq!(again.stored, 0);
+        let rows = store
+            .averages(&AverageFilter {
+                parser: "average".into(),
+                from: i64::MIN,
+                to: i64::MAX,
+                limit: 10,
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                AverageRow {
+                    window_start: 2_000_000,
+                    window_ms: 1000,
+                    count: 1,
+                    sum: 7
+                },
+                AverageRow {
+                    window_start: 1_000_000,
+                    window_ms: 1000,
+                    count: 3,
+                    sum: 33
+                },
+            ]
+        );
+    }
+
+    /// A known data set: probes sent at known times with known transit
+    /// times; only those sent in the last 10 s count toward the averages.
+    #[tokio::test]
+    async fn latency_averages_the_last_ten_seconds() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        let now = 100_000_000;
+        let probes = vec![
+            // 15 s old: outside the window, but its number is the highest.
+            with_fact(
+                "p",
+                0,
+                now - 15_000_000,
+                now - 14_000_000,
+                Fact::Probe { number: 90 },
+            ),
+            // Inside: transit to ingest 2 ms, 4 ms and 9 ms.
+            with_fact(
+                "p",
+                1,
+                now - 9_000_000,
+                now - 8_998_000,
+                Fact::Probe { number: 1 },
+            ),
+            with_fact(
+                "p",
+                2,
+                now - 5_000_000,
+                now - 4_996_000,
+                Fact::Probe { number: 2 },
+            ),
+            with_fact("p", 3, now - 1_000, now + 8_000, Fact::Probe { number: 3 }),
+        ];
+        store.write(&batch("probe", "w", probes)).await.unwrap();
+        let latency = store.latency("probe", now, 10_000_000).await.unwrap();
+        assert_eq!(latency.highest_number, Some(90));
+        assert_eq!((latency.stored, latency.recent), (4, 3));
+        assert_eq!(latency.avg_to_ingest_us, Some(5_000.0));
+        assert!(latency.avg_to_store_us.unwrap() > 0.0);
+        let empty = store
+            .latency("probe", now + 60_000_000, 10_000_000)
+            .await
+            .unwrap();
+        assert_eq!((empty.recent, empty.avg_to_ingest_us), (0, None));
+    }
+
+    fn reading(seq: u64, sensor: &str, value: f64, measured_at: i64) -> NewRecord {
+        with_fact(
+            "s",
+            seq,
+            0,
+            0,
+            Fact::Reading {
+                sensor_id: sensor.into(),
+                metric: "temperature".into(),
+                value,
+                unit: "celsius".into(),
+                measured_at,
+            },
+        )
+    }
+
+    /// Nearest-rank percentiles computed by SQL match a sort in Rust.
+    #[tokio::test]
+    async fn aggregates_match_a_computation_in_rust() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        // 1..=200 for sensor a (shuffled order), 1000..=1009 for b, one
+        // reading outside the time range.
+        let mut records: Vec<NewRecord> = (1..=200)
+            .map(|i| reading(i, "a", ((i * 37) % 200 + 1) as f64, 10))
+            .collect();
+        records.extend((0..10).map(|i| reading(1000 + i, "b", 1000.0 + i as f64, 20)));
+        records.push(reading(5000, "a", -50.0, 99));
+        store.write(&batch("sensor", "w", records)).await.unwrap();
+        let query = |group_by_sensor| AggregateQuery {
+            parser: "sensor".into(),
+            metric: "temperature".into(),
+            from: 0,
+            to: 50,
+            group_by_sensor,
+        };
+        let grouped = store.aggregate(&query(true)).await.unwrap();
+        assert_eq!(grouped.len(), 2);
+        let a = &grouped[0];
+        assert_eq!((a.sensor_id.as_str(), a.count), ("a", 200));
+        assert_eq!((a.min, a.max, a.avg), (1.0, 200.0, 100.5));
+        // Nearest rank: ceil(0.5*200)=100, ceil(0.95*200)=190, ceil(0.99*200)=198.
+        assert_eq!((a.p50, a.p95, a.p99), (100.0, 190.0, 198.0));
+        let b = &grouped[1];
+        // ceil(0.5*10)=5 -> 1004, ceil(9.5)=10 -> 1009, ceil(9.9)=10 -> 1009.
+        assert_eq!((b.count, b.p50, b.p95, b.p99), (10, 1004.0, 1009.0, 1009.0));
+        let overall = store.aggregate(&query(false)).await.unwrap();
+        assert_eq!(overall.len(), 1);
+        let all = &overall[0];
+        let mut values: Vec<f64> = (1..=200).map(f64::from).collect();
+        values.extend((0..10).map(|i| 1000.0 + f64::from(i)));
+        let rank = |p: usize| values[(values.len() * p).div_ceil(100) - 1];
+        assert_eq!(
+            (
+                all.sensor_id.as_str(),
+                all.count,
+                all.p50,
+                all.p95,
+                all.p99,
+                all.unit.as_str()
+            ),
+            ("", 210, rank(50), rank(95), rank(99), "celsius")
+        );
+    }
+
+    #[tokio::test]
+    async fn sms_progress_counts_outcomes_per_sender() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        let outcome = |seq, sender: &str, sent, duration_us| {
+            with_fact(
+                "m",
+                seq,
+                0,
+                0,
+                Fact::Sms {
+                    sender: sender.into(),
+                    sent,
+                    duration_us,
+                },
+            )
+        };
+        let records = vec![
+            outcome(0, "fast", true, 10),
+            outcome(1, "fast", false, 20),
+            outcome(2, "slow", true, 300),
+        ];
+        store
+            .write(&batch("sms_sender", "w", records.clone()))
+            .await
+            .unwrap();
+        store
+            .write(&batch("sms_sender", "w", records))
+            .await
+            .unwrap();
+        let rows = store.sms_progress("sms_sender").await.unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                SmsRow {
+                    sender: "fast".into(),
+                    sent: 1,
+                    failed: 1,
+                    total_us: 30
+                },
+                SmsRow {
+                    sender: "slow".into(),
+                    sent: 1,
+                    failed: 0,
+                    total_us: 300
+                },
+            ]
+        );
     }
 
     #[tokio::test]

@@ -8,11 +8,14 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tributary::{
+    clock,
     proto::{
-        GetStatsRequest, ListDeadLettersRequest, ListDeadLettersResponse, ListRecordsRequest,
-        ListRecordsResponse, Stats, WatchStatsRequest, query_server::Query,
+        AggregateMetricRequest, AggregateMetricResponse, GetLatencyRequest, GetSmsProgressRequest,
+        GetStatsRequest, Latency, ListAveragesRequest, ListAveragesResponse,
+        ListDeadLettersRequest, ListDeadLettersResponse, ListRecordsRequest, ListRecordsResponse,
+        SmsProgress, Stats, WatchStatsRequest, query_server::Query,
     },
-    store::{RecordFilter, Store},
+    store::{AggregateQuery, AverageFilter, RecordFilter, Store},
 };
 
 use crate::convert;
@@ -46,6 +49,28 @@ fn limit(requested: u32) -> Result<u32, Status> {
 
 fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
+}
+
+/// The consumer group asked for, or the parser type's default group.
+fn group(requested: String, default: &str) -> String {
+    non_empty(requested).unwrap_or_else(|| default.to_owned())
+}
+
+/// The window the latency figures cover.
+const LATENCY_WINDOW_MICROS: i64 = 10_000_000;
+
+/// A time range from optional bounds: `[from, to)` in µs, open ends as the
+/// extremes. An inverted range is the caller's mistake.
+fn range(
+    from: Option<prost_types::Timestamp>,
+    to: Option<prost_types::Timestamp>,
+) -> Result<(i64, i64), Status> {
+    let from = from.as_ref().map_or(i64::MIN, clock::to_micros);
+    let to = to.as_ref().map_or(i64::MAX, clock::to_micros);
+    if from > to {
+        return Err(Status::invalid_argument("`from` is after `to`"));
+    }
+    Ok((from, to))
 }
 
 #[tonic::async_trait]
@@ -134,5 +159,76 @@ impl Query for QueryService {
             .map(convert::dead_letter)
             .collect::<Result<_, _>>()?;
         Ok(Response::new(ListDeadLettersResponse { dead_letters }))
+    }
+
+    async fn list_averages(
+        &self,
+        request: Request<ListAveragesRequest>,
+    ) -> Result<Response<ListAveragesResponse>, Status> {
+        let request = request.into_inner();
+        let (from, to) = range(request.from, request.to)?;
+        let rows = self
+            .store
+            .averages(&AverageFilter {
+                parser: group(request.parser, "average"),
+                from,
+                to,
+                limit: limit(request.limit)?,
+            })
+            .await?;
+        Ok(Response::new(ListAveragesResponse {
+            averages: rows.into_iter().map(convert::average).collect(),
+        }))
+    }
+
+    async fn get_latency(
+        &self,
+        request: Request<GetLatencyRequest>,
+    ) -> Result<Response<Latency>, Status> {
+        let parser = group(request.into_inner().parser, "probe");
+        let now = clock::now_micros();
+        let row = self
+            .store
+            .latency(&parser, now, LATENCY_WINDOW_MICROS)
+            .await?;
+        Ok(Response::new(convert::latency(
+            row,
+            LATENCY_WINDOW_MICROS,
+            now,
+        )))
+    }
+
+    async fn aggregate_metric(
+        &self,
+        request: Request<AggregateMetricRequest>,
+    ) -> Result<Response<AggregateMetricResponse>, Status> {
+        let request = request.into_inner();
+        if request.metric.is_empty() {
+            return Err(Status::invalid_argument("metric is required"));
+        }
+        let (from, to) = range(request.from, request.to)?;
+        let rows = self
+            .store
+            .aggregate(&AggregateQuery {
+                parser: group(request.parser, "sensor"),
+                metric: request.metric.clone(),
+                from,
+                to,
+                group_by_sensor: request.group_by_sensor,
+            })
+            .await?;
+        Ok(Response::new(AggregateMetricResponse {
+            metric: request.metric,
+            groups: rows.into_iter().map(convert::aggregate).collect(),
+        }))
+    }
+
+    async fn get_sms_progress(
+        &self,
+        request: Request<GetSmsProgressRequest>,
+    ) -> Result<Response<SmsProgress>, Status> {
+        let parser = group(request.into_inner().parser, "sms_sender");
+        let rows = self.store.sms_progress(&parser).await?;
+        Ok(Response::new(convert::sms_progress(rows)))
     }
 }

@@ -320,6 +320,7 @@ async fn sqlite_ceiling(count: u64) -> f64 {
         .step_by(5000)
         .map(|start| WriteBatch {
             parser: "raw".into(),
+            writer: "bench".into(),
             records: (start..(start + 5000).min(count))
                 .map(|seq| {
                     let record = reading(seq);
@@ -330,6 +331,7 @@ async fn sqlite_ceiling(count: u64) -> f64 {
                         sent_at: 0,
                         received_at: 0,
                         body: record.encode_to_vec(),
+                        fact: None,
                     }
                 })
                 .collect(),

@@ -2,6 +2,7 @@
 //! and the producers.
 #![forbid(unsafe_code)]
 
+mod monitor;
 mod send;
 mod up;
 
@@ -35,7 +36,8 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the whole mesh in one process: ingest, embedded queue, parsers,
-    /// SQLite store and query API, all on one port.
+    /// SQLite store, query API, coordinator and the demo workloads, all on
+    /// one port.
     Up(up::Config),
     /// Stream records to an ingest server and report what was acknowledged.
     Send(send::Config),
@@ -45,6 +47,14 @@ enum Command {
     Parser(tributary_parser::Config),
     /// Run the query API on its own.
     Api(tributary_api::Config),
+    /// Run the coordinator on its own: it keeps the number generators'
+    /// values unique within each 100 ms tick.
+    Coordinator(tributary_coordinator::Config),
+    /// Run a workload producer.
+    #[command(subcommand)]
+    Generate(tributary_generator::Generate),
+    /// Show SMS progress (sent, failed, average time) every few seconds.
+    Monitor(monitor::Config),
 }
 
 #[tokio::main]
@@ -74,6 +84,13 @@ async fn main() -> anyhow::Result<()> {
             announce(app.local_addr());
             app.run(shutdown).await
         }
+        Command::Coordinator(config) => {
+            let app = tributary_coordinator::App::build(config).await?;
+            announce(app.local_addr());
+            app.run(shutdown).await
+        }
+        Command::Generate(command) => tributary_generator::run(command, shutdown).await,
+        Command::Monitor(config) => monitor::run(config, shutdown).await,
     }
 }
 

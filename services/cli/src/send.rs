@@ -1,50 +1,30 @@
-//! `tributary send`: streams records over `Ingest.Publish` with a bounded
-//! window of unacknowledged records, survives server restarts by
-//! reconnecting and republishing what was not acknowledged (the keys are the
-//! same, so nothing is stored twice), and reports what happened.
+//! `tributary send`: streams generic records (sensor readings or text) at a
+//! chosen rate through the shared publisher, which keeps a bounded window,
+//! reconnects and republishes on failure, and reports what happened.
 
-use std::{
-    collections::{BTreeMap, VecDeque},
-    time::Duration,
-};
+use std::{sync::atomic::Ordering, time::Duration};
 
-use anyhow::{Context, bail};
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::RngExt;
-use tokio::{sync::mpsc, time::Instant};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tonic::{Code, transport::Endpoint};
 use tributary::{
     clock,
-    proto::{
-        PublishRequest, PublishResponse, Record, SensorReading, Text, ingest_client::IngestClient,
-        record::Payload,
-    },
+    proto::{Record, SensorReading, Text, record::Payload},
 };
+use tributary_generator::publisher::{PublishArgs, Publisher, Totals};
 
 /// What `send` publishes and how.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Ingest endpoint: `tributary up`, an ingest server, or Envoy.
-    #[arg(
-        long,
-        env = "TRIBUTARY_CONNECT",
-        default_value = "http://127.0.0.1:8080"
-    )]
-    pub connect: String,
+    #[command(flatten)]
+    pub publish: PublishArgs,
     /// How many records to send.
     #[arg(long, short = 'n', env = "TRIBUTARY_COUNT", default_value_t = 100_000)]
     pub count: u64,
     /// What to send.
     #[arg(long, value_enum, env = "TRIBUTARY_KIND", default_value_t = Kind::Sensor)]
     pub kind: Kind,
-    /// Records per request.
-    #[arg(long, env = "TRIBUTARY_BATCH", default_value_t = 500)]
-    pub batch: usize,
-    /// Most records sent but not yet acknowledged.
-    #[arg(long, env = "TRIBUTARY_WINDOW", default_value_t = 20_000)]
-    pub window: usize,
     /// Records per second; 0 sends as fast as acknowledgements allow.
     #[arg(long, env = "TRIBUTARY_RATE", default_value_t = 0)]
     pub rate: u64,
@@ -52,10 +32,6 @@ pub struct Config {
     /// so that a new run never reuses an earlier run's keys.
     #[arg(long, env = "TRIBUTARY_SOURCE")]
     pub source: Option<String>,
-    /// Seconds to keep reconnecting after the server goes away before
-    /// giving up.
-    #[arg(long, env = "TRIBUTARY_RETRY_SECS", default_value_t = 30)]
-    pub retry_secs: u64,
     /// Print the final summary as one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
@@ -70,206 +46,59 @@ pub enum Kind {
     Text,
 }
 
-/// Running totals.
-#[derive(Debug, Default)]
-struct Totals {
-    sent: u64,
-    accepted: u64,
-    duplicates: u64,
-    rejected: u64,
-    reconnects: u64,
-}
-
-/// The state that outlives a broken stream.
-struct Outbox {
-    /// Batches sent (or to send) and not yet answered, by batch id.
-    unacked: BTreeMap<u64, Vec<Record>>,
-    /// Batch ids to (re)send before new ones.
-    resend: VecDeque<u64>,
-    next_seq: u64,
-    next_batch: u64,
-    unacked_records: usize,
-}
-
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    anyhow::ensure!(config.batch > 0, "--batch must be at least 1");
-    anyhow::ensure!(
-        config.window >= config.batch,
-        "--window must be at least --batch"
-    );
     let source = config
         .source
         .clone()
         .unwrap_or_else(|| format!("send-{:016x}", rand::rng().random::<u64>()));
-    let endpoint = Endpoint::from_shared(config.connect.clone())
-        .with_context(|| format!("bad --connect URI {:?}", config.connect))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+    let publisher = Publisher::start(&config.publish, shutdown.clone())?;
+    let totals = publisher.totals();
 
     let progress = ProgressBar::new(config.count);
     progress.set_style(
         ProgressStyle::with_template("{bar:40} {pos}/{len} acked  {per_sec}  eta {eta}")
             .expect("the template is valid"),
     );
-    let mut totals = Totals::default();
-    let mut outbox = Outbox {
-        unacked: BTreeMap::new(),
-        resend: VecDeque::new(),
-        next_seq: 0,
-        next_batch: 0,
-        unacked_records: 0,
-    };
-    let started = Instant::now();
-    let mut failing_since: Option<Instant> = None;
-    let mut failures = 0u32;
-    loop {
-        let answered = totals.accepted + totals.duplicates + totals.rejected;
-        match session(
-            &config,
-            &source,
-            &endpoint,
-            &mut outbox,
-            &mut totals,
-            &progress,
-            started,
-            &shutdown,
-        )
-        .await
-        {
-            Ok(()) => break,
-            Err(e) => {
-                if totals.accepted + totals.duplicates + totals.rejected > answered {
-                    // The stream made progress before failing: a new outage.
-                    failing_since = None;
-                    failures = 0;
-                }
-                let since = *failing_since.get_or_insert_with(Instant::now);
-                if since.elapsed() > Duration::from_secs(config.retry_secs) {
-                    progress.abandon();
-                    bail!("gave up after {} s of failures: {e:#}", config.retry_secs);
-                }
-                failures += 1;
-                totals.reconnects += 1;
-                tracing::warn!(error = %format!("{e:#}"), unacked = outbox.unacked_records, "publish stream failed; reconnecting");
-                // Everything unanswered goes again, in order.
-                outbox.resend = outbox.unacked.keys().copied().collect();
-                let pause = Duration::from_millis(100u64 << failures.min(4));
-                tokio::select! {
-                    () = shutdown.cancelled() => break,
-                    () = tokio::time::sleep(pause) => {}
-                }
+    let ticker = {
+        let progress = progress.clone();
+        let totals = totals.clone();
+        tokio::spawn(async move {
+            loop {
+                progress.set_position(totals.answered());
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
-        }
-    }
-    progress.finish_and_clear();
-    report(&config, &source, &totals, started.elapsed());
-    if !outbox.unacked.is_empty() {
-        bail!("{} records were never acknowledged", outbox.unacked_records);
-    }
-    Ok(())
-}
+        })
+    };
 
-#[allow(clippy::too_many_arguments)]
-async fn session(
-    config: &Config,
-    source: &str,
-    endpoint: &Endpoint,
-    outbox: &mut Outbox,
-    totals: &mut Totals,
-    progress: &ProgressBar,
-    started: Instant,
-    shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
-    let channel = endpoint.connect().await.context("connecting")?;
-    let mut client = IngestClient::new(channel);
-    let (tx, rx) = mpsc::channel::<PublishRequest>(8);
-    let mut responses = client
-        .publish(ReceiverStream::new(rx))
-        .await
-        .context("opening the publish stream")?
-        .into_inner();
-    let mut stopping = false;
-    loop {
-        let done_generating = outbox.next_seq >= config.count || stopping;
-        if done_generating && outbox.unacked.is_empty() {
-            return Ok(());
-        }
-        let may_send = !outbox.resend.is_empty()
-            || (!done_generating && outbox.unacked_records + config.batch <= config.window);
-        let send_at = if config.rate > 0 && outbox.resend.is_empty() {
-            started + Duration::from_secs_f64(outbox.next_seq as f64 / config.rate as f64)
+    let started = Instant::now();
+    let records = publisher.sender();
+    for seq in 0..config.count {
+        let due = if config.rate > 0 {
+            started + Duration::from_secs_f64(seq as f64 / config.rate as f64)
         } else {
-            Instant::now()
+            started
         };
         tokio::select! {
-            () = shutdown.cancelled(), if !stopping => stopping = true,
-            permit = async {
-                tokio::time::sleep_until(send_at).await;
-                tx.reserve().await
-            }, if may_send => {
-                let permit = permit.context("the publish stream closed")?;
-                let batch_id = match outbox.resend.pop_front() {
-                    Some(id) => id,
-                    None => {
-                        let n = (config.count - outbox.next_seq).min(config.batch as u64);
-                        let records: Vec<Record> = (outbox.next_seq..outbox.next_seq + n)
-                            .map(|seq| make_record(config.kind, source, seq))
-                            .collect();
-                        outbox.next_seq += n;
-                        totals.sent += n;
-                        outbox.unacked_records += records.len();
-                        let id = outbox.next_batch;
-                        outbox.next_batch += 1;
-                        outbox.unacked.insert(id, records);
-                        id
-                    }
-                };
-                let records = outbox.unacked[&batch_id].clone();
-                permit.send(PublishRequest { batch_id, records });
-            }
-            response = responses.message() => {
-                let response = response.context("publish stream failed")?
-                    .ok_or_else(|| anyhow::anyhow!("the server ended the publish stream"))?;
-                settle(response, outbox, totals, progress);
-            }
+            () = shutdown.cancelled() => break,
+            sent = async {
+                tokio::time::sleep_until(due).await;
+                records.send(make_record(config.kind, &source, seq)).await
+            } => if sent.is_err() { break },
         }
     }
-}
-
-/// Applies one batch's answer: acknowledged records are done, records the
-/// queue could not take go again in a new batch, other rejections are final.
-fn settle(
-    response: PublishResponse,
-    outbox: &mut Outbox,
-    totals: &mut Totals,
-    progress: &ProgressBar,
-) {
-    let Some(records) = outbox.unacked.remove(&response.batch_id) else {
-        return;
-    };
-    outbox.unacked_records -= records.len();
-    totals.accepted += u64::from(response.accepted);
-    totals.duplicates += u64::from(response.duplicates);
-    let mut retry = Vec::new();
-    for rejection in &response.rejections {
-        let record = records.get(rejection.index as usize);
-        match (Code::from(rejection.code), record) {
-            (Code::Unavailable, Some(record)) => retry.push(record.clone()),
-            _ => {
-                totals.rejected += 1;
-                if totals.rejected <= 5 {
-                    tracing::warn!(seq = rejection.seq, code = ?Code::from(rejection.code), reason = %rejection.reason, "record rejected");
-                }
-            }
+    drop(records);
+    let finished = publisher.finish().await;
+    ticker.abort();
+    match finished {
+        Ok(totals) => {
+            progress.finish_and_clear();
+            report(&config, &source, &totals, started.elapsed());
+            Ok(())
         }
-    }
-    progress.inc(records.len() as u64 - retry.len() as u64);
-    if !retry.is_empty() {
-        let id = outbox.next_batch;
-        outbox.next_batch += 1;
-        outbox.unacked_records += retry.len();
-        outbox.unacked.insert(id, retry);
-        outbox.resend.push_back(id);
+        Err(e) => {
+            progress.abandon();
+            Err(e)
+        }
     }
 }
 
@@ -302,19 +131,20 @@ fn make_record(kind: Kind, source: &str, seq: u64) -> Record {
 }
 
 fn report(config: &Config, source: &str, totals: &Totals, elapsed: Duration) {
-    let acked = totals.accepted + totals.duplicates;
+    let acked = totals.acked();
+    let load = |n: &std::sync::atomic::AtomicU64| n.load(Ordering::Relaxed);
     let rate = acked as f64 / elapsed.as_secs_f64().max(1e-9);
     if config.json {
         println!(
             "{}",
             serde_json::json!({
                 "source": source,
-                "sent": totals.sent,
+                "sent": load(&totals.sent),
                 "acked": acked,
-                "accepted": totals.accepted,
-                "duplicates": totals.duplicates,
-                "rejected": totals.rejected,
-                "reconnects": totals.reconnects,
+                "accepted": load(&totals.accepted),
+                "duplicates": load(&totals.duplicates),
+                "rejected": load(&totals.rejected),
+                "reconnects": load(&totals.reconnects),
                 "seconds": elapsed.as_secs_f64(),
                 "records_per_second": rate,
             })
@@ -322,10 +152,10 @@ fn report(config: &Config, source: &str, totals: &Totals, elapsed: Duration) {
     } else {
         println!(
             "sent {} records from {source}: {acked} acked ({} duplicates), {} rejected, {} reconnects, in {:.2} s ({rate:.0} records/s)",
-            totals.sent,
-            totals.duplicates,
-            totals.rejected,
-            totals.reconnects,
+            load(&totals.sent),
+            load(&totals.duplicates),
+            load(&totals.rejected),
+            load(&totals.reconnects),
             elapsed.as_secs_f64()
         );
     }

@@ -1,6 +1,7 @@
 //! `tributary up`: the embedded mesh in one process, every gRPC service on
-//! one port. Parser workers still reach the ingest service over gRPC, exactly
-//! as they do in the distributed mesh.
+//! one port. Parser workers and the demo producers still reach the ingest
+//! service and the coordinator over gRPC, exactly as they do in the
+//! distributed mesh.
 
 use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 
@@ -9,14 +10,19 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tributary::{
+    clock::SystemClock,
     grpc,
-    proto::{ingest_server::IngestServer, query_server::QueryServer},
+    proto::{
+        coordinator_server::CoordinatorServer, ingest_server::IngestServer,
+        query_server::QueryServer,
+    },
     queue::{self, Queue},
     store::{self, Store},
 };
 use tributary_api::QueryService;
+use tributary_coordinator::CoordinatorService;
 use tributary_ingest::IngestService;
-use tributary_parser::parsers::ParserConfig;
+use tributary_parser::parsers::ParserSpec;
 
 /// Configuration of the embedded mesh.
 #[derive(Debug, Clone, clap::Args)]
@@ -28,8 +34,10 @@ pub struct Config {
     /// Directory for the queue file (queue.db) and the store (tributary.db).
     #[arg(long, env = "TRIBUTARY_DATA_DIR", default_value = "tributary-data")]
     pub data_dir: PathBuf,
-    /// A parser to run: a type name (`raw`, `uppercase`) or a JSON spec with
-    /// a `type` and its options. Repeat the flag, or separate with `;`.
+    /// A parser to run: a type name (`raw`, `uppercase`, `average`, `probe`,
+    /// `sensor`, `sms_sender`) or a JSON spec with a `type`, its options and
+    /// optionally a `group`. Repeat the flag, or separate with `;`. The
+    /// workloads' own parsers are added unless `--no-workloads`.
     #[arg(
         long = "parser",
         env = "TRIBUTARY_PARSERS",
@@ -41,6 +49,8 @@ pub struct Config {
     pub limits: tributary_ingest::Limits,
     #[command(flatten)]
     pub tuning: tributary_parser::TuningArgs,
+    #[command(flatten)]
+    pub workloads: tributary_generator::Workloads,
 }
 
 /// The embedded mesh, built: files open, port bound.
@@ -48,7 +58,7 @@ pub struct App {
     listener: TcpListener,
     queue: Arc<dyn Queue>,
     store: Arc<dyn Store>,
-    parsers: Vec<ParserConfig>,
+    parsers: Vec<ParserSpec>,
     config: Config,
 }
 
@@ -57,10 +67,13 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.limits.validate()?;
         config.tuning.tuning()?;
+        config.workloads.validate()?;
         let parsers = config
             .parsers
             .iter()
-            .map(|spec| ParserConfig::from_spec(spec).map_err(anyhow::Error::msg))
+            .map(String::as_str)
+            .chain(config.workloads.parsers())
+            .map(|spec| ParserSpec::from_spec(spec).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let queue = queue::open("embedded", &config.data_dir)
             .await
@@ -98,11 +111,16 @@ impl App {
             shutdown.clone(),
         ));
         routes.add_service(tributary_api::service(self.store.clone(), shutdown.clone()));
+        routes.add_service(tributary_coordinator::service(
+            Arc::new(SystemClock),
+            shutdown.clone(),
+        ));
         grpc::add_standard_services(
             &mut routes,
             &[
                 grpc::service_name::<IngestServer<IngestService>>(),
                 grpc::service_name::<QueryServer<QueryService>>(),
+                grpc::service_name::<CoordinatorServer<CoordinatorService>>(),
             ],
         )
         .await;
@@ -123,8 +141,12 @@ impl App {
             &tuning,
             &shutdown,
         );
-        tracing::info!(%addr, data_dir = %self.config.data_dir.display(), parsers = self.parsers.len(), "mesh up");
+        let producers = self.config.workloads.spawn(&connect, &shutdown)?;
+        tracing::info!(%addr, data_dir = %self.config.data_dir.display(), parsers = self.parsers.len(), producers = producers.len(), "mesh up");
 
+        for producer in producers {
+            let _ = producer.await;
+        }
         for worker in workers {
             let _ = worker.await;
         }

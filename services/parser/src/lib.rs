@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tributary::{grpc, store};
 
-use crate::parsers::ParserConfig;
+use crate::parsers::ParserSpec;
 
 /// Configuration of a stand-alone parser worker.
 #[derive(Debug, Clone, clap::Args)]
@@ -38,12 +38,14 @@ pub struct Config {
         default_value = "sqlite://tributary-data/tributary.db"
     )]
     pub store: String,
-    /// The parser: a type name (`raw`, `uppercase`) or a JSON object with a
-    /// `type` and that parser's options.
+    /// The parser: a type name (`raw`, `uppercase`, `average`, `probe`,
+    /// `sensor`, `sms_sender`) or a JSON object with a `type`, that parser's
+    /// options and optionally its consumer `group`, for example
+    /// `{"type":"sms_sender","mean_ms":50,"failure_rate":0.1,"concurrency":32}`.
     #[arg(long, env = "TRIBUTARY_PARSER", default_value = "raw")]
     pub parser: String,
     /// Consumer-group name; replicas with the same name share the work.
-    /// Defaults to the parser's type name.
+    /// Overrides the spec's `group`; defaults to the parser's type name.
     #[arg(long, env = "TRIBUTARY_PARSER_NAME")]
     pub name: Option<String>,
     #[command(flatten)]
@@ -95,7 +97,7 @@ pub struct App {
 impl App {
     /// Validates the configuration, opens the store and binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let parser = ParserConfig::from_spec(&config.parser).map_err(anyhow::Error::msg)?;
+        let parser = ParserSpec::from_spec(&config.parser).map_err(anyhow::Error::msg)?;
         let tuning = config.tuning.tuning()?;
         let store = store::open(&config.store)
             .await
@@ -105,8 +107,8 @@ impl App {
             .with_context(|| format!("binding {}", config.listen))?;
         let worker = Worker {
             connect: config.connect,
-            name: config.name.unwrap_or_else(|| parser.type_name().to_owned()),
-            parser: parser.build(),
+            name: config.name.unwrap_or(parser.group),
+            parser: parser.config.build(),
             store,
             tuning,
         };
@@ -137,7 +139,7 @@ impl App {
 
 /// Starts the workers for `specs` against `connect`, sharing one store.
 pub fn spawn_workers(
-    specs: &[ParserConfig],
+    specs: &[ParserSpec],
     connect: &str,
     store: Arc<dyn store::Store>,
     tuning: &Tuning,
@@ -148,8 +150,8 @@ pub fn spawn_workers(
         .map(|spec| {
             let worker = Worker {
                 connect: connect.to_owned(),
-                name: spec.type_name().to_owned(),
-                parser: spec.build(),
+                name: spec.group.clone(),
+                parser: spec.config.build(),
                 store: store.clone(),
                 tuning: tuning.clone(),
             };

@@ -10,13 +10,14 @@
 use std::{sync::Arc, time::Duration};
 
 use prost::Message;
+use rand::RngExt;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Endpoint;
 use tributary::{
     clock,
-    proto::{Delivery, Nack, PullRequest, Subscription, ingest_client::IngestClient},
+    proto::{Delivery, Nack, PullRequest, Record, Subscription, ingest_client::IngestClient},
     store::{NewDeadLetter, NewRecord, Store, WriteBatch},
 };
 
@@ -68,9 +69,11 @@ impl Worker {
     /// breaks. On shutdown it finishes and acks the batch in hand.
     pub async fn run(self, shutdown: CancellationToken) {
         let this = Arc::new(self);
+        // Names this instance's partial aggregates in the store.
+        let writer: Arc<str> = format!("{}-{:016x}", this.name, rand::rng().random::<u64>()).into();
         let mut failures = 0u32;
         while !shutdown.is_cancelled() {
-            match this.clone().session(&shutdown).await {
+            match this.clone().session(writer.clone(), &shutdown).await {
                 Ok(()) => failures = 0,
                 Err(e) => {
                     tracing::warn!(parser = %this.name, error = %e, "pull stream failed; reconnecting");
@@ -84,7 +87,11 @@ impl Worker {
         }
     }
 
-    async fn session(self: Arc<Self>, shutdown: &CancellationToken) -> anyhow::Result<()> {
+    async fn session(
+        self: Arc<Self>,
+        writer: Arc<str>,
+        shutdown: &CancellationToken,
+    ) -> anyhow::Result<()> {
         let channel = Endpoint::from_shared(self.connect.clone())?
             .connect_timeout(Duration::from_secs(5))
             .tcp_nodelay(true)
@@ -97,7 +104,10 @@ impl Worker {
                 subscribe: Some(Subscription {
                     parser: self.name.clone(),
                     kinds: self.parser.kinds().into_iter().map(|k| k as i32).collect(),
-                    max_outstanding: self.tuning.max_outstanding,
+                    max_outstanding: self
+                        .parser
+                        .pull_window()
+                        .unwrap_or(self.tuning.max_outstanding),
                     ack_deadline_ms: u32::try_from(self.tuning.ack_deadline.as_millis())
                         .unwrap_or(u32::MAX),
                 }),
@@ -112,10 +122,11 @@ impl Worker {
 
         // Capacity 1: one batch is written while the next one gathers.
         let (batches, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);
-        let writer = tokio::spawn(
-            self.clone()
-                .write_loop(batch_rx, requests, shutdown.clone()),
-        );
+        let writer =
+            tokio::spawn(
+                self.clone()
+                    .write_loop(writer, batch_rx, requests, shutdown.clone()),
+            );
 
         let mut gathered: Vec<Delivery> = Vec::new();
         let mut records = 0usize;
@@ -168,12 +179,13 @@ impl Worker {
     /// Writes gathered deliveries and sends their acks and nacks.
     async fn write_loop(
         self: Arc<Self>,
+        writer: Arc<str>,
         mut batches: mpsc::Receiver<Vec<Delivery>>,
         requests: mpsc::Sender<PullRequest>,
         shutdown: CancellationToken,
     ) {
         while let Some(deliveries) = batches.recv().await {
-            let (write, acks, nacks) = self.process(deliveries).await;
+            let (write, acks, nacks) = self.process(&writer, deliveries).await;
             let mut failures = 0;
             loop {
                 match self.store.write(&write).await {
@@ -212,14 +224,29 @@ impl Worker {
         }
     }
 
-    /// Runs each record through the parser. Returns what to write, the
-    /// deliveries to ack and those to nack.
-    async fn process(&self, deliveries: Vec<Delivery>) -> (WriteBatch, Vec<String>, Vec<Nack>) {
+    /// Runs the records through the parser, all deliveries of the batch in
+    /// one call so that a parser may work on them concurrently. Returns what
+    /// to write, the deliveries to ack and those to nack.
+    async fn process(
+        &self,
+        writer: &str,
+        deliveries: Vec<Delivery>,
+    ) -> (WriteBatch, Vec<String>, Vec<Nack>) {
         let mut write = WriteBatch {
             parser: self.name.clone(),
+            writer: writer.to_owned(),
             records: Vec::with_capacity(deliveries.iter().map(|d| d.records.len()).sum()),
             dead_letters: Vec::new(),
         };
+        // Records of deliveries that may still be processed, flattened; the
+        // others are past their last attempt and are dead-lettered as is.
+        let mut records: Vec<Record> = deliveries
+            .iter()
+            .filter(|d| d.attempt <= d.max_attempts)
+            .flat_map(|d| d.records.iter().cloned())
+            .collect();
+        let mut outcomes = self.parser.process_batch(&mut records).await.into_iter();
+        let mut processed = records.into_iter();
         let mut acks = Vec::with_capacity(deliveries.len());
         let mut nacks = Vec::new();
         for delivery in deliveries {
@@ -227,17 +254,24 @@ impl Worker {
             let exhausted = delivery.attempt > delivery.max_attempts;
             let last_try = delivery.attempt >= delivery.max_attempts;
             let mut failure = None;
-            for mut record in delivery.records {
-                let outcome = if exhausted {
-                    Err(format!(
+            for delivered in delivery.records {
+                let (record, outcome) = if exhausted {
+                    let error = format!(
                         "not acknowledged after {} deliveries (parser crashed or timed out)",
                         delivery.max_attempts
-                    ))
+                    );
+                    (delivered, Err(error))
                 } else {
-                    self.parser.process(&mut record).await
+                    let record = processed
+                        .next()
+                        .expect("process_batch keeps one record per record given");
+                    let outcome = outcomes.next().unwrap_or_else(|| {
+                        Err("the parser returned fewer outcomes than records".into())
+                    });
+                    (record, outcome)
                 };
                 match outcome {
-                    Ok(()) => write.records.push(NewRecord {
+                    Ok(fact) => write.records.push(NewRecord {
                         sent_at: record
                             .sent_at
                             .as_ref()
@@ -247,6 +281,7 @@ impl Worker {
                         seq: record.seq,
                         body: record.encode_to_vec(),
                         source: record.source,
+                        fact,
                     }),
                     Err(error) if last_try => {
                         tracing::warn!(parser = %self.name, source = %record.source, seq = record.seq, %error, "dead-lettering record");

@@ -6,3 +6,4 @@ mod crash;
 mod end_to_end;
 mod peers;
 mod support;
+mod workloads;

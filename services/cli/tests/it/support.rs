@@ -23,33 +23,26 @@ pub struct Mesh {
 }
 
 impl Mesh {
-    /// Starts `tributary up` on `listen` with its data in `data_dir`, and
-    /// waits for it to print its address.
+    /// Starts `tributary up --no-workloads` on `listen` with its data in
+    /// `data_dir`, and waits for it to print its address.
     pub async fn start(data_dir: &Path, listen: &str, extra: &[&str]) -> Mesh {
-        let mut child = Command::new(BIN)
+        let mut args = vec!["--no-workloads"];
+        args.extend_from_slice(extra);
+        Self::start_with_workloads(data_dir, listen, &args).await
+    }
+
+    /// Starts `tributary up` with its demo workloads unless `extra` turns
+    /// them off.
+    pub async fn start_with_workloads(data_dir: &Path, listen: &str, extra: &[&str]) -> Mesh {
+        let mut command = Command::new(BIN);
+        command
             .arg("up")
             .arg("--listen")
             .arg(listen)
             .arg("--data-dir")
             .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the tributary binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("tributary up prints its address within 30 s")
-            .expect("stdout is readable")
-            .expect("tributary up printed a line before exiting");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("the printed address parses");
+            .args(extra);
+        let (child, addr) = spawn_announced(command).await;
         Mesh { child, addr }
     }
 
@@ -69,6 +62,29 @@ impl Mesh {
     pub async fn kill9(mut self) {
         self.child.kill().await.expect("the process can be killed");
     }
+}
+
+/// Spawns a `tributary` service and waits for it to print its address.
+pub async fn spawn_announced(mut command: Command) -> (Child, SocketAddr) {
+    let mut child = command
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the tributary binary starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the service prints its address within 30 s")
+        .expect("stdout is readable")
+        .expect("the service printed a line before exiting");
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("the printed address parses");
+    (child, addr)
 }
 
 /// Records stored by `parser`, as the Query API reports them.

@@ -4,7 +4,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use tributary::proto::{Record, RecordKind};
 
-use super::Parser;
+use super::{Outcome, Parser};
 
 /// `raw` takes no options.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -26,8 +26,8 @@ impl Parser for Raw {
         Vec::new()
     }
 
-    async fn process(&self, _record: &mut Record) -> Result<(), String> {
-        Ok(())
+    async fn process(&self, _record: &mut Record) -> Outcome {
+        Ok(None)
     }
 }
 

@@ -5,7 +5,7 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use tributary::proto::{Record, RecordKind, record::Payload};
 
-use super::Parser;
+use super::{Outcome, Parser};
 
 /// `uppercase` takes no options.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -27,7 +27,7 @@ impl Parser for Uppercase {
         vec![RecordKind::Text, RecordKind::Sms, RecordKind::SensorReading]
     }
 
-    async fn process(&self, record: &mut Record) -> Result<(), String> {
+    async fn process(&self, record: &mut Record) -> Outcome {
         let kind = tributary::kind::of(record);
         match &mut record.payload {
             Some(Payload::Text(text)) => text.body = text.body.to_uppercase(),
@@ -44,7 +44,7 @@ impl Parser for Uppercase {
                 ));
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 

@@ -14,7 +14,10 @@ use tributary::{
     store::{self, Store},
 };
 use tributary_ingest::{App, Config, Limits};
-use tributary_parser::{Tuning, Worker, parsers::Parser};
+use tributary_parser::{
+    Tuning, Worker,
+    parsers::{Outcome, Parser},
+};
 
 struct Server {
     url: String,
@@ -121,10 +124,10 @@ impl Parser for Picky {
         vec![RecordKind::Text]
     }
 
-    async fn process(&self, record: &mut Record) -> Result<(), String> {
+    async fn process(&self, record: &mut Record) -> Outcome {
         match &record.payload {
             Some(Payload::Text(t)) if t.body == "poison" => Err("cannot digest poison".into()),
-            _ => Ok(()),
+            _ => Ok(None),
         }
     }
 }

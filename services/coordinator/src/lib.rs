@@ -1,0 +1,69 @@
+//! The coordinator: hands each number generator, per 100 ms tick, a value
+//! no other generator gets for that tick. [`claims`] holds the scheme and
+//! its reasoning; [`CoordinatorService`] serves it over `Coordinator.Claim`.
+#![forbid(unsafe_code)]
+
+pub mod claims;
+mod service;
+
+pub use service::CoordinatorService;
+
+use std::{net::SocketAddr, sync::Arc};
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tonic::service::RoutesBuilder;
+use tributary::{
+    clock::{SystemClock, WallClock},
+    grpc,
+    proto::coordinator_server::CoordinatorServer,
+};
+
+/// Configuration of a stand-alone coordinator.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// Address to serve on; port 0 picks a free port.
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:50054")]
+    pub listen: SocketAddr,
+}
+
+/// A built coordinator: port bound.
+pub struct App {
+    listener: TcpListener,
+}
+
+impl App {
+    /// Binds the port.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
+        Ok(Self { listener })
+    }
+
+    /// The address actually bound.
+    pub fn local_addr(&self) -> SocketAddr {
+        grpc::bound_addr(&self.listener)
+    }
+
+    /// Serves until `shutdown`.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(service(Arc::new(SystemClock), shutdown.clone()));
+        grpc::add_standard_services(
+            &mut routes,
+            &[grpc::service_name::<CoordinatorServer<CoordinatorService>>()],
+        )
+        .await;
+        Ok(grpc::serve(self.listener, routes.routes(), shutdown).await?)
+    }
+}
+
+/// The Coordinator gRPC service: a new incarnation, started now.
+pub fn service(
+    clock: Arc<dyn WallClock>,
+    shutdown: CancellationToken,
+) -> CoordinatorServer<CoordinatorService> {
+    CoordinatorServer::new(CoordinatorService::new(clock, shutdown))
+}

@@ -1,0 +1,152 @@
+//! The `tributary.v1.Coordinator` handler: one task per Claim stream, which
+//! is the generator's membership for as long as it stays open.
+
+use std::{
+    pin::Pin,
+    sync::{Arc, Mutex},
+};
+
+use futures::Stream;
+use tokio::sync::mpsc;
+use tokio_stream::{StreamExt, wrappers::ReceiverStream};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status, Streaming};
+use tributary::{
+    clock::{self, WallClock},
+    proto::{ClaimRequest, ClaimResponse, coordinator_server::Coordinator},
+};
+
+use crate::claims::Claims;
+
+/// The Coordinator service of one incarnation.
+pub struct CoordinatorService {
+    claims: Arc<Mutex<Claims>>,
+    clock: Arc<dyn WallClock>,
+    epoch: u64,
+    shutdown: CancellationToken,
+}
+
+impl CoordinatorService {
+    /// A new incarnation: it starts now, by `clock`.
+    pub fn new(clock: Arc<dyn WallClock>, shutdown: CancellationToken) -> Self {
+        let started = clock.now_micros();
+        let epoch = started as u64;
+        tracing::info!(epoch, "coordinator incarnation started");
+        Self {
+            claims: Arc::new(Mutex::new(Claims::new(
+                clock::tick_of(started),
+                rand::random(),
+            ))),
+            clock,
+            epoch,
+            shutdown,
+        }
+    }
+}
+
+/// Leaves the membership when the stream's task ends, however it ends.
+struct Membership {
+    claims: Arc<Mutex<Claims>>,
+    generator: String,
+}
+
+impl Drop for Membership {
+    fn drop(&mut self) {
+        let mut claims = self.claims.lock().expect("claims are never poisoned");
+        claims.leave(&self.generator);
+        tracing::info!(generator = %self.generator, members = claims.members(), "generator left");
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    type ClaimStream = Pin<Box<dyn Stream<Item = Result<ClaimResponse, Status>> + Send>>;
+
+    async fn claim(
+        &self,
+        request: Request<Streaming<ClaimRequest>>,
+    ) -> Result<Response<Self::ClaimStream>, Status> {
+        let mut requests = request.into_inner();
+        let first = match requests.next().await {
+            Some(Ok(first)) => first,
+            Some(Err(status)) => return Err(status),
+            None => return Err(Status::invalid_argument("the stream ended before a claim")),
+        };
+        if first.generator_id.is_empty() {
+            return Err(Status::invalid_argument("generator_id is required"));
+        }
+        let generator = first.generator_id.clone();
+        {
+            let mut claims = self.claims.lock().expect("claims are never poisoned");
+            if !claims.join(&generator) {
+                return Err(Status::already_exists(format!(
+                    "generator {generator:?} already has an open Claim stream"
+                )));
+            }
+            tracing::info!(%generator, members = claims.members(), "generator joined");
+        }
+        let membership = Membership {
+            claims: self.claims.clone(),
+            generator,
+        };
+        let (tx, rx) = mpsc::channel(16);
+        let clock = self.clock.clone();
+        let epoch = self.epoch;
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let answer = |request: ClaimRequest| -> Result<ClaimResponse, Status> {
+                if request.generator_id != membership.generator {
+                    return Err(Status::invalid_argument(
+                        "generator_id must stay the same on one stream",
+                    ));
+                }
+                let now = clock::tick_of(clock.now_micros());
+                let granted = membership
+                    .claims
+                    .lock()
+                    .expect("claims are never poisoned")
+                    .claim(
+                        &request.generator_id,
+                        request.tick,
+                        request.min,
+                        request.max,
+                        now,
+                    );
+                Ok(match granted {
+                    Ok(value) => ClaimResponse {
+                        tick: request.tick,
+                        value,
+                        epoch,
+                        ..Default::default()
+                    },
+                    Err(refusal) => ClaimResponse {
+                        tick: request.tick,
+                        epoch,
+                        refused: true,
+                        reason: refusal.to_string(),
+                        ..Default::default()
+                    },
+                })
+            };
+            let mut next = Some(Ok(first));
+            loop {
+                let request = match next.take() {
+                    Some(request) => request,
+                    None => tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        request = requests.next() => match request {
+                            Some(request) => request,
+                            None => return,
+                        },
+                    },
+                };
+                let response = request.and_then(answer);
+                let failed = response.is_err();
+                if tx.send(response).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+}

@@ -1,0 +1,278 @@
+//! The publisher every producer shares: it streams records over
+//! `Ingest.Publish` with a bounded window of unacknowledged records, and
+//! when the stream breaks it reconnects and republishes what was not
+//! acknowledged. Keys are unchanged on republish, so nothing is stored
+//! twice.
+//!
+//! Producers hand records in through a channel; the publisher takes a new
+//! one only while the window has room, so a slow mesh slows the producer.
+
+use std::{
+    collections::{BTreeMap, VecDeque},
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::Duration,
+};
+
+use anyhow::{Context, bail};
+use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
+use tonic::{Code, transport::Endpoint};
+use tributary::proto::{PublishRequest, PublishResponse, Record, ingest_client::IngestClient};
+
+/// How a publisher connects and batches.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PublishArgs {
+    /// Ingest endpoint: `tributary up`, an ingest server, or Envoy.
+    #[arg(
+        long,
+        env = "TRIBUTARY_CONNECT",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub connect: String,
+    /// Records per request, at most.
+    #[arg(long, env = "TRIBUTARY_BATCH", default_value_t = 500)]
+    pub batch: usize,
+    /// Most records sent but not yet acknowledged.
+    #[arg(long, env = "TRIBUTARY_WINDOW", default_value_t = 20_000)]
+    pub window: usize,
+    /// Seconds to keep reconnecting after the server goes away before
+    /// giving up.
+    #[arg(long, env = "TRIBUTARY_RETRY_SECS", default_value_t = 30)]
+    pub retry_secs: u64,
+}
+
+/// Running totals, readable while the publisher runs.
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Records taken from the producer.
+    pub sent: AtomicU64,
+    /// Records durably accepted for the first time.
+    pub accepted: AtomicU64,
+    /// Records acknowledged as already held.
+    pub duplicates: AtomicU64,
+    /// Records rejected for good.
+    pub rejected: AtomicU64,
+    /// Streams re-opened after a failure.
+    pub reconnects: AtomicU64,
+}
+
+impl Totals {
+    /// Records acknowledged (accepted or duplicate).
+    pub fn acked(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed) + self.duplicates.load(Ordering::Relaxed)
+    }
+
+    /// Records answered in any way.
+    pub fn answered(&self) -> u64 {
+        self.acked() + self.rejected.load(Ordering::Relaxed)
+    }
+}
+
+/// A running publisher.
+pub struct Publisher {
+    records: mpsc::Sender<Record>,
+    totals: Arc<Totals>,
+    task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Publisher {
+    /// Starts publishing to `args.connect`. `shutdown` only cuts reconnect
+    /// waits short: a producer stops by dropping its senders.
+    pub fn start(args: &PublishArgs, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
+        anyhow::ensure!(
+            args.window >= args.batch,
+            "--window must be at least --batch"
+        );
+        let endpoint = Endpoint::from_shared(args.connect.clone())
+            .with_context(|| format!("bad --connect URI {:?}", args.connect))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true);
+        let (records, rx) = mpsc::channel(args.batch);
+        let totals = Arc::new(Totals::default());
+        let task = tokio::spawn(publish(
+            args.clone(),
+            endpoint,
+            rx,
+            totals.clone(),
+            shutdown,
+        ));
+        Ok(Self {
+            records,
+            totals,
+            task,
+        })
+    }
+
+    /// Where the producer sends records.
+    pub fn sender(&self) -> mpsc::Sender<Record> {
+        self.records.clone()
+    }
+
+    /// The running totals.
+    pub fn totals(&self) -> Arc<Totals> {
+        self.totals.clone()
+    }
+
+    /// Waits until every record handed in is answered (the producer must
+    /// have dropped its senders), and returns the totals.
+    pub async fn finish(self) -> anyhow::Result<Arc<Totals>> {
+        drop(self.records);
+        self.task.await.context("the publisher task panicked")??;
+        Ok(self.totals)
+    }
+}
+
+/// The state that outlives a broken stream.
+#[derive(Default)]
+struct Outbox {
+    /// Batches sent (or to send) and not yet answered, by batch id.
+    unacked: BTreeMap<u64, Vec<Record>>,
+    /// Batch ids to (re)send before new ones.
+    resend: VecDeque<u64>,
+    next_batch: u64,
+    unacked_records: usize,
+    /// The producer has dropped its senders.
+    input_closed: bool,
+}
+
+async fn publish(
+    args: PublishArgs,
+    endpoint: Endpoint,
+    mut input: mpsc::Receiver<Record>,
+    totals: Arc<Totals>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut outbox = Outbox::default();
+    let mut failing_since: Option<Instant> = None;
+    let mut failures = 0u32;
+    loop {
+        let answered = totals.answered();
+        match session(&args, &endpoint, &mut input, &mut outbox, &totals).await {
+            Ok(()) => return Ok(()),
+            Err(e) => {
+                if totals.answered() > answered {
+                    // The stream made progress before failing: a new outage.
+                    failing_since = None;
+                    failures = 0;
+                }
+                let since = *failing_since.get_or_insert_with(Instant::now);
+                if since.elapsed() > Duration::from_secs(args.retry_secs) {
+                    bail!("gave up after {} s of failures: {e:#}", args.retry_secs);
+                }
+                failures += 1;
+                totals.reconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %format!("{e:#}"), unacked = outbox.unacked_records, "publish stream failed; reconnecting");
+                // Everything unanswered goes again, in order.
+                outbox.resend = outbox.unacked.keys().copied().collect();
+                let pause = Duration::from_millis(100u64 << failures.min(4));
+                tokio::select! {
+                    () = shutdown.cancelled() => bail!(
+                        "stopped with {} records unacknowledged", outbox.unacked_records
+                    ),
+                    () = tokio::time::sleep(pause) => {}
+                }
+            }
+        }
+    }
+}
+
+async fn session(
+    args: &PublishArgs,
+    endpoint: &Endpoint,
+    input: &mut mpsc::Receiver<Record>,
+    outbox: &mut Outbox,
+    totals: &Totals,
+) -> anyhow::Result<()> {
+    let channel = endpoint.connect().await.context("connecting")?;
+    let mut client = IngestClient::new(channel);
+    let (tx, rx) = mpsc::channel::<PublishRequest>(8);
+    let mut responses = client
+        .publish(ReceiverStream::new(rx))
+        .await
+        .context("opening the publish stream")?
+        .into_inner();
+    loop {
+        if outbox.input_closed && outbox.unacked.is_empty() {
+            return Ok(());
+        }
+        let may_take = !outbox.input_closed && outbox.unacked_records + args.batch <= args.window;
+        tokio::select! {
+            // Republished batches go first and need no new records.
+            permit = tx.reserve(), if !outbox.resend.is_empty() => {
+                let permit = permit.context("the publish stream closed")?;
+                let batch_id = outbox.resend.pop_front().expect("checked non-empty");
+                let records = outbox.unacked[&batch_id].clone();
+                permit.send(PublishRequest { batch_id, records });
+            }
+            // Only while the request channel has room, so that the send
+            // below never waits and answers keep being read.
+            first = input.recv(), if may_take && outbox.resend.is_empty() && tx.capacity() > 0 => {
+                let Some(first) = first else {
+                    outbox.input_closed = true;
+                    continue;
+                };
+                // Whatever else is ready goes in the same batch; nothing
+                // waits for company, so a lone record leaves at once.
+                let mut records = vec![first];
+                while records.len() < args.batch {
+                    match input.try_recv() {
+                        Ok(record) => records.push(record),
+                        Err(_) => break,
+                    }
+                }
+                totals.sent.fetch_add(records.len() as u64, Ordering::Relaxed);
+                outbox.unacked_records += records.len();
+                let batch_id = outbox.next_batch;
+                outbox.next_batch += 1;
+                outbox.unacked.insert(batch_id, records.clone());
+                tx.try_send(PublishRequest { batch_id, records })
+                    .map_err(|_| anyhow::anyhow!("the publish stream closed"))?;
+            }
+            response = responses.message() => {
+                let response = response.context("publish stream failed")?
+                    .ok_or_else(|| anyhow::anyhow!("the server ended the publish stream"))?;
+                settle(response, outbox, totals);
+            }
+        }
+    }
+}
+
+/// Applies one batch's answer: acknowledged records are done, records the
+/// queue could not take go again in a new batch, other rejections are final.
+fn settle(response: PublishResponse, outbox: &mut Outbox, totals: &Totals) {
+    let Some(records) = outbox.unacked.remove(&response.batch_id) else {
+        return;
+    };
+    outbox.unacked_records -= records.len();
+    totals
+        .accepted
+        .fetch_add(u64::from(response.accepted), Ordering::Relaxed);
+    totals
+        .duplicates
+        .fetch_add(u64::from(response.duplicates), Ordering::Relaxed);
+    let mut retry = Vec::new();
+    for rejection in &response.rejections {
+        let record = records.get(rejection.index as usize);
+        match (Code::from(rejection.code), record) {
+            (Code::Unavailable, Some(record)) => retry.push(record.clone()),
+            _ => {
+                let rejected = totals.rejected.fetch_add(1, Ordering::Relaxed) + 1;
+                if rejected <= 5 {
+                    tracing::warn!(seq = rejection.seq, code = ?Code::from(rejection.code), reason = %rejection.reason, "record rejected");
+                }
+            }
+        }
+    }
+    if !retry.is_empty() {
+        let id = outbox.next_batch;
+        outbox.next_batch += 1;
+        outbox.unacked_records += retry.len();
+        outbox.unacked.insert(id, retry);
+        outbox.resend.push_back(id);
+    }
+}

@@ -1,0 +1,108 @@
+//! `average`: stores each random number and counts it into the average of
+//! its window. The store keeps a partial count and sum per window and per
+//! writing replica; the query API adds the partials up, so the averages are
+//! exact however many replicas share the work.
+
+use async_trait::async_trait;
+use serde::Deserialize;
+use tributary::{
+    clock,
+    proto::{Record, RecordKind, record::Payload},
+    store::Fact,
+};
+
+use super::{Outcome, Parser};
+
+/// Options of `average`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Window length in milliseconds; windows are aligned to the Unix epoch.
+    #[serde(default = "default_window_ms")]
+    pub window_ms: u32,
+}
+
+fn default_window_ms() -> u32 {
+    1000
+}
+
+impl Config {
+    pub fn check(&self) -> Result<(), String> {
+        if self.window_ms == 0 {
+            return Err("average: window_ms must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn build(&self) -> Average {
+        Average {
+            window_ms: self.window_ms,
+        }
+    }
+}
+
+/// The `average` parser.
+pub struct Average {
+    window_ms: u32,
+}
+
+impl Average {
+    /// The start (µs) of the window holding `at` (µs).
+    fn window_start(&self, at: i64) -> i64 {
+        let width = i64::from(self.window_ms) * 1000;
+        at.div_euclid(width) * width
+    }
+}
+
+#[async_trait]
+impl Parser for Average {
+    fn kinds(&self) -> Vec<RecordKind> {
+        vec![RecordKind::RandomNumber]
+    }
+
+    async fn process(&self, record: &mut Record) -> Outcome {
+        let Some(Payload::RandomNumber(number)) = &record.payload else {
+            return Err("average takes only random numbers".into());
+        };
+        // A number belongs to the window of its tick when it has one (the
+        // generator's wall-clock slot), else to that of its send time.
+        let at = if number.tick > 0 {
+            number.tick.saturating_mul(100_000)
+        } else {
+            record.sent_at.as_ref().map_or(0, clock::to_micros)
+        };
+        Ok(Some(Fact::Number {
+            window_start: self.window_start(at),
+            window_ms: self.window_ms,
+            value: number.value,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tributary::proto::RandomNumber;
+
+    #[tokio::test]
+    async fn numbers_fall_in_the_window_of_their_tick() {
+        let parser = Config { window_ms: 1000 }.build();
+        let mut record = Record {
+            payload: Some(Payload::RandomNumber(RandomNumber {
+                value: 42,
+                tick: 17_638_000_019,
+            })),
+            ..Default::default()
+        };
+        assert_eq!(
+            parser.process(&mut record).await.unwrap(),
+            Some(Fact::Number {
+                window_start: 1_763_800_001_000_000,
+                window_ms: 1000,
+                value: 42
+            })
+        );
+        let mut text = Record::default();
+        assert!(parser.process(&mut text).await.is_err());
+    }
+}

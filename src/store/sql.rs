@@ -1,0 +1,132 @@
+//! The SQL text of the workload tables and their queries, written once for
+//! both SQLite and PostgreSQL: `$n` placeholders (SQLite reads them as
+//! numbered parameters), integer microseconds for time, explicit casts where
+//! PostgreSQL would widen a sum to NUMERIC, and no `$n IS NULL` tests, whose
+//! parameter type PostgreSQL cannot infer (open bounds are passed as
+//! `i64::MIN` / `i64::MAX` instead).
+
+/// The tables that hold what parsers derive from records (see
+/// [`super::Fact`]). Each fact table is keyed like `records`, so a fact is
+/// stored at most once per key even if a backend wrote it twice.
+pub const WORKLOAD_TABLES: &str = "
+CREATE TABLE average_partials (
+    parser TEXT NOT NULL,
+    window_start BIGINT NOT NULL,
+    window_ms BIGINT NOT NULL,
+    writer TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    sum BIGINT NOT NULL,
+    PRIMARY KEY (parser, window_start, window_ms, writer)
+);
+CREATE TABLE probes (
+    parser TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    number BIGINT NOT NULL,
+    sent_at BIGINT NOT NULL,
+    received_at BIGINT NOT NULL,
+    stored_at BIGINT NOT NULL,
+    PRIMARY KEY (parser, source, seq)
+);
+CREATE INDEX probes_by_sent_at ON probes (parser, sent_at);
+CREATE TABLE sensor_readings (
+    parser TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    sensor_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    unit TEXT NOT NULL,
+    measured_at BIGINT NOT NULL,
+    PRIMARY KEY (parser, source, seq)
+);
+CREATE INDEX sensor_readings_by_metric ON sensor_readings (parser, metric, measured_at);
+CREATE TABLE sms_outcomes (
+    parser TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    sender TEXT NOT NULL,
+    outcome TEXT NOT NULL,
+    duration_us BIGINT NOT NULL,
+    PRIMARY KEY (parser, source, seq)
+);
+";
+
+/// Adds one writer's partial for a window: `$1` parser, `$2` window start,
+/// `$3` window ms, `$4` writer, `$5` count, `$6` sum.
+pub const UPSERT_AVERAGE_PARTIAL: &str = "\
+INSERT INTO average_partials (parser, window_start, window_ms, writer, count, sum) \
+VALUES ($1, $2, $3, $4, $5, $6) \
+ON CONFLICT (parser, window_start, window_ms, writer) DO UPDATE SET \
+count = average_partials.count + excluded.count, sum = average_partials.sum + excluded.sum";
+
+/// Heads of the multi-row fact inserts; the rows follow, then
+/// [`ON_KEY_CONFLICT_SKIP`].
+pub const INSERT_PROBES: &str =
+    "INSERT INTO probes (parser, source, seq, number, sent_at, received_at, stored_at) ";
+pub const INSERT_READINGS: &str = "INSERT INTO sensor_readings \
+(parser, source, seq, sensor_id, metric, value, unit, measured_at) ";
+pub const INSERT_SMS_OUTCOMES: &str =
+    "INSERT INTO sms_outcomes (parser, source, seq, sender, outcome, duration_us) ";
+pub const ON_KEY_CONFLICT_SKIP: &str = " ON CONFLICT (parser, source, seq) DO NOTHING";
+
+/// Combined partials per window, newest first: `$1` parser, `$2` from,
+/// `$3` to, `$4` limit. The sum of partial sums over the sum of partial
+/// counts is the exact average of the window, however many writers
+/// contributed.
+pub const SELECT_AVERAGES: &str = "\
+SELECT window_start, window_ms, CAST(SUM(count) AS BIGINT), CAST(SUM(sum) AS BIGINT) \
+FROM average_partials \
+WHERE parser = $1 AND window_start >= $2 AND window_start < $3 \
+GROUP BY window_start, window_ms \
+ORDER BY window_start DESC, window_ms \
+LIMIT $4";
+
+/// `$1` parser: highest number and count of every probe.
+pub const SELECT_PROBE_TOTALS: &str = "SELECT MAX(number), COUNT(*) FROM probes WHERE parser = $1";
+
+/// `$1` parser, `$2` window start, `$3` now: the recent probes' count and
+/// average transit times (µs).
+pub const SELECT_PROBE_WINDOW: &str = "\
+SELECT COUNT(*), \
+CAST(AVG(received_at - sent_at) AS DOUBLE PRECISION), \
+CAST(AVG(stored_at - sent_at) AS DOUBLE PRECISION) \
+FROM probes WHERE parser = $1 AND sent_at >= $2 AND sent_at <= $3";
+
+/// Aggregates of one metric: `$1` parser, `$2` metric, `$3` from, `$4` to.
+///
+/// Percentiles are nearest-rank: the value at rank ceil(p/100 * n) in
+/// ascending order, found with ROW_NUMBER and COUNT window functions.
+/// `(n * p + 99) / 100` is that ceiling in integer arithmetic, which both
+/// databases share (SQLite has no CEIL unless built with math functions).
+pub fn aggregate(group_by_sensor: bool) -> String {
+    let group = if group_by_sensor { "sensor_id" } else { "''" };
+    let partition = if group_by_sensor {
+        "PARTITION BY sensor_id "
+    } else {
+        ""
+    };
+    format!(
+        "WITH ranked AS (\
+           SELECT {group} AS grp, value, unit, \
+             ROW_NUMBER() OVER ({partition}ORDER BY value) AS rn, \
+             COUNT(*) OVER ({partition}) AS n \
+           FROM sensor_readings \
+           WHERE parser = $1 AND metric = $2 AND measured_at >= $3 AND measured_at < $4\
+         ) \
+         SELECT grp, COUNT(*), AVG(value), MIN(value), MAX(value), \
+           MIN(CASE WHEN rn = (n * 50 + 99) / 100 THEN value END), \
+           MIN(CASE WHEN rn = (n * 95 + 99) / 100 THEN value END), \
+           MIN(CASE WHEN rn = (n * 99 + 99) / 100 THEN value END), \
+           MIN(unit) \
+         FROM ranked GROUP BY grp ORDER BY grp"
+    )
+}
+
+/// `$1` parser: per sender, messages sent, failed, and total send time.
+pub const SELECT_SMS_PROGRESS: &str = "\
+SELECT sender, \
+CAST(SUM(CASE WHEN outcome = 'sent' THEN 1 ELSE 0 END) AS BIGINT), \
+CAST(SUM(CASE WHEN outcome = 'sent' THEN 0 ELSE 1 END) AS BIGINT), \
+CAST(SUM(duration_us) AS BIGINT) \
+FROM sms_outcomes WHERE parser = $1 GROUP BY sender ORDER BY sender";
