@@ -269,7 +269,8 @@ mod tests {
         refuse: std::ops::Range<i64>,
         ticks: u64,
     ) -> (NumberGenerator<Fake>, mpsc::Receiver<Record>) {
-        let (records, rx) = mpsc::channel(1000);
+        // Room for every record: the tests read them after the run.
+        let (records, rx) = mpsc::channel(ticks as usize + 1);
         let generator = NumberGenerator {
             source: "g".into(),
             claimer: Fake { refuse },
