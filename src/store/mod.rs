@@ -5,6 +5,7 @@
 //! that SQLite and PostgreSQL keep them alike. Record bodies are stored as the
 //! encoded protobuf the parser produced; the query API owns their decoding.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -161,8 +162,12 @@ pub trait Store: Send + Sync {
     async fn close(&self);
 }
 
-/// Opens the store a URL names: `sqlite://PATH` (created if missing).
+/// Opens the store a URL names: `sqlite://PATH` (created if missing) or
+/// `postgres://USER@HOST:PORT/DB` (migrated on open).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(postgres::PostgresStore::open(url).await?));
+    }
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
             return Err(StoreError::BadUrl {
@@ -174,7 +179,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     }
     Err(StoreError::BadUrl {
         url: url.to_owned(),
-        reason: "expected sqlite://PATH".into(),
+        reason: "expected sqlite://PATH or postgres://USER@HOST:PORT/DB".into(),
     })
 }
 

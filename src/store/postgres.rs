@@ -1,0 +1,391 @@
+//! The PostgreSQL store, for the distributed mesh: many parser replicas write
+//! to one database, and the query API reads from it.
+//!
+//! A batch is written with one `INSERT … SELECT FROM UNNEST(arrays)` per
+//! column set: one statement and one round trip carry thousands of rows, with
+//! a plan PostgreSQL can cache, and `ON CONFLICT DO NOTHING` on the record key
+//! keeps writes idempotent.
+//!
+//! Stored counts are kept per writer (one row per store handle and parser),
+//! so that parser replicas never wait on each other's row lock to commit;
+//! reads sum them.
+//!
+//! The pool reconnects on its own: while PostgreSQL is down or restarting,
+//! writes fail with [`StoreError::Unavailable`], the parser keeps its
+//! deliveries unacked and retries with back-off, and nothing is lost.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::{
+    PgPool, Row,
+    migrate::{Migration, MigrationType, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use super::{
+    Counts, DeadLetterRow, RecordFilter, Store, StoreError, StoredRow, WriteBatch, Written,
+};
+use crate::clock;
+
+/// Rows per statement. Arrays have no bound-parameter limit, but keeping a
+/// statement to a few megabytes keeps server memory per writer modest.
+const ROWS_PER_INSERT: usize = 10_000;
+
+/// How long `open` keeps trying to reach a database that is not up yet (a
+/// service started beside its database, as compose does).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
+
+const INIT: &str = "
+CREATE TABLE records (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    parser TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    kind INTEGER NOT NULL,
+    sent_at BIGINT NOT NULL,
+    received_at BIGINT NOT NULL,
+    stored_at BIGINT NOT NULL,
+    body BYTEA NOT NULL,
+    UNIQUE (parser, source, seq)
+);
+CREATE TABLE parser_counts (
+    parser TEXT NOT NULL,
+    writer TEXT NOT NULL,
+    stored BIGINT NOT NULL,
+    PRIMARY KEY (parser, writer)
+);
+CREATE TABLE dead_letters (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    parser TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    kind INTEGER NOT NULL,
+    body BYTEA NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    dead_at BIGINT NOT NULL,
+    UNIQUE (parser, source, seq)
+);
+";
+
+const INSERT_RECORDS: &str = "
+INSERT INTO records (parser, source, seq, kind, sent_at, received_at, stored_at, body)
+SELECT $1, r.source, r.seq, r.kind, r.sent_at, r.received_at, $2, r.body
+FROM UNNEST($3::text[], $4::int8[], $5::int4[], $6::int8[], $7::int8[], $8::bytea[])
+    AS r (source, seq, kind, sent_at, received_at, body)
+ON CONFLICT (parser, source, seq) DO NOTHING";
+
+const INSERT_DEAD_LETTERS: &str = "
+INSERT INTO dead_letters (parser, source, seq, kind, body, error, attempts, dead_at)
+SELECT $1, d.source, d.seq, d.kind, d.body, d.error, d.attempts, $2
+FROM UNNEST($3::text[], $4::int8[], $5::int4[], $6::bytea[], $7::text[], $8::int4[])
+    AS d (source, seq, kind, body, error, attempts)
+ON CONFLICT (parser, source, seq) DO NOTHING";
+
+/// The PostgreSQL-backed store.
+pub struct PostgresStore {
+    pool: PgPool,
+    /// This handle's row in `parser_counts`.
+    writer: String,
+}
+
+impl PostgresStore {
+    /// Connects to the database `url` names and migrates it, waiting up to a
+    /// minute for a database that is still starting.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(|e| StoreError::BadUrl {
+            url: url.to_owned(),
+            reason: format!("{e}"),
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            // Replicas starting together all migrate: sqlx takes an advisory
+            // lock, so exactly one applies each migration.
+            match migrator().run(&pool).await {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                    tracing::warn!(error = %e, "PostgreSQL not ready; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(StoreError::Unavailable(format!("migrating: {e}"))),
+            }
+        }
+        Ok(Self {
+            pool,
+            writer: writer_id(),
+        })
+    }
+}
+
+/// A name unique to this store handle: host, process and a random part.
+fn writer_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    format!(
+        "{host}/{}/{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+fn migrator() -> Migrator {
+    Migrator::with_migrations(vec![Migration::new(
+        1,
+        "init".into(),
+        MigrationType::Simple,
+        sqlx::SqlSafeStr::into_sql_str(INIT),
+        false,
+    )])
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
+        let stored_at = clock::now_micros();
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut stored = 0u64;
+        for chunk in batch.records.chunks(ROWS_PER_INSERT) {
+            stored += sqlx::query(INSERT_RECORDS)
+                .bind(batch.parser.as_str())
+                .bind(stored_at)
+                .bind(chunk.iter().map(|r| r.source.as_str()).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|r| r.seq as i64).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|r| r.kind).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|r| r.sent_at).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|r| r.received_at).collect::<Vec<_>>())
+                .bind(chunk.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?
+                .rows_affected();
+        }
+        if stored > 0 {
+            sqlx::query(
+                "INSERT INTO parser_counts (parser, writer, stored) VALUES ($1, $2, $3) \
+                 ON CONFLICT (parser, writer) DO UPDATE \
+                 SET stored = parser_counts.stored + excluded.stored",
+            )
+            .bind(batch.parser.as_str())
+            .bind(self.writer.as_str())
+            .bind(stored as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        if !batch.dead_letters.is_empty() {
+            let dead = &batch.dead_letters;
+            sqlx::query(INSERT_DEAD_LETTERS)
+                .bind(batch.parser.as_str())
+                .bind(stored_at)
+                .bind(dead.iter().map(|d| d.source.as_str()).collect::<Vec<_>>())
+                .bind(dead.iter().map(|d| d.seq as i64).collect::<Vec<_>>())
+                .bind(dead.iter().map(|d| d.kind).collect::<Vec<_>>())
+                .bind(dead.iter().map(|d| d.body.as_slice()).collect::<Vec<_>>())
+                .bind(dead.iter().map(|d| d.error.as_str()).collect::<Vec<_>>())
+                .bind(dead.iter().map(|d| d.attempts as i32).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Written {
+            stored,
+            duplicates: batch.records.len() as u64 - stored,
+        })
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let parsers = sqlx::query(
+            "SELECT parser, SUM(stored)::BIGINT FROM parser_counts GROUP BY parser ORDER BY parser",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1) as u64))
+        .collect();
+        let dead_letters: i64 = sqlx::query("SELECT COUNT(*) FROM dead_letters")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        Ok(Counts {
+            parsers,
+            dead_letters: dead_letters as u64,
+        })
+    }
+
+    async fn records(&self, filter: &RecordFilter) -> Result<Vec<StoredRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, parser, kind, sent_at, received_at, stored_at, body FROM records \
+             WHERE id > $1 AND ($2::text IS NULL OR parser = $2) \
+             AND ($3::text IS NULL OR source = $3) ORDER BY id LIMIT $4",
+        )
+        .bind(filter.after_id)
+        .bind(filter.parser.as_deref())
+        .bind(filter.source.as_deref())
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| StoredRow {
+                id: row.get(0),
+                parser: row.get(1),
+                kind: row.get(2),
+                sent_at: row.get(3),
+                received_at: row.get(4),
+                stored_at: row.get(5),
+                body: row.get(6),
+            })
+            .collect())
+    }
+
+    async fn dead_letters(
+        &self,
+        parser: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT parser, body, error, attempts, dead_at FROM dead_letters \
+             WHERE ($1::text IS NULL OR parser = $1) ORDER BY id LIMIT $2",
+        )
+        .bind(parser)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| DeadLetterRow {
+                parser: row.get(0),
+                body: row.get(1),
+                error: row.get(2),
+                attempts: row.get::<i32, _>(3) as u32,
+                dead_at: row.get(4),
+            })
+            .collect())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        store::{NewDeadLetter, NewRecord},
+        testkit,
+    };
+
+    fn record(source: &str, seq: u64) -> NewRecord {
+        NewRecord {
+            source: source.into(),
+            seq,
+            kind: 5,
+            sent_at: 1,
+            received_at: 2,
+            body: vec![seq as u8],
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_each_key_once_across_writers() {
+        let url = testkit::postgres_database().await;
+        let one = PostgresStore::open(&url).await.unwrap();
+        let two = PostgresStore::open(&url).await.unwrap();
+        let batch = WriteBatch {
+            parser: "raw".into(),
+            records: (0..25_000).map(|i| record("a", i)).collect(),
+            dead_letters: vec![],
+        };
+        assert_eq!(one.write(&batch).await.unwrap().stored, 25_000);
+        let again = two.write(&batch).await.unwrap();
+        assert_eq!((again.stored, again.duplicates), (0, 25_000));
+        let mut more = batch.clone();
+        more.records = (25_000..25_010).map(|i| record("a", i)).collect();
+        assert_eq!(two.write(&more).await.unwrap().stored, 10);
+        let counts = one.counts().await.unwrap();
+        assert_eq!(counts.parsers, vec![("raw".to_string(), 25_010)]);
+        let stored: i64 = sqlx::query("SELECT COUNT(*) FROM records")
+            .fetch_one(&one.pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stored, 25_010);
+    }
+
+    #[tokio::test]
+    async fn reads_back_in_pages_and_keeps_dead_letters() {
+        let url = testkit::postgres_database().await;
+        let store = PostgresStore::open(&url).await.unwrap();
+        let batch = WriteBatch {
+            parser: "raw".into(),
+            records: (0..10)
+                .map(|i| record(if i % 2 == 0 { "a" } else { "b" }, i))
+                .collect(),
+            dead_letters: vec![NewDeadLetter {
+                source: "c".into(),
+                seq: 7,
+                kind: 5,
+                body: vec![1, 2],
+                error: "boom".into(),
+                attempts: 5,
+            }],
+        };
+        store.write(&batch).await.unwrap();
+        store.write(&batch).await.unwrap();
+        let page = store
+            .records(&RecordFilter {
+                source: Some("b".into()),
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|r| r.body[0]).collect::<Vec<_>>(),
+            vec![1, 3, 5]
+        );
+        let next = store
+            .records(&RecordFilter {
+                source: Some("b".into()),
+                limit: 3,
+                after_id: page[2].id,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            next.iter().map(|r| r.body[0]).collect::<Vec<_>>(),
+            vec![7, 9]
+        );
+        let dead = store.dead_letters(Some("raw"), 10).await.unwrap();
+        assert_eq!(
+            (dead.len(), dead[0].error.as_str(), dead[0].attempts),
+            (1, "boom", 5)
+        );
+        assert_eq!(store.counts().await.unwrap().dead_letters, 1);
+    }
+
+    #[tokio::test]
+    async fn bad_urls_fail_before_connecting() {
+        assert!(matches!(
+            PostgresStore::open("postgres://host:notaport/db").await,
+            Err(StoreError::BadUrl { .. })
+        ));
+    }
+}
