@@ -206,12 +206,11 @@ fn postgres_bin_dir() -> PathBuf {
             .and_then(|n| n.parse::<u32>().ok())
             .unwrap_or(0)
     });
-    let bin = versions
+    versions
         .pop()
         .map(|v| v.join("bin"))
         .filter(|b| b.join("initdb").exists())
-        .expect("PostgreSQL server binaries not found: install Debian's postgresql or set TRIBUTARY_PG_BIN");
-    bin
+        .expect("PostgreSQL server binaries not found: install Debian's postgresql or set TRIBUTARY_PG_BIN")
 }
 
 /// A NATS server with JetStream of the test's own, storing in a temporary
