@@ -56,6 +56,12 @@ pub struct Config {
     /// giving up.
     #[arg(long, env = "TRIBUTARY_RETRY_SECS", default_value_t = 30)]
     pub retry_secs: u64,
+    /// Seconds after which a publish stream is closed (once its window is
+    /// acknowledged) and a new one opened. Behind Envoy, which balances per
+    /// stream, this spreads producers over replicas added since they
+    /// started. 0 keeps one stream for the whole run.
+    #[arg(long, env = "TRIBUTARY_ROLLOVER_SECS", default_value_t = 30)]
+    pub rollover_secs: u64,
     /// Print the final summary as one JSON object instead of a sentence.
     #[arg(long)]
     pub json: bool,
@@ -78,6 +84,7 @@ struct Totals {
     duplicates: u64,
     rejected: u64,
     reconnects: u64,
+    rollovers: u64,
 }
 
 /// The state that outlives a broken stream.
@@ -136,7 +143,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         )
         .await
         {
-            Ok(()) => break,
+            Ok(Ended::Done) => break,
+            Ok(Ended::RolledOver) => totals.rollovers += 1,
             Err(e) => {
                 if totals.accepted + totals.duplicates + totals.rejected > answered {
                     // The stream made progress before failing: a new outage.
@@ -169,6 +177,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     Ok(())
 }
 
+/// How a publish stream ended without error.
+enum Ended {
+    /// Everything was generated and answered, or shutdown was asked for.
+    Done,
+    /// The stream reached its age limit with nothing outstanding.
+    RolledOver,
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn session(
     config: &Config,
@@ -179,7 +195,9 @@ async fn session(
     progress: &ProgressBar,
     started: Instant,
     shutdown: &CancellationToken,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
+    let roll_at = (config.rollover_secs > 0)
+        .then(|| Instant::now() + Duration::from_secs(config.rollover_secs));
     let channel = endpoint.connect().await.context("connecting")?;
     let mut client = IngestClient::new(channel);
     let (tx, rx) = mpsc::channel::<PublishRequest>(8);
@@ -190,9 +208,17 @@ async fn session(
         .into_inner();
     let mut stopping = false;
     loop {
-        let done_generating = outbox.next_seq >= config.count || stopping;
+        let finished = outbox.next_seq >= config.count || stopping;
+        // Past its age, the stream takes no new batches; once what it
+        // carries is answered, it ends and the caller opens a new one.
+        let rolling = roll_at.is_some_and(|at| Instant::now() >= at);
+        let done_generating = finished || rolling;
         if done_generating && outbox.unacked.is_empty() {
-            return Ok(());
+            return Ok(if finished {
+                Ended::Done
+            } else {
+                Ended::RolledOver
+            });
         }
         let may_send = !outbox.resend.is_empty()
             || (!done_generating && outbox.unacked_records + config.batch <= config.window);
@@ -315,6 +341,7 @@ fn report(config: &Config, source: &str, totals: &Totals, elapsed: Duration) {
                 "duplicates": totals.duplicates,
                 "rejected": totals.rejected,
                 "reconnects": totals.reconnects,
+                "rollovers": totals.rollovers,
                 "seconds": elapsed.as_secs_f64(),
                 "records_per_second": rate,
             })

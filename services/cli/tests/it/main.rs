@@ -2,7 +2,9 @@
 //! processes on ephemeral ports with its own data directory.
 
 mod bad_input;
+mod cluster;
 mod crash;
 mod end_to_end;
+mod mesh;
 mod peers;
 mod support;

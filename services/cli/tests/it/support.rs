@@ -26,30 +26,10 @@ impl Mesh {
     /// Starts `tributary up` on `listen` with its data in `data_dir`, and
     /// waits for it to print its address.
     pub async fn start(data_dir: &Path, listen: &str, extra: &[&str]) -> Mesh {
-        let mut child = Command::new(BIN)
-            .arg("up")
-            .arg("--listen")
-            .arg(listen)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("the tributary binary starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
-            .await
-            .expect("tributary up prints its address within 30 s")
-            .expect("stdout is readable")
-            .expect("tributary up printed a line before exiting");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("the printed address parses");
+        let data_dir = data_dir.to_str().expect("temp paths are UTF-8");
+        let mut args = vec!["up", "--listen", listen, "--data-dir", data_dir];
+        args.extend_from_slice(extra);
+        let (child, addr) = spawn_listening(&args).await;
         Mesh { child, addr }
     }
 
@@ -69,6 +49,31 @@ impl Mesh {
     pub async fn kill9(mut self) {
         self.child.kill().await.expect("the process can be killed");
     }
+}
+
+/// Starts `tributary ARGS…` and waits for it to print the address it
+/// serves on.
+pub async fn spawn_listening(args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the tributary binary starts");
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let mut lines = BufReader::new(stdout).lines();
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
+        .await
+        .unwrap_or_else(|_| panic!("tributary {args:?} prints its address within 60 s"))
+        .expect("stdout is readable")
+        .unwrap_or_else(|| panic!("tributary {args:?} exited before printing its address"));
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .parse()
+        .expect("the printed address parses");
+    (child, addr)
 }
 
 /// Records stored by `parser`, as the Query API reports them.
