@@ -57,6 +57,7 @@ pub struct Cluster {
     pub _envoy: Child,
     /// Envoy's entry port, as `http://127.0.0.1:PORT`.
     pub entry: String,
+    admin_port: u16,
     _dir: tempfile::TempDir,
 }
 
@@ -102,6 +103,7 @@ impl Cluster {
             _api: api,
             _envoy: envoy,
             entry,
+            admin_port,
             _dir: dir,
         };
         for _ in 0..parsers {
@@ -124,6 +126,40 @@ impl Cluster {
         args.extend_from_slice(PARSER_FLAGS);
         let parser = service(&args).await;
         self.parsers.push(parser);
+    }
+
+    /// The index of the ingest server carrying the most streams right now,
+    /// as Envoy counts them; waits until some server carries one.
+    pub async fn busiest_server(&self) -> usize {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let clusters = admin_get(self.admin_port, "/clusters")
+                .await
+                .unwrap_or_default();
+            let active = |addr: SocketAddr| -> u64 {
+                let prefix = format!("server::{addr}::rq_active::");
+                clusters
+                    .lines()
+                    .find_map(|l| l.strip_prefix(&prefix))
+                    .and_then(|n| n.trim().parse().ok())
+                    .unwrap_or(0)
+            };
+            let (index, streams) = self
+                .servers
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (i, active(s.addr)))
+                .max_by_key(|&(_, n)| n)
+                .expect("the cluster has servers");
+            if streams > 0 {
+                return index;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no server carries a stream"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// A connection to the cluster's database.

@@ -75,7 +75,8 @@ async fn a_killed_ingest_server_loses_nothing() {
     let a = producer(&cluster, "mesh-a", PER_PRODUCER, 20_000);
     let b = producer(&cluster, "mesh-b", PER_PRODUCER, 20_000);
     until_flowing(&cluster, 20_000).await;
-    cluster.servers[0].kill9().await;
+    let victim = cluster.busiest_server().await;
+    cluster.servers[victim].kill9().await;
     for summary in [finish(a).await, finish(b).await] {
         assert_eq!(summary["acked"], PER_PRODUCER);
     }
@@ -111,6 +112,11 @@ async fn a_ten_second_store_outage_loses_nothing() {
     let a = producer(&cluster, "mesh-a", PER_PRODUCER, 10_000);
     let b = producer(&cluster, "mesh-b", PER_PRODUCER, 10_000);
     until_flowing(&cluster, 10_000).await;
+    let before = stored(&mut cluster.db().await).await;
+    assert!(
+        before < 2 * PER_PRODUCER as i64,
+        "the outage would land after the run was over"
+    );
     let postgres = tokio::task::spawn_blocking(move || {
         postgres.stop();
         // The outage itself: the scenario is ten seconds without a store.
