@@ -4,7 +4,8 @@
 # Two ways to use it:
 #
 #   source scripts/tools.sh      # installs the tools (if needed), exports
-#                                # TRIBUTARY_GRPCURL and TRIBUTARY_PYTHON, and
+#                                # TRIBUTARY_GRPCURL, TRIBUTARY_PYTHON,
+#                                # TRIBUTARY_ENVOY and TRIBUTARY_COMPOSE, and
 #                                # defines tributary_ensure_services
 #   scripts/tools.sh             # the same, then also ensures the services
 #
@@ -204,6 +205,14 @@ _tributary_ensure_nats() {
     fi
 }
 
+# docker-compose (Debian's 1.29, Python) validates docker-compose.yml against
+# the compose schema without a Docker engine: `docker-compose config -q`.
+_tributary_ensure_compose() {
+    if ! command -v docker-compose >/dev/null 2>&1; then
+        _tributary_apt_install docker-compose
+    fi
+}
+
 _tributary_services_body() {
     _tributary_ensure_postgres
     _tributary_ensure_nats
@@ -222,6 +231,12 @@ _tributary_tools_main() {
         _tributary_log "ERROR: installing the test tools into $_TRIBUTARY_VENV failed"
         return 1
     fi
+    if ! bash "$_TRIBUTARY_SELF" --internal-compose; then
+        _tributary_log "ERROR: installing docker-compose failed"
+        return 1
+    fi
+    TRIBUTARY_COMPOSE="$(command -v docker-compose)"
+    export TRIBUTARY_COMPOSE
     local v
     TRIBUTARY_PYTHON="$_TRIBUTARY_VENV/bin/python"
     TRIBUTARY_GRPCURL="$(cat "$_TRIBUTARY_GRPCURL_FILE")" || return 1
@@ -247,10 +262,12 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     case "${1:-}" in
     --internal-install-tools) _tributary_install_tools_body ;;
     --internal-services) _tributary_services_body ;;
+    --internal-compose) _tributary_ensure_compose ;;
     "")
         _tributary_tools_main
         tributary_ensure_services
-        printf 'TRIBUTARY_PYTHON=%s\nTRIBUTARY_GRPCURL=%s\nTRIBUTARY_ENVOY=%s\n' "$TRIBUTARY_PYTHON" "$TRIBUTARY_GRPCURL" "$TRIBUTARY_ENVOY"
+        printf 'TRIBUTARY_PYTHON=%s\nTRIBUTARY_GRPCURL=%s\nTRIBUTARY_ENVOY=%s\nTRIBUTARY_COMPOSE=%s\n' \
+            "$TRIBUTARY_PYTHON" "$TRIBUTARY_GRPCURL" "$TRIBUTARY_ENVOY" "$TRIBUTARY_COMPOSE"
         ;;
     *)
         echo "usage: $0  (or: source $0)" >&2

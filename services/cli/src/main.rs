@@ -2,6 +2,7 @@
 //! and the producers.
 #![forbid(unsafe_code)]
 
+mod health;
 mod send;
 mod up;
 
@@ -45,6 +46,9 @@ enum Command {
     Parser(tributary_parser::Config),
     /// Run the query API on its own.
     Api(tributary_api::Config),
+    /// Ask a server whether it is serving (exit status 0 if so); for
+    /// container health checks.
+    Health(health::Config),
 }
 
 #[tokio::main]
@@ -69,6 +73,7 @@ async fn main() -> anyhow::Result<()> {
             announce(app.local_addr());
             app.run(shutdown).await
         }
+        Command::Health(config) => health::run(config).await,
         Command::Api(config) => {
             let app = tributary_api::App::build(config).await?;
             announce(app.local_addr());

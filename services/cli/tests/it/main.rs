@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cluster;
+mod compose;
 mod crash;
 mod end_to_end;
 mod mesh;
