@@ -12,9 +12,11 @@ fi
 step() { printf '==> %s\n' "$*"; }
 
 step "tools (target/tools/venv)"
-# Exports TRIBUTARY_GRPCURL and TRIBUTARY_PYTHON; defines tributary_ensure_services.
+# Exports TRIBUTARY_GRPCURL, TRIBUTARY_PYTHON, TRIBUTARY_ENVOY and
+# TRIBUTARY_COMPOSE; defines tributary_ensure_services.
 source scripts/tools.sh
-printf '    TRIBUTARY_PYTHON=%s\n    TRIBUTARY_GRPCURL=%s\n' "$TRIBUTARY_PYTHON" "$TRIBUTARY_GRPCURL"
+printf '    %s\n' "TRIBUTARY_PYTHON=$TRIBUTARY_PYTHON" "TRIBUTARY_GRPCURL=$TRIBUTARY_GRPCURL" \
+    "TRIBUTARY_ENVOY=$TRIBUTARY_ENVOY" "TRIBUTARY_COMPOSE=$TRIBUTARY_COMPOSE"
 
 step "services (PostgreSQL 127.0.0.1:5432, NATS JetStream 127.0.0.1:4222)"
 tributary_ensure_services

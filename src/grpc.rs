@@ -23,6 +23,16 @@ pub const GRACE: Duration = Duration::from_secs(10);
 /// Adds health and reflection to `routes` and returns the health reporter,
 /// with every name in `serving` (and the server as a whole) marked SERVING.
 pub async fn add_standard_services(routes: &mut RoutesBuilder, serving: &[&str]) -> HealthReporter {
+    add_standard_services_advertising(routes, serving, &[]).await
+}
+
+/// Like [`add_standard_services`], and reflection also lists `advertised`:
+/// services a gateway in front of this server routes to other servers.
+pub async fn add_standard_services_advertising(
+    routes: &mut RoutesBuilder,
+    serving: &[&str],
+    advertised: &[String],
+) -> HealthReporter {
     let (reporter, health) = tonic_health::server::health_reporter();
     for name in serving {
         reporter
@@ -42,6 +52,9 @@ pub async fn add_standard_services(routes: &mut RoutesBuilder, serving: &[&str])
         for name in serving {
             builder = builder.with_service_name(*name);
         }
+        for name in advertised {
+            builder = builder.with_service_name(name.clone());
+        }
         builder
     };
     let v1 = reflection()
@@ -55,6 +68,22 @@ pub async fn add_standard_services(routes: &mut RoutesBuilder, serving: &[&str])
         .add_service(v1)
         .add_service(v1alpha);
     reporter
+}
+
+/// The gRPC services our descriptor set defines (`tributary.v1.Ingest`, …).
+pub fn defined_services() -> Vec<String> {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(FILE_DESCRIPTOR_SET)
+        .expect("the embedded descriptor set was produced by protox from our own protos");
+    set.file
+        .iter()
+        .flat_map(|file| {
+            let package = file.package().to_owned();
+            file.service
+                .iter()
+                .map(move |service| format!("{package}.{}", service.name()))
+        })
+        .collect()
 }
 
 /// The address a listener is bound to (the real port when 0 was asked for).

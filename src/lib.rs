@@ -12,3 +12,6 @@ pub mod shutdown;
 mod sqlite;
 pub mod store;
 pub mod telemetry;
+#[cfg(any(test, feature = "testkit"))]
+#[doc(hidden)]
+pub mod testkit;

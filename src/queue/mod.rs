@@ -10,6 +10,9 @@
 //! from a URL.
 
 pub mod embedded;
+#[cfg(test)]
+mod fixtures;
+pub mod jetstream;
 
 use std::{path::Path, sync::Arc, time::Duration};
 
@@ -126,13 +129,17 @@ pub trait Queue: Send + Sync {
     async fn close(&self);
 }
 
-/// Opens the queue a URL names: `embedded` (a queue file in `data_dir`) or
-/// `embedded:PATH` (that file).
+/// Opens the queue a URL names: `embedded` (a queue file in `data_dir`),
+/// `embedded:PATH` (that file) or `nats://HOST:PORT[?stream=NAME…]`
+/// (JetStream; see [`jetstream`]).
 pub async fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn Queue>, QueueError> {
     let bad = |reason: &str| QueueError::BadUrl {
         url: url.to_owned(),
         reason: reason.to_owned(),
     };
+    if url.starts_with("nats://") {
+        return Ok(Arc::new(jetstream::JetStreamQueue::open(url).await?));
+    }
     match url.split_once(':') {
         None if url == "embedded" => Ok(Arc::new(
             embedded::EmbeddedQueue::open(&data_dir.join("queue.db")).await?,
@@ -140,7 +147,9 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn Queue>, QueueErr
         Some(("embedded", path)) if !path.is_empty() => Ok(Arc::new(
             embedded::EmbeddedQueue::open(Path::new(path)).await?,
         )),
-        _ => Err(bad("expected `embedded` or `embedded:PATH`")),
+        _ => Err(bad(
+            "expected `embedded`, `embedded:PATH` or `nats://HOST:PORT`",
+        )),
     }
 }
 

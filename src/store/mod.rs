@@ -11,6 +11,9 @@
 //! only when the record's key is new, so redeliveries and republished keys
 //! never count twice.
 
+#[cfg(test)]
+mod facts;
+pub mod postgres;
 pub mod sql;
 pub mod sqlite;
 
@@ -308,8 +311,12 @@ pub trait Store: Send + Sync {
     async fn close(&self);
 }
 
-/// Opens the store a URL names: `sqlite://PATH` (created if missing).
+/// Opens the store a URL names: `sqlite://PATH` (created if missing) or
+/// `postgres://USER@HOST:PORT/DB` (migrated on open).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(Arc::new(postgres::PostgresStore::open(url).await?));
+    }
     if let Some(path) = url.strip_prefix("sqlite://") {
         if path.is_empty() {
             return Err(StoreError::BadUrl {
@@ -321,7 +328,7 @@ pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
     }
     Err(StoreError::BadUrl {
         url: url.to_owned(),
-        reason: "expected sqlite://PATH".into(),
+        reason: "expected sqlite://PATH or postgres://USER@HOST:PORT/DB".into(),
     })
 }
 

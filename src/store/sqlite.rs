@@ -481,7 +481,7 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewDeadLetter, NewRecord};
+    use crate::store::{NewDeadLetter, NewRecord, facts};
 
     fn record(source: &str, seq: u64) -> NewRecord {
         NewRecord {
@@ -574,239 +574,34 @@ mod tests {
         assert_eq!(store.counts().await.unwrap().dead_letters, 1);
     }
 
-    fn with_fact(source: &str, seq: u64, sent_at: i64, received_at: i64, fact: Fact) -> NewRecord {
-        NewRecord {
-            sent_at,
-            received_at,
-            fact: Some(fact),
-            ..record(source, seq)
-        }
+    async fn open_store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
+        (dir, store)
     }
 
-    fn batch(parser: &str, writer: &str, records: Vec<NewRecord>) -> WriteBatch {
-        WriteBatch {
-            parser: parser.into(),
-            writer: writer.into(),
-            records,
-            dead_letters: vec![],
-        }
-    }
-
-    fn number(window_start: i64, value: i64) -> Fact {
-        Fact::Number {
-            window_start,
-            window_ms: 1000,
-            value,
-        }
-    }
-
-    /// Two writers' partials combine into the exact average; a redelivered
-    /// key adds nothing.
     #[tokio::test]
     async fn averages_combine_partials_and_ignore_repeated_keys() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
-        let a = vec![
-            with_fact("g1", 0, 0, 0, number(1_000_000, 10)),
-            with_fact("g1", 1, 0, 0, number(1_000_000, 20)),
-            with_fact("g1", 2, 0, 0, number(2_000_000, 7)),
-        ];
-        let b = vec![with_fact("g2", 0, 0, 0, number(1_000_000, 3))];
-        store
-            .write(&batch("average", "w1", a.clone()))
-            .await
-            .unwrap();
-        store.write(&batch("average", "w2", b)).await.unwrap();
-        // The same keys again, through the other writer: nothing changes.
-        let again = store.write(&batch("average", "w2", a)).await.unwrap();
-        assert_eq!(again.stored, 0);
-        let rows = store
-            .averages(&AverageFilter {
-                parser: "average".into(),
-                from: i64::MIN,
-                to: i64::MAX,
-                limit: 10,
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            rows,
-            vec![
-                AverageRow {
-                    window_start: 2_000_000,
-                    window_ms: 1000,
-                    count: 1,
-                    sum: 7
-                },
-                AverageRow {
-                    window_start: 1_000_000,
-                    window_ms: 1000,
-                    count: 3,
-                    sum: 33
-                },
-            ]
-        );
+        let (_dir, store) = open_store().await;
+        facts::averages_combine_partials_and_ignore_repeated_keys(&store).await;
     }
 
-    /// A known data set: probes sent at known times with known transit
-    /// times; only those sent in the last 10 s count toward the averages.
     #[tokio::test]
     async fn latency_averages_the_last_ten_seconds() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
-        let now = 100_000_000;
-        let probes = vec![
-            // 15 s old: outside the window, but its number is the highest.
-            with_fact(
-                "p",
-                0,
-                now - 15_000_000,
-                now - 14_000_000,
-                Fact::Probe { number: 90 },
-            ),
-            // Inside: transit to ingest 2 ms, 4 ms and 9 ms.
-            with_fact(
-                "p",
-                1,
-                now - 9_000_000,
-                now - 8_998_000,
-                Fact::Probe { number: 1 },
-            ),
-            with_fact(
-                "p",
-                2,
-                now - 5_000_000,
-                now - 4_996_000,
-                Fact::Probe { number: 2 },
-            ),
-            with_fact("p", 3, now - 1_000, now + 8_000, Fact::Probe { number: 3 }),
-        ];
-        store.write(&batch("probe", "w", probes)).await.unwrap();
-        let latency = store.latency("probe", now, 10_000_000).await.unwrap();
-        assert_eq!(latency.highest_number, Some(90));
-        assert_eq!((latency.stored, latency.recent), (4, 3));
-        assert_eq!(latency.avg_to_ingest_us, Some(5_000.0));
-        assert!(latency.avg_to_store_us.unwrap() > 0.0);
-        let empty = store
-            .latency("probe", now + 60_000_000, 10_000_000)
-            .await
-            .unwrap();
-        assert_eq!((empty.recent, empty.avg_to_ingest_us), (0, None));
+        let (_dir, store) = open_store().await;
+        facts::latency_averages_the_last_ten_seconds(&store).await;
     }
 
-    fn reading(seq: u64, sensor: &str, value: f64, measured_at: i64) -> NewRecord {
-        with_fact(
-            "s",
-            seq,
-            0,
-            0,
-            Fact::Reading {
-                sensor_id: sensor.into(),
-                metric: "temperature".into(),
-                value,
-                unit: "celsius".into(),
-                measured_at,
-            },
-        )
-    }
-
-    /// Nearest-rank percentiles computed by SQL match a sort in Rust.
     #[tokio::test]
     async fn aggregates_match_a_computation_in_rust() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
-        // 1..=200 for sensor a (shuffled order), 1000..=1009 for b, one
-        // reading outside the time range.
-        let mut records: Vec<NewRecord> = (1..=200)
-            .map(|i| reading(i, "a", ((i * 37) % 200 + 1) as f64, 10))
-            .collect();
-        records.extend((0..10).map(|i| reading(1000 + i, "b", 1000.0 + i as f64, 20)));
-        records.push(reading(5000, "a", -50.0, 99));
-        store.write(&batch("sensor", "w", records)).await.unwrap();
-        let query = |group_by_sensor| AggregateQuery {
-            parser: "sensor".into(),
-            metric: "temperature".into(),
-            from: 0,
-            to: 50,
-            group_by_sensor,
-        };
-        let grouped = store.aggregate(&query(true)).await.unwrap();
-        assert_eq!(grouped.len(), 2);
-        let a = &grouped[0];
-        assert_eq!((a.sensor_id.as_str(), a.count), ("a", 200));
-        assert_eq!((a.min, a.max, a.avg), (1.0, 200.0, 100.5));
-        // Nearest rank: ceil(0.5*200)=100, ceil(0.95*200)=190, ceil(0.99*200)=198.
-        assert_eq!((a.p50, a.p95, a.p99), (100.0, 190.0, 198.0));
-        let b = &grouped[1];
-        // ceil(0.5*10)=5 -> 1004, ceil(9.5)=10 -> 1009, ceil(9.9)=10 -> 1009.
-        assert_eq!((b.count, b.p50, b.p95, b.p99), (10, 1004.0, 1009.0, 1009.0));
-        let overall = store.aggregate(&query(false)).await.unwrap();
-        assert_eq!(overall.len(), 1);
-        let all = &overall[0];
-        let mut values: Vec<f64> = (1..=200).map(f64::from).collect();
-        values.extend((0..10).map(|i| 1000.0 + f64::from(i)));
-        let rank = |p: usize| values[(values.len() * p).div_ceil(100) - 1];
-        assert_eq!(
-            (
-                all.sensor_id.as_str(),
-                all.count,
-                all.p50,
-                all.p95,
-                all.p99,
-                all.unit.as_str()
-            ),
-            ("", 210, rank(50), rank(95), rank(99), "celsius")
-        );
+        let (_dir, store) = open_store().await;
+        facts::aggregates_match_a_computation_in_rust(&store).await;
     }
 
     #[tokio::test]
     async fn sms_progress_counts_outcomes_per_sender() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
-        let outcome = |seq, sender: &str, sent, duration_us| {
-            with_fact(
-                "m",
-                seq,
-                0,
-                0,
-                Fact::Sms {
-                    sender: sender.into(),
-                    sent,
-                    duration_us,
-                },
-            )
-        };
-        let records = vec![
-            outcome(0, "fast", true, 10),
-            outcome(1, "fast", false, 20),
-            outcome(2, "slow", true, 300),
-        ];
-        store
-            .write(&batch("sms_sender", "w", records.clone()))
-            .await
-            .unwrap();
-        store
-            .write(&batch("sms_sender", "w", records))
-            .await
-            .unwrap();
-        let rows = store.sms_progress("sms_sender").await.unwrap();
-        assert_eq!(
-            rows,
-            vec![
-                SmsRow {
-                    sender: "fast".into(),
-                    sent: 1,
-                    failed: 1,
-                    total_us: 30
-                },
-                SmsRow {
-                    sender: "slow".into(),
-                    sent: 1,
-                    failed: 0,
-                    total_us: 300
-                },
-            ]
-        );
+        let (_dir, store) = open_store().await;
+        facts::sms_progress_counts_outcomes_per_sender(&store).await;
     }
 
     #[tokio::test]

@@ -24,31 +24,49 @@ pub struct Config {
     /// Address to serve on; port 0 picks a free port.
     #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
-    /// The store to read: `sqlite://PATH`.
+    /// The store to read: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`.
     #[arg(
         long,
         env = "TRIBUTARY_STORE",
         default_value = "sqlite://tributary-data/tributary.db"
     )]
     pub store: String,
+    /// Other mesh services to list in reflection, comma-separated (for
+    /// example `tributary.v1.Ingest`), when a gateway such as Envoy sends
+    /// reflection here and routes those services' calls to other servers.
+    #[arg(long, env = "TRIBUTARY_ADVERTISE", value_delimiter = ',')]
+    pub advertise: Vec<String>,
 }
 
 /// A built query API: store open, port bound.
 pub struct App {
     listener: TcpListener,
     store: Arc<dyn Store>,
+    advertise: Vec<String>,
 }
 
 impl App {
     /// Opens the store and binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let defined = grpc::defined_services();
+        for name in &config.advertise {
+            anyhow::ensure!(
+                defined.contains(name),
+                "--advertise {name:?} is not a service of this mesh (known: {})",
+                defined.join(", ")
+            );
+        }
         let store = store::open(&config.store)
             .await
             .context("opening the store")?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        Ok(Self { listener, store })
+        Ok(Self {
+            listener,
+            store,
+            advertise: config.advertise,
+        })
     }
 
     /// The address actually bound.
@@ -60,9 +78,10 @@ impl App {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut routes = RoutesBuilder::default();
         routes.add_service(service(self.store.clone(), shutdown.clone()));
-        grpc::add_standard_services(
+        grpc::add_standard_services_advertising(
             &mut routes,
             &[grpc::service_name::<QueryServer<QueryService>>()],
+            &self.advertise,
         )
         .await;
         let served = grpc::serve(self.listener, routes.routes(), shutdown).await;

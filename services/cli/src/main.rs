@@ -2,6 +2,7 @@
 //! and the producers.
 #![forbid(unsafe_code)]
 
+mod health;
 mod monitor;
 mod send;
 mod up;
@@ -55,6 +56,9 @@ enum Command {
     Generate(tributary_generator::Generate),
     /// Show SMS progress (sent, failed, average time) every few seconds.
     Monitor(monitor::Config),
+    /// Ask a server whether it is serving (exit status 0 if so); for
+    /// container health checks.
+    Health(health::Config),
 }
 
 #[tokio::main]
@@ -79,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             announce(app.local_addr());
             app.run(shutdown).await
         }
+        Command::Health(config) => health::run(config).await,
         Command::Api(config) => {
             let app = tributary_api::App::build(config).await?;
             announce(app.local_addr());

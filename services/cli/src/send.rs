@@ -145,6 +145,7 @@ fn report(config: &Config, source: &str, totals: &Totals, elapsed: Duration) {
                 "duplicates": load(&totals.duplicates),
                 "rejected": load(&totals.rejected),
                 "reconnects": load(&totals.reconnects),
+                "rollovers": load(&totals.rollovers),
                 "seconds": elapsed.as_secs_f64(),
                 "records_per_second": rate,
             })

@@ -285,6 +285,7 @@ impl Workloads {
             batch,
             window: 20_000,
             retry_secs: 30,
+            rollover_secs: 30,
         };
         let background = |publisher: Publisher, producers: Vec<JoinHandle<()>>| {
             tokio::spawn(async move {

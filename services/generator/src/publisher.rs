@@ -43,6 +43,12 @@ pub struct PublishArgs {
     /// giving up.
     #[arg(long, env = "TRIBUTARY_RETRY_SECS", default_value_t = 30)]
     pub retry_secs: u64,
+    /// Seconds after which a publish stream is closed (once its window is
+    /// acknowledged) and a new one opened. Behind Envoy, which balances per
+    /// stream, this spreads producers over replicas added since they
+    /// started. 0 keeps one stream for the whole run.
+    #[arg(long, env = "TRIBUTARY_ROLLOVER_SECS", default_value_t = 30)]
+    pub rollover_secs: u64,
 }
 
 /// Running totals, readable while the publisher runs.
@@ -58,6 +64,8 @@ pub struct Totals {
     pub rejected: AtomicU64,
     /// Streams re-opened after a failure.
     pub reconnects: AtomicU64,
+    /// Streams closed at their age limit and replaced.
+    pub rollovers: AtomicU64,
 }
 
 impl Totals {
@@ -153,7 +161,10 @@ async fn publish(
     loop {
         let answered = totals.answered();
         match session(&args, &endpoint, &mut input, &mut outbox, &totals).await {
-            Ok(()) => return Ok(()),
+            Ok(Ended::Done) => return Ok(()),
+            Ok(Ended::RolledOver) => {
+                totals.rollovers.fetch_add(1, Ordering::Relaxed);
+            }
             Err(e) => {
                 if totals.answered() > answered {
                     // The stream made progress before failing: a new outage.
@@ -181,13 +192,23 @@ async fn publish(
     }
 }
 
+/// How a publish stream ended without error.
+enum Ended {
+    /// The producer is done and everything was answered.
+    Done,
+    /// The stream reached its age limit with nothing outstanding.
+    RolledOver,
+}
+
 async fn session(
     args: &PublishArgs,
     endpoint: &Endpoint,
     input: &mut mpsc::Receiver<Record>,
     outbox: &mut Outbox,
     totals: &Totals,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Ended> {
+    let roll_at =
+        (args.rollover_secs > 0).then(|| Instant::now() + Duration::from_secs(args.rollover_secs));
     let channel = endpoint.connect().await.context("connecting")?;
     let mut client = IngestClient::new(channel);
     let (tx, rx) = mpsc::channel::<PublishRequest>(8);
@@ -197,11 +218,27 @@ async fn session(
         .context("opening the publish stream")?
         .into_inner();
     loop {
-        if outbox.input_closed && outbox.unacked.is_empty() {
-            return Ok(());
+        // Past its age, the stream takes no new records; once what it
+        // carries is answered, it ends and the caller opens a new one.
+        let rolling = roll_at.is_some_and(|at| Instant::now() >= at);
+        if outbox.unacked.is_empty() {
+            if outbox.input_closed {
+                return Ok(Ended::Done);
+            }
+            if rolling {
+                return Ok(Ended::RolledOver);
+            }
         }
-        let may_take = !outbox.input_closed && outbox.unacked_records + args.batch <= args.window;
+        let may_take =
+            !outbox.input_closed && !rolling && outbox.unacked_records + args.batch <= args.window;
         tokio::select! {
+            // Wakes an idle stream when it comes of age.
+            () = async {
+                match roll_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            }, if !rolling => {}
             // Republished batches go first and need no new records.
             permit = tx.reserve(), if !outbox.resend.is_empty() => {
                 let permit = permit.context("the publish stream closed")?;

@@ -8,7 +8,8 @@ pub struct Config {
     /// Address to serve gRPC on; port 0 picks a free port.
     #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
-    /// The queue: `embedded` (a file in --data-dir) or `embedded:PATH`.
+    /// The queue: `embedded` (a file in --data-dir), `embedded:PATH`, or
+    /// NATS JetStream as `nats://HOST:PORT[?stream=NAME&max_age=SECONDS]`.
     #[arg(long, env = "TRIBUTARY_QUEUE", default_value = "embedded")]
     pub queue: String,
     /// Directory for the embedded queue's file.

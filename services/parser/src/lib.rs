@@ -31,7 +31,8 @@ pub struct Config {
         default_value = "http://127.0.0.1:50051"
     )]
     pub connect: String,
-    /// Where results go: `sqlite://PATH`.
+    /// Where results go: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`
+    /// (migrated on start).
     #[arg(
         long,
         env = "TRIBUTARY_STORE",

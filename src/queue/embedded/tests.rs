@@ -1,46 +1,13 @@
 use std::time::Duration;
 
 use super::*;
-use crate::proto::{Record, Text, record::Payload};
-
-fn text(source: &str, seq: u64) -> Record {
-    Record {
-        source: source.into(),
-        seq,
-        payload: Some(Payload::Text(Text {
-            body: format!("{source}-{seq}"),
-        })),
-        ..Default::default()
-    }
-}
-
-fn batch(kind: RecordKind, records: Vec<Record>) -> Batch {
-    Batch {
-        kind,
-        records,
-        received_at: 42,
-        traceparent: None,
-    }
-}
-
-fn options(group: &str, kinds: KindSet, deadline_ms: u64) -> SubscribeOptions {
-    SubscribeOptions {
-        group: group.into(),
-        kinds,
-        ack_deadline: Duration::from_millis(deadline_ms),
-    }
-}
+use crate::{
+    proto::{Record, record::Payload},
+    queue::fixtures::*,
+};
 
 async fn open(dir: &tempfile::TempDir) -> EmbeddedQueue {
     EmbeddedQueue::open(&dir.path().join("q.db")).await.unwrap()
-}
-
-/// Fails the test instead of hanging when nothing is delivered.
-async fn next(sub: &mut Box<dyn Subscription>) -> Message {
-    tokio::time::timeout(Duration::from_secs(10), sub.next())
-        .await
-        .expect("a message is delivered")
-        .unwrap()
 }
 
 #[tokio::test]

@@ -2,8 +2,11 @@
 //! processes on ephemeral ports with its own data directory.
 
 mod bad_input;
+mod cluster;
+mod compose;
 mod crash;
 mod end_to_end;
+mod mesh;
 mod peers;
 mod support;
 mod workloads;

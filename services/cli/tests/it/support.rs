@@ -34,15 +34,10 @@ impl Mesh {
     /// Starts `tributary up` with its demo workloads unless `extra` turns
     /// them off.
     pub async fn start_with_workloads(data_dir: &Path, listen: &str, extra: &[&str]) -> Mesh {
-        let mut command = Command::new(BIN);
-        command
-            .arg("up")
-            .arg("--listen")
-            .arg(listen)
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(extra);
-        let (child, addr) = spawn_announced(command).await;
+        let data_dir = data_dir.to_str().expect("temp paths are UTF-8");
+        let mut args = vec!["up", "--listen", listen, "--data-dir", data_dir];
+        args.extend_from_slice(extra);
+        let (child, addr) = spawn_listening(&args).await;
         Mesh { child, addr }
     }
 
@@ -64,9 +59,11 @@ impl Mesh {
     }
 }
 
-/// Spawns a `tributary` service and waits for it to print its address.
-pub async fn spawn_announced(mut command: Command) -> (Child, SocketAddr) {
-    let mut child = command
+/// Starts `tributary ARGS…` and waits for it to print the address it
+/// serves on.
+pub async fn spawn_listening(args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = Command::new(BIN)
+        .args(args)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -74,11 +71,11 @@ pub async fn spawn_announced(mut command: Command) -> (Child, SocketAddr) {
         .expect("the tributary binary starts");
     let stdout = child.stdout.take().expect("stdout is piped");
     let mut lines = BufReader::new(stdout).lines();
-    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+    let line = tokio::time::timeout(Duration::from_secs(60), lines.next_line())
         .await
-        .expect("the service prints its address within 30 s")
+        .unwrap_or_else(|_| panic!("tributary {args:?} prints its address within 60 s"))
         .expect("stdout is readable")
-        .expect("the service printed a line before exiting");
+        .unwrap_or_else(|| panic!("tributary {args:?} exited before printing its address"));
     let addr = line
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))

@@ -17,7 +17,7 @@ use tributary::{
     },
 };
 
-use crate::support::{BIN, Mesh, spawn_announced, wait_stored};
+use crate::support::{BIN, Mesh, spawn_listening, wait_stored};
 
 /// Runs `tributary ARGS` to completion and returns its stdout.
 async fn run_ok(args: &[&str]) -> String {
@@ -82,9 +82,8 @@ async fn generators_never_repeat_a_value_in_a_tick_and_averages_are_exact() {
         ],
     )
     .await;
-    let mut coordinator = Command::new(BIN);
-    coordinator.args(["coordinator", "--listen", "127.0.0.1:0"]);
-    let (_coordinator, coordinator_addr) = spawn_announced(coordinator).await;
+    let (_coordinator, coordinator_addr) =
+        spawn_listening(&["coordinator", "--listen", "127.0.0.1:0"]).await;
     let coordinator_url = format!("http://{coordinator_addr}");
     let url = mesh.url();
     let generators: Vec<_> = (0..3)

@@ -1,0 +1,28 @@
+# syntax=docker/dockerfile:1
+# The `tributary` image: one binary that runs every service (ingest, parser,
+# api, coordinator, producers) by subcommand. Multi-stage: the toolchain stays
+# in the build stage; the runtime image holds the binary and CA roots only.
+
+FROM rust:1.95-slim-bookworm AS build
+WORKDIR /src
+COPY . .
+# Cache mounts keep the registry and build directory between builds; the
+# binary is copied out because the cache mount is not part of the layer.
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked --bin tributary \
+    && install -D target/release/tributary /out/tributary
+
+FROM debian:bookworm-slim AS runtime
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --create-home --home-dir /home/tributary tributary
+COPY --from=build /out/tributary /usr/local/bin/tributary
+USER 10001
+WORKDIR /home/tributary
+# The embedded mesh's one port; the distributed services listen on 50051
+# (ingest), 50052 (api), 50053 (parser health) and 50054 (coordinator).
+EXPOSE 8080
+ENTRYPOINT ["tributary"]
+CMD ["up", "--listen", "0.0.0.0:8080"]

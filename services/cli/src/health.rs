@@ -1,0 +1,54 @@
+//! `tributary health`: asks a server's `grpc.health.v1.Health` whether it
+//! serves, for container health checks and scripts. Exits 0 when SERVING,
+//! 1 otherwise, printing the status either way.
+
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use tonic::transport::Endpoint;
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+
+/// Which server and service to ask about.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Config {
+    /// The server to ask.
+    #[arg(
+        long,
+        env = "TRIBUTARY_HEALTH_CONNECT",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub connect: String,
+    /// The service to ask about, such as `tributary.v1.Ingest`; empty asks
+    /// about the server as a whole.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Seconds to wait for an answer.
+    #[arg(long, default_value_t = 3)]
+    pub timeout_secs: u64,
+}
+
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let timeout = Duration::from_secs(config.timeout_secs);
+    let channel = Endpoint::from_shared(config.connect.clone())
+        .with_context(|| format!("bad --connect URI {:?}", config.connect))?
+        .connect_timeout(timeout)
+        .timeout(timeout)
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {}", config.connect))?;
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest {
+            service: config.service.clone(),
+        })
+        .await
+        .with_context(|| format!("asking {} for its health", config.connect))?
+        .into_inner()
+        .status();
+    println!("{}", status.as_str_name());
+    if status != ServingStatus::Serving {
+        bail!("{} is not serving", config.connect);
+    }
+    Ok(())
+}

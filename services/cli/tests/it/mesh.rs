@@ -1,0 +1,142 @@
+//! The distributed mesh under load and under failure: real NATS JetStream,
+//! real PostgreSQL, three ingest servers and two parser replicas behind the
+//! real Envoy. Each test checks the promise: every record stored exactly
+//! once.
+
+use std::time::Duration;
+
+use tributary::testkit::{self, PrivatePostgres};
+
+use crate::{
+    cluster::{
+        Backends, Cluster, dead_letters, finish, producer, rows_of, shares, stored, wait_stored,
+    },
+    support::tool,
+};
+
+const PER_PRODUCER: u64 = 100_000;
+
+/// Waits until the cluster has stored at least `n` records, so that a fault
+/// lands mid-run rather than before records flow.
+async fn until_flowing(cluster: &Cluster, n: i64) {
+    wait_stored(cluster, n, Duration::from_secs(60)).await;
+}
+
+/// Both producers' records are all stored, once each.
+async fn assert_all_stored_once(cluster: &Cluster) {
+    wait_stored(cluster, 2 * PER_PRODUCER as i64, Duration::from_secs(120)).await;
+    let mut db = cluster.db().await;
+    let n = PER_PRODUCER as i64;
+    for source in ["mesh-a", "mesh-b"] {
+        assert_eq!(
+            rows_of(&mut db, source).await,
+            (n, n, 0, n - 1),
+            "records of {source}"
+        );
+    }
+    assert_eq!(stored(&mut db).await, 2 * n, "rows beyond the two sources");
+    assert_eq!(shares(&mut db).await.iter().sum::<i64>(), 2 * n);
+    assert_eq!(dead_letters(&mut db).await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_cross_envoy_into_postgres_once_each_and_replicas_share_the_work() {
+    let backends = Backends::fresh(&testkit::postgres_admin_url()).await;
+    let cluster = Cluster::start(backends, 3, 2).await;
+
+    // grpcurl through Envoy sees every mesh service.
+    let listed = std::process::Command::new(tool("TRIBUTARY_GRPCURL"))
+        .args([
+            "-plaintext",
+            cluster.entry.trim_start_matches("http://"),
+            "list",
+        ])
+        .output()
+        .expect("grpcurl runs");
+    let listed = String::from_utf8_lossy(&listed.stdout);
+    for service in [
+        "tributary.v1.Ingest",
+        "tributary.v1.Query",
+        "tributary.v1.Coordinator",
+    ] {
+        assert!(listed.contains(service), "grpcurl list via Envoy: {listed}");
+    }
+
+    let a = producer(&cluster, "mesh-a", PER_PRODUCER, 0);
+    let b = producer(&cluster, "mesh-b", PER_PRODUCER, 0);
+    for summary in [finish(a).await, finish(b).await] {
+        assert_eq!(summary["acked"], PER_PRODUCER);
+    }
+    assert_all_stored_once(&cluster).await;
+    let shares = shares(&mut cluster.db().await).await;
+    assert_eq!(shares.len(), 2, "one count row per replica: {shares:?}");
+    assert!(
+        shares.iter().all(|&n| n > 0),
+        "both replicas stored records: {shares:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_ingest_server_loses_nothing() {
+    let backends = Backends::fresh(&testkit::postgres_admin_url()).await;
+    let mut cluster = Cluster::start(backends, 3, 2).await;
+    let a = producer(&cluster, "mesh-a", PER_PRODUCER, 20_000);
+    let b = producer(&cluster, "mesh-b", PER_PRODUCER, 20_000);
+    until_flowing(&cluster, 20_000).await;
+    let victim = cluster.busiest_server().await;
+    cluster.servers[victim].kill9().await;
+    for summary in [finish(a).await, finish(b).await] {
+        assert_eq!(summary["acked"], PER_PRODUCER);
+    }
+    assert_all_stored_once(&cluster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_parser_hands_its_work_to_the_other_replica() {
+    let backends = Backends::fresh(&testkit::postgres_admin_url()).await;
+    let mut cluster = Cluster::start(backends, 3, 2).await;
+    let a = producer(&cluster, "mesh-a", PER_PRODUCER, 20_000);
+    let b = producer(&cluster, "mesh-b", PER_PRODUCER, 20_000);
+    until_flowing(&cluster, 20_000).await;
+    cluster.parsers[0].kill9().await;
+    let before = stored(&mut cluster.db().await).await;
+    for summary in [finish(a).await, finish(b).await] {
+        assert_eq!(summary["acked"], PER_PRODUCER);
+    }
+    assert_all_stored_once(&cluster).await;
+    assert!(
+        before < 2 * PER_PRODUCER as i64,
+        "the kill landed after the run was over"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ten_second_store_outage_loses_nothing() {
+    let postgres = tokio::task::spawn_blocking(PrivatePostgres::start)
+        .await
+        .unwrap();
+    let backends = Backends::fresh(&postgres.admin_url()).await;
+    let cluster = Cluster::start(backends, 3, 2).await;
+    let a = producer(&cluster, "mesh-a", PER_PRODUCER, 10_000);
+    let b = producer(&cluster, "mesh-b", PER_PRODUCER, 10_000);
+    until_flowing(&cluster, 10_000).await;
+    let before = stored(&mut cluster.db().await).await;
+    assert!(
+        before < 2 * PER_PRODUCER as i64,
+        "the outage would land after the run was over"
+    );
+    let postgres = tokio::task::spawn_blocking(move || {
+        postgres.stop();
+        // The outage itself: the scenario is ten seconds without a store.
+        std::thread::sleep(Duration::from_secs(10));
+        postgres.resume();
+        postgres
+    })
+    .await
+    .unwrap();
+    for summary in [finish(a).await, finish(b).await] {
+        assert_eq!(summary["acked"], PER_PRODUCER);
+    }
+    assert_all_stored_once(&cluster).await;
+    drop(postgres);
+}

@@ -1,0 +1,678 @@
+//! The PostgreSQL store, for the distributed mesh: many parser replicas write
+//! to one database, and the query API reads from it.
+//!
+//! A batch is written with one `INSERT … SELECT FROM UNNEST(arrays)` per
+//! column set: one statement and one round trip carry thousands of rows, with
+//! a plan PostgreSQL can cache, and `ON CONFLICT DO NOTHING` on the record key
+//! keeps writes idempotent.
+//!
+//! Stored counts are kept per writer (one row per store handle and parser),
+//! so that parser replicas never wait on each other's row lock to commit;
+//! reads sum them.
+//!
+//! The pool reconnects on its own: while PostgreSQL is down or restarting,
+//! writes fail with [`StoreError::Unavailable`], the parser keeps its
+//! deliveries unacked and retries with back-off, and nothing is lost.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    time::Duration,
+};
+
+use async_trait::async_trait;
+use sqlx::{
+    PgPool, Row,
+    migrate::{Migration, MigrationType, Migrator},
+    postgres::{PgConnectOptions, PgPoolOptions},
+};
+
+use super::{
+    AggregateQuery, AggregateRow, AverageFilter, AverageRow, Counts, DeadLetterRow, Fact,
+    LatencyRow, NewRecord, RecordFilter, SmsRow, Store, StoreError, StoredRow, WriteBatch, Written,
+    sql,
+};
+use crate::clock;
+
+/// Rows per statement. Arrays have no bound-parameter limit, but keeping a
+/// statement to a few megabytes keeps server memory per writer modest.
+const ROWS_PER_INSERT: usize = 10_000;
+
+/// How long `open` keeps trying to reach a database that is not up yet (a
+/// service started beside its database, as compose does).
+const CONNECT_PATIENCE: Duration = Duration::from_secs(60);
+
+const INIT: &str = "
+CREATE TABLE records (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    parser TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    kind INTEGER NOT NULL,
+    sent_at BIGINT NOT NULL,
+    received_at BIGINT NOT NULL,
+    stored_at BIGINT NOT NULL,
+    body BYTEA NOT NULL,
+    UNIQUE (parser, source, seq)
+);
+CREATE TABLE parser_counts (
+    parser TEXT NOT NULL,
+    writer TEXT NOT NULL,
+    stored BIGINT NOT NULL,
+    PRIMARY KEY (parser, writer)
+);
+CREATE TABLE dead_letters (
+    id BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    parser TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    kind INTEGER NOT NULL,
+    body BYTEA NOT NULL,
+    error TEXT NOT NULL,
+    attempts INTEGER NOT NULL,
+    dead_at BIGINT NOT NULL,
+    UNIQUE (parser, source, seq)
+);
+";
+
+const INSERT_RECORDS: &str = "
+INSERT INTO records (parser, source, seq, kind, sent_at, received_at, stored_at, body)
+SELECT $1, r.source, r.seq, r.kind, r.sent_at, r.received_at, $2, r.body
+FROM UNNEST($3::text[], $4::int8[], $5::int4[], $6::int8[], $7::int8[], $8::bytea[])
+    AS r (source, seq, kind, sent_at, received_at, body)
+ON CONFLICT (parser, source, seq) DO NOTHING";
+
+/// The same insert, reporting the keys it inserted: facts follow only them.
+const INSERT_RECORDS_RETURNING_KEYS: &str = "
+INSERT INTO records (parser, source, seq, kind, sent_at, received_at, stored_at, body)
+SELECT $1, r.source, r.seq, r.kind, r.sent_at, r.received_at, $2, r.body
+FROM UNNEST($3::text[], $4::int8[], $5::int4[], $6::int8[], $7::int8[], $8::bytea[])
+    AS r (source, seq, kind, sent_at, received_at, body)
+ON CONFLICT (parser, source, seq) DO NOTHING
+RETURNING source, seq";
+
+const INSERT_PROBES: &str = "
+INSERT INTO probes (parser, source, seq, number, sent_at, received_at, stored_at)
+SELECT $1, p.source, p.seq, p.number, p.sent_at, p.received_at, $2
+FROM UNNEST($3::text[], $4::int8[], $5::int8[], $6::int8[], $7::int8[])
+    AS p (source, seq, number, sent_at, received_at)
+ON CONFLICT (parser, source, seq) DO NOTHING";
+
+const INSERT_READINGS: &str = "
+INSERT INTO sensor_readings (parser, source, seq, sensor_id, metric, value, unit, measured_at)
+SELECT $1, r.source, r.seq, r.sensor_id, r.metric, r.value, r.unit, r.measured_at
+FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::text[], $6::float8[], $7::text[], $8::int8[])
+    AS r (source, seq, sensor_id, metric, value, unit, measured_at)
+ON CONFLICT (parser, source, seq) DO NOTHING";
+
+const INSERT_SMS_OUTCOMES: &str = "
+INSERT INTO sms_outcomes (parser, source, seq, sender, outcome, duration_us)
+SELECT $1, o.source, o.seq, o.sender, o.outcome, o.duration_us
+FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::text[], $6::int8[])
+    AS o (source, seq, sender, outcome, duration_us)
+ON CONFLICT (parser, source, seq) DO NOTHING";
+
+const INSERT_DEAD_LETTERS: &str = "
+INSERT INTO dead_letters (parser, source, seq, kind, body, error, attempts, dead_at)
+SELECT $1, d.source, d.seq, d.kind, d.body, d.error, d.attempts, $2
+FROM UNNEST($3::text[], $4::int8[], $5::int4[], $6::bytea[], $7::text[], $8::int4[])
+    AS d (source, seq, kind, body, error, attempts)
+ON CONFLICT (parser, source, seq) DO NOTHING";
+
+/// The PostgreSQL-backed store.
+pub struct PostgresStore {
+    pool: PgPool,
+    /// This handle's row in `parser_counts`.
+    writer: String,
+}
+
+impl PostgresStore {
+    /// Connects to the database `url` names and migrates it, waiting up to a
+    /// minute for a database that is still starting.
+    pub async fn open(url: &str) -> Result<Self, StoreError> {
+        let options: PgConnectOptions = url.parse().map_err(|e| StoreError::BadUrl {
+            url: url.to_owned(),
+            reason: format!("{e}"),
+        })?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(5))
+            .connect_lazy_with(options);
+        let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
+        let mut wait = Duration::from_millis(100);
+        loop {
+            // Replicas starting together all migrate: sqlx takes an advisory
+            // lock, so exactly one applies each migration.
+            match migrator().run(&pool).await {
+                Ok(()) => break,
+                Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                    tracing::warn!(error = %e, "PostgreSQL not ready; retrying");
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(StoreError::Unavailable(format!("migrating: {e}"))),
+            }
+        }
+        Ok(Self {
+            pool,
+            writer: writer_id(),
+        })
+    }
+}
+
+/// A name unique to this store handle: host, process and a random part.
+fn writer_id() -> String {
+    let host = std::env::var("HOSTNAME").unwrap_or_default();
+    format!(
+        "{host}/{}/{:08x}",
+        std::process::id(),
+        rand::random::<u32>()
+    )
+}
+
+fn migrator() -> Migrator {
+    let migration = |version, name: &str, sql: &'static str| {
+        Migration::new(
+            version,
+            name.to_owned().into(),
+            MigrationType::Simple,
+            sqlx::SqlSafeStr::into_sql_str(sql),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "init", INIT),
+        migration(2, "workloads", sql::WORKLOAD_TABLES),
+    ])
+}
+
+/// Writes the facts of the records whose keys were new in this transaction.
+async fn write_facts(
+    tx: &mut sqlx::PgConnection,
+    batch: &WriteBatch,
+    new: &[&NewRecord],
+    stored_at: i64,
+) -> Result<(), StoreError> {
+    let mut partials: BTreeMap<(i64, u32), (i64, i64)> = BTreeMap::new();
+    let (mut probes, mut readings, mut sms) = (Vec::new(), Vec::new(), Vec::new());
+    for record in new {
+        match &record.fact {
+            Some(Fact::Number {
+                window_start,
+                window_ms,
+                value,
+            }) => {
+                let partial = partials.entry((*window_start, *window_ms)).or_default();
+                partial.0 += 1;
+                partial.1 += value;
+            }
+            Some(Fact::Probe { number }) => probes.push((*record, *number as i64)),
+            Some(Fact::Reading {
+                sensor_id,
+                metric,
+                value,
+                unit,
+                measured_at,
+            }) => readings.push((*record, sensor_id, metric, *value, unit, *measured_at)),
+            Some(Fact::Sms {
+                sender,
+                sent,
+                duration_us,
+            }) => sms.push((
+                *record,
+                sender,
+                if *sent { "sent" } else { "failed" },
+                *duration_us,
+            )),
+            None => {}
+        }
+    }
+    for ((window_start, window_ms), (count, sum)) in partials {
+        sqlx::query(sql::UPSERT_AVERAGE_PARTIAL)
+            .bind(batch.parser.as_str())
+            .bind(window_start)
+            .bind(i64::from(window_ms))
+            .bind(batch.writer.as_str())
+            .bind(count)
+            .bind(sum)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    if !probes.is_empty() {
+        sqlx::query(INSERT_PROBES)
+            .bind(batch.parser.as_str())
+            .bind(stored_at)
+            .bind(
+                probes
+                    .iter()
+                    .map(|(r, _)| r.source.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(probes.iter().map(|(r, _)| r.seq as i64).collect::<Vec<_>>())
+            .bind(probes.iter().map(|(_, n)| *n).collect::<Vec<_>>())
+            .bind(probes.iter().map(|(r, _)| r.sent_at).collect::<Vec<_>>())
+            .bind(
+                probes
+                    .iter()
+                    .map(|(r, _)| r.received_at)
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    if !readings.is_empty() {
+        sqlx::query(INSERT_READINGS)
+            .bind(batch.parser.as_str())
+            .bind(
+                readings
+                    .iter()
+                    .map(|r| r.0.source.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(readings.iter().map(|r| r.0.seq as i64).collect::<Vec<_>>())
+            .bind(readings.iter().map(|r| r.1.as_str()).collect::<Vec<_>>())
+            .bind(readings.iter().map(|r| r.2.as_str()).collect::<Vec<_>>())
+            .bind(readings.iter().map(|r| r.3).collect::<Vec<_>>())
+            .bind(readings.iter().map(|r| r.4.as_str()).collect::<Vec<_>>())
+            .bind(readings.iter().map(|r| r.5).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    if !sms.is_empty() {
+        sqlx::query(INSERT_SMS_OUTCOMES)
+            .bind(batch.parser.as_str())
+            .bind(sms.iter().map(|o| o.0.source.as_str()).collect::<Vec<_>>())
+            .bind(sms.iter().map(|o| o.0.seq as i64).collect::<Vec<_>>())
+            .bind(sms.iter().map(|o| o.1.as_str()).collect::<Vec<_>>())
+            .bind(sms.iter().map(|o| o.2).collect::<Vec<_>>())
+            .bind(sms.iter().map(|o| o.3).collect::<Vec<_>>())
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
+        let stored_at = clock::now_micros();
+        let mut tx = self.pool.begin().await.map_err(unavailable)?;
+        let mut stored = 0u64;
+        // Facts must follow only the keys this transaction inserted, so the
+        // insert reports them when any record carries a fact.
+        let with_facts = batch.records.iter().any(|r| r.fact.is_some());
+        let mut new_keys: HashSet<(String, i64)> = HashSet::new();
+        for chunk in batch.records.chunks(ROWS_PER_INSERT) {
+            let insert = sqlx::query(if with_facts {
+                INSERT_RECORDS_RETURNING_KEYS
+            } else {
+                INSERT_RECORDS
+            })
+            .bind(batch.parser.as_str())
+            .bind(stored_at)
+            .bind(chunk.iter().map(|r| r.source.as_str()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.seq as i64).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.kind).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.sent_at).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.received_at).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>());
+            if with_facts {
+                let rows = insert.fetch_all(&mut *tx).await.map_err(unavailable)?;
+                stored += rows.len() as u64;
+                new_keys.extend(rows.into_iter().map(|row| (row.get(0), row.get(1))));
+            } else {
+                stored += insert
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(unavailable)?
+                    .rows_affected();
+            }
+        }
+        if with_facts {
+            let new: Vec<&NewRecord> = batch
+                .records
+                .iter()
+                .filter(|r| new_keys.contains(&(r.source.clone(), r.seq as i64)))
+                .collect();
+            write_facts(&mut tx, batch, &new, stored_at).await?;
+        }
+        if stored > 0 {
+            sqlx::query(
+                "INSERT INTO parser_counts (parser, writer, stored) VALUES ($1, $2, $3) \
+                 ON CONFLICT (parser, writer) DO UPDATE \
+                 SET stored = parser_counts.stored + excluded.stored",
+            )
+            .bind(batch.parser.as_str())
+            .bind(self.writer.as_str())
+            .bind(stored as i64)
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+        }
+        if !batch.dead_letters.is_empty() {
+            let dead = &batch.dead_letters;
+            sqlx::query(INSERT_DEAD_LETTERS)
+                .bind(batch.parser.as_str())
+                .bind(stored_at)
+                .bind(dead.iter().map(|d| d.source.as_str()).collect::<Vec<_>>())
+                .bind(dead.iter().map(|d| d.seq as i64).collect::<Vec<_>>())
+                .bind(dead.iter().map(|d| d.kind).collect::<Vec<_>>())
+                .bind(dead.iter().map(|d| d.body.as_slice()).collect::<Vec<_>>())
+                .bind(dead.iter().map(|d| d.error.as_str()).collect::<Vec<_>>())
+                .bind(dead.iter().map(|d| d.attempts as i32).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        Ok(Written {
+            stored,
+            duplicates: batch.records.len() as u64 - stored,
+        })
+    }
+
+    async fn counts(&self) -> Result<Counts, StoreError> {
+        let parsers = sqlx::query(
+            "SELECT parser, SUM(stored)::BIGINT FROM parser_counts GROUP BY parser ORDER BY parser",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?
+        .into_iter()
+        .map(|row| (row.get::<String, _>(0), row.get::<i64, _>(1) as u64))
+        .collect();
+        let dead_letters: i64 = sqlx::query("SELECT COUNT(*) FROM dead_letters")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?
+            .get(0);
+        Ok(Counts {
+            parsers,
+            dead_letters: dead_letters as u64,
+        })
+    }
+
+    async fn records(&self, filter: &RecordFilter) -> Result<Vec<StoredRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, parser, kind, sent_at, received_at, stored_at, body FROM records \
+             WHERE id > $1 AND ($2::text IS NULL OR parser = $2) \
+             AND ($3::text IS NULL OR source = $3) ORDER BY id LIMIT $4",
+        )
+        .bind(filter.after_id)
+        .bind(filter.parser.as_deref())
+        .bind(filter.source.as_deref())
+        .bind(i64::from(filter.limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| StoredRow {
+                id: row.get(0),
+                parser: row.get(1),
+                kind: row.get(2),
+                sent_at: row.get(3),
+                received_at: row.get(4),
+                stored_at: row.get(5),
+                body: row.get(6),
+            })
+            .collect())
+    }
+
+    async fn dead_letters(
+        &self,
+        parser: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<DeadLetterRow>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT parser, body, error, attempts, dead_at FROM dead_letters \
+             WHERE ($1::text IS NULL OR parser = $1) ORDER BY id LIMIT $2",
+        )
+        .bind(parser)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| DeadLetterRow {
+                parser: row.get(0),
+                body: row.get(1),
+                error: row.get(2),
+                attempts: row.get::<i32, _>(3) as u32,
+                dead_at: row.get(4),
+            })
+            .collect())
+    }
+
+    async fn averages(&self, filter: &AverageFilter) -> Result<Vec<AverageRow>, StoreError> {
+        let rows = sqlx::query(sql::SELECT_AVERAGES)
+            .bind(filter.parser.as_str())
+            .bind(filter.from)
+            .bind(filter.to)
+            .bind(i64::from(filter.limit))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| AverageRow {
+                window_start: row.get(0),
+                window_ms: row.get::<i64, _>(1) as u32,
+                count: row.get::<i64, _>(2) as u64,
+                sum: row.get(3),
+            })
+            .collect())
+    }
+
+    async fn latency(&self, parser: &str, now: i64, window: i64) -> Result<LatencyRow, StoreError> {
+        let totals = sqlx::query(sql::SELECT_PROBE_TOTALS)
+            .bind(parser)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        let recent = sqlx::query(sql::SELECT_PROBE_WINDOW)
+            .bind(parser)
+            .bind(now - window)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(LatencyRow {
+            highest_number: totals.get::<Option<i64>, _>(0).map(|n| n as u64),
+            stored: totals.get::<i64, _>(1) as u64,
+            recent: recent.get::<i64, _>(0) as u64,
+            avg_to_ingest_us: recent.get(1),
+            avg_to_store_us: recent.get(2),
+        })
+    }
+
+    async fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>, StoreError> {
+        let rows = sqlx::query(sqlx::AssertSqlSafe(sql::aggregate(query.group_by_sensor)))
+            .bind(query.parser.as_str())
+            .bind(query.metric.as_str())
+            .bind(query.from)
+            .bind(query.to)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| AggregateRow {
+                sensor_id: row.get(0),
+                count: row.get::<i64, _>(1) as u64,
+                avg: row.get(2),
+                min: row.get(3),
+                max: row.get(4),
+                p50: row.get(5),
+                p95: row.get(6),
+                p99: row.get(7),
+                unit: row.get(8),
+            })
+            .collect())
+    }
+
+    async fn sms_progress(&self, parser: &str) -> Result<Vec<SmsRow>, StoreError> {
+        let rows = sqlx::query(sql::SELECT_SMS_PROGRESS)
+            .bind(parser)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(rows
+            .into_iter()
+            .map(|row| SmsRow {
+                sender: row.get(0),
+                sent: row.get::<i64, _>(1) as u64,
+                failed: row.get::<i64, _>(2) as u64,
+                total_us: row.get(3),
+            })
+            .collect())
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+}
+
+fn unavailable(e: sqlx::Error) -> StoreError {
+    StoreError::Unavailable(e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{
+        store::{NewDeadLetter, NewRecord, facts},
+        testkit,
+    };
+
+    async fn open_store() -> PostgresStore {
+        PostgresStore::open(&testkit::postgres_database().await)
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn averages_combine_partials_and_ignore_repeated_keys() {
+        facts::averages_combine_partials_and_ignore_repeated_keys(&open_store().await).await;
+    }
+
+    #[tokio::test]
+    async fn latency_averages_the_last_ten_seconds() {
+        facts::latency_averages_the_last_ten_seconds(&open_store().await).await;
+    }
+
+    #[tokio::test]
+    async fn aggregates_match_a_computation_in_rust() {
+        facts::aggregates_match_a_computation_in_rust(&open_store().await).await;
+    }
+
+    #[tokio::test]
+    async fn sms_progress_counts_outcomes_per_sender() {
+        facts::sms_progress_counts_outcomes_per_sender(&open_store().await).await;
+    }
+
+    fn record(source: &str, seq: u64) -> NewRecord {
+        NewRecord {
+            source: source.into(),
+            seq,
+            kind: 5,
+            sent_at: 1,
+            received_at: 2,
+            body: vec![seq as u8],
+            fact: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn writes_each_key_once_across_writers() {
+        let url = testkit::postgres_database().await;
+        let one = PostgresStore::open(&url).await.unwrap();
+        let two = PostgresStore::open(&url).await.unwrap();
+        let batch = WriteBatch {
+            parser: "raw".into(),
+            writer: "w".into(),
+            records: (0..25_000).map(|i| record("a", i)).collect(),
+            dead_letters: vec![],
+        };
+        assert_eq!(one.write(&batch).await.unwrap().stored, 25_000);
+        let again = two.write(&batch).await.unwrap();
+        assert_eq!((again.stored, again.duplicates), (0, 25_000));
+        let mut more = batch.clone();
+        more.records = (25_000..25_010).map(|i| record("a", i)).collect();
+        assert_eq!(two.write(&more).await.unwrap().stored, 10);
+        let counts = one.counts().await.unwrap();
+        assert_eq!(counts.parsers, vec![("raw".to_string(), 25_010)]);
+        let stored: i64 = sqlx::query("SELECT COUNT(*) FROM records")
+            .fetch_one(&one.pool)
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(stored, 25_010);
+    }
+
+    #[tokio::test]
+    async fn reads_back_in_pages_and_keeps_dead_letters() {
+        let url = testkit::postgres_database().await;
+        let store = PostgresStore::open(&url).await.unwrap();
+        let batch = WriteBatch {
+            parser: "raw".into(),
+            writer: "w".into(),
+            records: (0..10)
+                .map(|i| record(if i % 2 == 0 { "a" } else { "b" }, i))
+                .collect(),
+            dead_letters: vec![NewDeadLetter {
+                source: "c".into(),
+                seq: 7,
+                kind: 5,
+                body: vec![1, 2],
+                error: "boom".into(),
+                attempts: 5,
+            }],
+        };
+        store.write(&batch).await.unwrap();
+        store.write(&batch).await.unwrap();
+        let page = store
+            .records(&RecordFilter {
+                source: Some("b".into()),
+                limit: 3,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            page.iter().map(|r| r.body[0]).collect::<Vec<_>>(),
+            vec![1, 3, 5]
+        );
+        let next = store
+            .records(&RecordFilter {
+                source: Some("b".into()),
+                limit: 3,
+                after_id: page[2].id,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            next.iter().map(|r| r.body[0]).collect::<Vec<_>>(),
+            vec![7, 9]
+        );
+        let dead = store.dead_letters(Some("raw"), 10).await.unwrap();
+        assert_eq!(
+            (dead.len(), dead[0].error.as_str(), dead[0].attempts),
+            (1, "boom", 5)
+        );
+        assert_eq!(store.counts().await.unwrap().dead_letters, 1);
+    }
+
+    #[tokio::test]
+    async fn bad_urls_fail_before_connecting() {
+        assert!(matches!(
+            PostgresStore::open("postgres://host:notaport/db").await,
+            Err(StoreError::BadUrl { .. })
+        ));
+    }
+}
