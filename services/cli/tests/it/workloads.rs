@@ -17,7 +17,7 @@ use tributary::{
     },
 };
 
-use crate::support::{BIN, Mesh, spawn_listening, wait_stored};
+use crate::support::{BIN, Mesh, spawn_listening, stored, wait_stored};
 
 /// Runs `tributary ARGS` to completion and returns its stdout.
 async fn run_ok(args: &[&str]) -> String {
@@ -86,38 +86,10 @@ async fn generators_never_repeat_a_value_in_a_tick_and_averages_are_exact() {
         spawn_listening(&["coordinator", "--listen", "127.0.0.1:0"]).await;
     let coordinator_url = format!("http://{coordinator_addr}");
     let url = mesh.url();
-    let generators: Vec<_> = (0..3)
-        .map(|i| {
-            let (url, coordinator_url) = (url.clone(), coordinator_url.clone());
-            tokio::spawn(async move {
-                let name = format!("gen{i}");
-                run_ok(&[
-                    "generate",
-                    "numbers",
-                    "--connect",
-                    &url,
-                    "--coordinator",
-                    &coordinator_url,
-                    "--name",
-                    &name,
-                    "--ticks",
-                    "40",
-                ])
-                .await
-            })
-        })
-        .collect();
+    let generators = spawn_generators(3, &url, &coordinator_url, 40);
     let mut emitted = 0u64;
     for generator in generators {
-        let summary = generator.await.unwrap();
-        // "1 generators: N numbers emitted (N acked), ..."
-        let n: u64 = summary
-            .split_whitespace()
-            .nth(2)
-            .and_then(|n| n.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected summary {summary:?}"));
-        assert!(summary.contains(&format!("({n} acked)")), "{summary}");
-        emitted += n;
+        emitted += generator.await.unwrap().emitted;
     }
     // Start-up may cost a generator a tick or two, never most of them.
     assert!(emitted >= 3 * 35, "only {emitted} of 120 ticks emitted");
@@ -127,20 +99,13 @@ async fn generators_never_repeat_a_value_in_a_tick_and_averages_are_exact() {
     let records = all_records(&channel, "average").await;
     assert_eq!(records.len() as u64, emitted);
 
-    let mut by_tick: HashMap<i64, HashSet<i64>> = HashMap::new();
+    let by_tick = unique_per_tick(&records);
     let mut windows: BTreeMap<i64, (u64, i64)> = BTreeMap::new();
     let mut sources = HashSet::new();
     for record in &records {
         let Some(Payload::RandomNumber(n)) = &record.payload else {
-            panic!("not a number: {record:?}")
+            unreachable!("checked by unique_per_tick")
         };
-        assert!((1..=10_000).contains(&n.value), "{} out of range", n.value);
-        assert!(
-            by_tick.entry(n.tick).or_default().insert(n.value),
-            "tick {} holds {} twice",
-            n.tick,
-            n.value
-        );
         let window = clock::tick_start(n.tick).div_euclid(1_000_000) * 1_000_000;
         let entry = windows.entry(window).or_default();
         entry.0 += 1;
@@ -173,6 +138,130 @@ async fn generators_never_repeat_a_value_in_a_tick_and_averages_are_exact() {
     // Both replicas wrote partials.
     let writers = writers_of(dir.path()).await;
     assert_eq!(writers, 2, "partials from {writers} replicas");
+}
+
+/// What a `generate numbers` run reported.
+struct Generated {
+    emitted: u64,
+    missed: u64,
+    unclaimed: u64,
+}
+
+/// Starts `n` generator processes of one generator each, for `ticks` ticks.
+fn spawn_generators(
+    n: usize,
+    url: &str,
+    coordinator: &str,
+    ticks: u64,
+) -> Vec<tokio::task::JoinHandle<Generated>> {
+    (0..n)
+        .map(|i| {
+            let (url, coordinator) = (url.to_owned(), coordinator.to_owned());
+            tokio::spawn(async move {
+                let (name, ticks) = (format!("gen{i}"), ticks.to_string());
+                let summary = run_ok(&[
+                    "generate",
+                    "numbers",
+                    "--connect",
+                    &url,
+                    "--coordinator",
+                    &coordinator,
+                    "--name",
+                    &name,
+                    "--ticks",
+                    &ticks,
+                ])
+                .await;
+                // "1 generators: E numbers emitted (A acked), M ticks missed,
+                // U ticks without a grant"
+                let words: Vec<&str> = summary.split_whitespace().collect();
+                let number = |i: usize| -> u64 {
+                    words
+                        .get(i)
+                        .and_then(|w| w.trim_start_matches('(').parse().ok())
+                        .unwrap_or_else(|| panic!("unexpected summary {summary:?}"))
+                };
+                assert_eq!(
+                    number(2),
+                    number(5),
+                    "every emitted number acked: {summary}"
+                );
+                Generated {
+                    emitted: number(2),
+                    missed: number(7),
+                    unclaimed: number(10),
+                }
+            })
+        })
+        .collect()
+}
+
+/// The values of each tick, checking that none repeats within a tick and
+/// that all are in range.
+fn unique_per_tick(records: &[Record]) -> HashMap<i64, HashSet<i64>> {
+    let mut by_tick: HashMap<i64, HashSet<i64>> = HashMap::new();
+    for record in records {
+        let Some(Payload::RandomNumber(n)) = &record.payload else {
+            panic!("not a number: {record:?}")
+        };
+        assert!((1..=10_000).contains(&n.value), "{} out of range", n.value);
+        assert!(
+            by_tick.entry(n.tick).or_default().insert(n.value),
+            "tick {} holds {} twice",
+            n.tick,
+            n.value
+        );
+    }
+    by_tick
+}
+
+/// The coordinator is killed mid-run and restarted on the same address:
+/// the generators pause (they count the ticks without a grant), resume
+/// with the new incarnation, and no tick ever holds a value twice.
+#[tokio::test]
+async fn generators_pause_while_the_coordinator_is_down_and_resume_after_its_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &["--parser", "average"]).await;
+    let (mut coordinator, coordinator_addr) =
+        spawn_listening(&["coordinator", "--listen", "127.0.0.1:0"]).await;
+    let coordinator_url = format!("http://{coordinator_addr}");
+    let generators = spawn_generators(2, &mesh.url(), &coordinator_url, 80);
+
+    let channel = mesh.channel().await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stored(&channel, "average").await < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "no numbers stored");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    coordinator.kill().await.unwrap();
+    // The outage: a fixed stretch of ticks with nobody to grant them.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let restarted_at = clock::now_micros();
+    let (_coordinator, _) =
+        spawn_listening(&["coordinator", "--listen", &coordinator_addr.to_string()]).await;
+
+    let mut emitted = 0;
+    for generator in generators {
+        let run = generator.await.unwrap();
+        assert!(
+            run.unclaimed >= 5,
+            "only {} ticks without a grant",
+            run.unclaimed
+        );
+        assert_eq!(run.emitted + run.missed + run.unclaimed, 80);
+        emitted += run.emitted;
+    }
+    wait_stored(&channel, "average", emitted, Duration::from_secs(30)).await;
+    let records = all_records(&channel, "average").await;
+    let by_tick = unique_per_tick(&records);
+    let after_restart = by_tick
+        .keys()
+        .filter(|t| clock::tick_start(**t) > restarted_at)
+        .count();
+    assert!(
+        after_restart >= 5,
+        "only {after_restart} ticks emitted after the restart"
+    );
 }
 
 /// Distinct writers in the average partials, read from the store file.
