@@ -5,7 +5,8 @@ use super::{
     AggregateQuery, AverageFilter, AverageRow, Fact, NewRecord, SmsRow, Store, WriteBatch,
 };
 
-fn record(source: &str, seq: u64) -> NewRecord {
+/// A text record with no fact.
+pub fn record(source: &str, seq: u64) -> NewRecord {
     NewRecord {
         source: source.into(),
         seq,

@@ -449,7 +449,7 @@ impl Store for PostgresStore {
     }
 
     async fn averages(&self, filter: &AverageFilter) -> Result<Vec<AverageRow>, StoreError> {
-        let rows = sqlx::query(sql::SELECT_AVERAGES)
+        let rows: Vec<sql::AverageTuple> = sqlx::query_as(sql::SELECT_AVERAGES)
             .bind(filter.parser.as_str())
             .bind(filter.from)
             .bind(filter.to)
@@ -457,41 +457,24 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|row| AverageRow {
-                window_start: row.get(0),
-                window_ms: row.get::<i64, _>(1) as u32,
-                count: row.get::<i64, _>(2) as u64,
-                sum: row.get(3),
-            })
-            .collect())
+        Ok(rows.into_iter().map(sql::average).collect())
     }
 
     async fn latency(&self, parser: &str, now: i64, window: i64) -> Result<LatencyRow, StoreError> {
-        let totals = sqlx::query(sql::SELECT_PROBE_TOTALS)
-            .bind(parser)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        let recent = sqlx::query(sql::SELECT_PROBE_WINDOW)
+        let totals = sqlx::query_as(sql::SELECT_PROBE_TOTALS).bind(parser);
+        let recent = sqlx::query_as(sql::SELECT_PROBE_WINDOW)
             .bind(parser)
             .bind(now - window)
-            .bind(now)
-            .fetch_one(&self.pool)
-            .await
-            .map_err(unavailable)?;
-        Ok(LatencyRow {
-            highest_number: totals.get::<Option<i64>, _>(0).map(|n| n as u64),
-            stored: totals.get::<i64, _>(1) as u64,
-            recent: recent.get::<i64, _>(0) as u64,
-            avg_to_ingest_us: recent.get(1),
-            avg_to_store_us: recent.get(2),
-        })
+            .bind(now);
+        Ok(sql::latency(
+            totals.fetch_one(&self.pool).await.map_err(unavailable)?,
+            recent.fetch_one(&self.pool).await.map_err(unavailable)?,
+        ))
     }
 
     async fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>, StoreError> {
-        let rows = sqlx::query(sqlx::AssertSqlSafe(sql::aggregate(query.group_by_sensor)))
+        let text = sqlx::AssertSqlSafe(sql::aggregate(query.group_by_sensor));
+        let rows: Vec<sql::AggregateTuple> = sqlx::query_as(text)
             .bind(query.parser.as_str())
             .bind(query.metric.as_str())
             .bind(query.from)
@@ -499,37 +482,16 @@ impl Store for PostgresStore {
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|row| AggregateRow {
-                sensor_id: row.get(0),
-                count: row.get::<i64, _>(1) as u64,
-                avg: row.get(2),
-                min: row.get(3),
-                max: row.get(4),
-                p50: row.get(5),
-                p95: row.get(6),
-                p99: row.get(7),
-                unit: row.get(8),
-            })
-            .collect())
+        Ok(rows.into_iter().map(sql::aggregate_row).collect())
     }
 
     async fn sms_progress(&self, parser: &str) -> Result<Vec<SmsRow>, StoreError> {
-        let rows = sqlx::query(sql::SELECT_SMS_PROGRESS)
+        let rows: Vec<sql::SmsTuple> = sqlx::query_as(sql::SELECT_SMS_PROGRESS)
             .bind(parser)
             .fetch_all(&self.pool)
             .await
             .map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|row| SmsRow {
-                sender: row.get(0),
-                sent: row.get::<i64, _>(1) as u64,
-                failed: row.get::<i64, _>(2) as u64,
-                total_us: row.get(3),
-            })
-            .collect())
+        Ok(rows.into_iter().map(sql::sms).collect())
     }
 
     async fn close(&self) {
@@ -545,7 +507,7 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 mod tests {
     use super::*;
     use crate::{
-        store::{NewDeadLetter, NewRecord, facts},
+        store::{NewDeadLetter, facts, facts::record},
         testkit,
     };
 
@@ -573,18 +535,6 @@ mod tests {
     #[tokio::test]
     async fn sms_progress_counts_outcomes_per_sender() {
         facts::sms_progress_counts_outcomes_per_sender(&open_store().await).await;
-    }
-
-    fn record(source: &str, seq: u64) -> NewRecord {
-        NewRecord {
-            source: source.into(),
-            seq,
-            kind: 5,
-            sent_at: 1,
-            received_at: 2,
-            body: vec![seq as u8],
-            fact: None,
-        }
     }
 
     #[tokio::test]

@@ -4,6 +4,11 @@
 //! PostgreSQL would widen a sum to NUMERIC, and no `$n IS NULL` tests, whose
 //! parameter type PostgreSQL cannot infer (open bounds are passed as
 //! `i64::MIN` / `i64::MAX` instead).
+//!
+//! Each read comes back as a plain tuple (`sqlx::query_as`), which both
+//! backends decode alike, and is turned into its row type here, once.
+
+use super::{AggregateRow, AverageRow, LatencyRow, SmsRow};
 
 /// The tables that hold what parsers derive from records (see
 /// [`super::Fact`]). Each fact table is keyed like `records`, so a fact is
@@ -130,3 +135,58 @@ CAST(SUM(CASE WHEN outcome = 'sent' THEN 1 ELSE 0 END) AS BIGINT), \
 CAST(SUM(CASE WHEN outcome = 'sent' THEN 0 ELSE 1 END) AS BIGINT), \
 CAST(SUM(duration_us) AS BIGINT) \
 FROM sms_outcomes WHERE parser = $1 GROUP BY sender ORDER BY sender";
+
+/// A row of [`SELECT_AVERAGES`].
+pub type AverageTuple = (i64, i64, i64, i64);
+
+pub fn average(row: AverageTuple) -> AverageRow {
+    AverageRow {
+        window_start: row.0,
+        window_ms: row.1 as u32,
+        count: row.2 as u64,
+        sum: row.3,
+    }
+}
+
+/// The rows of [`SELECT_PROBE_TOTALS`] and [`SELECT_PROBE_WINDOW`].
+pub type ProbeTotalsTuple = (Option<i64>, i64);
+pub type ProbeWindowTuple = (i64, Option<f64>, Option<f64>);
+
+pub fn latency(totals: ProbeTotalsTuple, recent: ProbeWindowTuple) -> LatencyRow {
+    LatencyRow {
+        highest_number: totals.0.map(|n| n as u64),
+        stored: totals.1 as u64,
+        recent: recent.0 as u64,
+        avg_to_ingest_us: recent.1,
+        avg_to_store_us: recent.2,
+    }
+}
+
+/// A row of [`aggregate`].
+pub type AggregateTuple = (String, i64, f64, f64, f64, f64, f64, f64, String);
+
+pub fn aggregate_row(row: AggregateTuple) -> AggregateRow {
+    AggregateRow {
+        sensor_id: row.0,
+        count: row.1 as u64,
+        avg: row.2,
+        min: row.3,
+        max: row.4,
+        p50: row.5,
+        p95: row.6,
+        p99: row.7,
+        unit: row.8,
+    }
+}
+
+/// A row of [`SELECT_SMS_PROGRESS`].
+pub type SmsTuple = (String, i64, i64, i64);
+
+pub fn sms(row: SmsTuple) -> SmsRow {
+    SmsRow {
+        sender: row.0,
+        sent: row.1 as u64,
+        failed: row.2 as u64,
+        total_us: row.3,
+    }
+}

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use sqlx::{
     QueryBuilder, Row, Sqlite, SqlitePool,
     migrate::{Migration, MigrationType, Migrator},
+    query_builder::Separated,
     sqlite::SqlitePoolOptions,
 };
 
@@ -107,6 +108,27 @@ fn migrator() -> Migrator {
 /// Rows per fact INSERT: at most 8 bound values each, under SQLite's limit.
 const FACTS_PER_INSERT: usize = 2000;
 
+/// Inserts fact rows in statements of [`FACTS_PER_INSERT`] rows, skipping
+/// keys already present.
+async fn insert_facts<'a, T>(
+    tx: &mut sqlx::SqliteConnection,
+    head: &'static str,
+    rows: &'a [T],
+    mut push: impl FnMut(&mut Separated<'_, Sqlite, &'static str>, &'a T),
+) -> Result<(), StoreError> {
+    for chunk in rows.chunks(FACTS_PER_INSERT) {
+        let mut insert = QueryBuilder::<Sqlite>::new(head);
+        insert.push_values(chunk, |mut row, item| push(&mut row, item));
+        insert.push(sql::ON_KEY_CONFLICT_SKIP);
+        insert
+            .build()
+            .execute(&mut *tx)
+            .await
+            .map_err(unavailable)?;
+    }
+    Ok(())
+}
+
 /// Writes the facts of the records whose keys were new in this transaction.
 async fn write_facts(
     tx: &mut sqlx::SqliteConnection,
@@ -147,78 +169,55 @@ async fn write_facts(
             .await
             .map_err(unavailable)?;
     }
-    for chunk in probes.chunks(FACTS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(sql::INSERT_PROBES);
-        insert.push_values(chunk, |mut row, (r, number)| {
-            row.push_bind(batch.parser.as_str())
-                .push_bind(r.source.as_str())
-                .push_bind(r.seq as i64)
-                .push_bind(*number as i64)
-                .push_bind(r.sent_at)
-                .push_bind(r.received_at)
-                .push_bind(stored_at);
-        });
-        insert.push(sql::ON_KEY_CONFLICT_SKIP);
-        insert
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-    }
-    for chunk in readings.chunks(FACTS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(sql::INSERT_READINGS);
-        insert.push_values(chunk, |mut row, r| {
-            let Some(Fact::Reading {
-                sensor_id,
-                metric,
-                value,
-                unit,
-                measured_at,
-            }) = &r.fact
-            else {
-                unreachable!("only readings were gathered here")
-            };
-            row.push_bind(batch.parser.as_str())
-                .push_bind(r.source.as_str())
-                .push_bind(r.seq as i64)
-                .push_bind(sensor_id.as_str())
-                .push_bind(metric.as_str())
-                .push_bind(*value)
-                .push_bind(unit.as_str())
-                .push_bind(*measured_at);
-        });
-        insert.push(sql::ON_KEY_CONFLICT_SKIP);
-        insert
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-    }
-    for chunk in sms.chunks(FACTS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(sql::INSERT_SMS_OUTCOMES);
-        insert.push_values(chunk, |mut row, r| {
-            let Some(Fact::Sms {
-                sender,
-                sent,
-                duration_us,
-            }) = &r.fact
-            else {
-                unreachable!("only SMS outcomes were gathered here")
-            };
-            row.push_bind(batch.parser.as_str())
-                .push_bind(r.source.as_str())
-                .push_bind(r.seq as i64)
-                .push_bind(sender.as_str())
-                .push_bind(if *sent { "sent" } else { "failed" })
-                .push_bind(*duration_us);
-        });
-        insert.push(sql::ON_KEY_CONFLICT_SKIP);
-        insert
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-    }
+    let parser = batch.parser.as_str();
+    insert_facts(tx, sql::INSERT_PROBES, &probes, |row, (r, number)| {
+        row.push_bind(parser)
+            .push_bind(r.source.as_str())
+            .push_bind(r.seq as i64)
+            .push_bind(*number as i64)
+            .push_bind(r.sent_at)
+            .push_bind(r.received_at)
+            .push_bind(stored_at);
+    })
+    .await?;
+    insert_facts(tx, sql::INSERT_READINGS, &readings, |row, r| {
+        let Some(Fact::Reading {
+            sensor_id,
+            metric,
+            value,
+            unit,
+            measured_at,
+        }) = &r.fact
+        else {
+            unreachable!("only readings were gathered here")
+        };
+        row.push_bind(parser)
+            .push_bind(r.source.as_str())
+            .push_bind(r.seq as i64)
+            .push_bind(sensor_id.as_str())
+            .push_bind(metric.as_str())
+            .push_bind(value)
+            .push_bind(unit.as_str())
+            .push_bind(measured_at);
+    })
+    .await?;
+    insert_facts(tx, sql::INSERT_SMS_OUTCOMES, &sms, |row, r| {
+        let Some(Fact::Sms {
+            sender,
+            sent,
+            duration_us,
+        }) = &r.fact
+        else {
+            unreachable!("only SMS outcomes were gathered here")
+        };
+        row.push_bind(parser)
+            .push_bind(r.source.as_str())
+            .push_bind(r.seq as i64)
+            .push_bind(sender.as_str())
+            .push_bind(if *sent { "sent" } else { "failed" })
+            .push_bind(duration_us);
+    })
+    .await?;
     Ok(())
 }
 
@@ -384,7 +383,7 @@ impl Store for SqliteStore {
     }
 
     async fn averages(&self, filter: &AverageFilter) -> Result<Vec<AverageRow>, StoreError> {
-        let rows = sqlx::query(sql::SELECT_AVERAGES)
+        let rows: Vec<sql::AverageTuple> = sqlx::query_as(sql::SELECT_AVERAGES)
             .bind(filter.parser.as_str())
             .bind(filter.from)
             .bind(filter.to)
@@ -392,42 +391,24 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|row| AverageRow {
-                window_start: row.get(0),
-                window_ms: row.get::<i64, _>(1) as u32,
-                count: row.get::<i64, _>(2) as u64,
-                sum: row.get(3),
-            })
-            .collect())
+        Ok(rows.into_iter().map(sql::average).collect())
     }
 
     async fn latency(&self, parser: &str, now: i64, window: i64) -> Result<LatencyRow, StoreError> {
-        let totals = sqlx::query(sql::SELECT_PROBE_TOTALS)
-            .bind(parser)
-            .fetch_one(&self.reader)
-            .await
-            .map_err(unavailable)?;
-        let recent = sqlx::query(sql::SELECT_PROBE_WINDOW)
+        let totals = sqlx::query_as(sql::SELECT_PROBE_TOTALS).bind(parser);
+        let recent = sqlx::query_as(sql::SELECT_PROBE_WINDOW)
             .bind(parser)
             .bind(now - window)
-            .bind(now)
-            .fetch_one(&self.reader)
-            .await
-            .map_err(unavailable)?;
-        Ok(LatencyRow {
-            highest_number: totals.get::<Option<i64>, _>(0).map(|n| n as u64),
-            stored: totals.get::<i64, _>(1) as u64,
-            recent: recent.get::<i64, _>(0) as u64,
-            avg_to_ingest_us: recent.get(1),
-            avg_to_store_us: recent.get(2),
-        })
+            .bind(now);
+        Ok(sql::latency(
+            totals.fetch_one(&self.reader).await.map_err(unavailable)?,
+            recent.fetch_one(&self.reader).await.map_err(unavailable)?,
+        ))
     }
 
     async fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>, StoreError> {
-        let text = sql::aggregate(query.group_by_sensor);
-        let rows = sqlx::query(sqlx::AssertSqlSafe(text))
+        let text = sqlx::AssertSqlSafe(sql::aggregate(query.group_by_sensor));
+        let rows: Vec<sql::AggregateTuple> = sqlx::query_as(text)
             .bind(query.parser.as_str())
             .bind(query.metric.as_str())
             .bind(query.from)
@@ -435,37 +416,16 @@ impl Store for SqliteStore {
             .fetch_all(&self.reader)
             .await
             .map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|row| AggregateRow {
-                sensor_id: row.get(0),
-                count: row.get::<i64, _>(1) as u64,
-                avg: row.get(2),
-                min: row.get(3),
-                max: row.get(4),
-                p50: row.get(5),
-                p95: row.get(6),
-                p99: row.get(7),
-                unit: row.get(8),
-            })
-            .collect())
+        Ok(rows.into_iter().map(sql::aggregate_row).collect())
     }
 
     async fn sms_progress(&self, parser: &str) -> Result<Vec<SmsRow>, StoreError> {
-        let rows = sqlx::query(sql::SELECT_SMS_PROGRESS)
+        let rows: Vec<sql::SmsTuple> = sqlx::query_as(sql::SELECT_SMS_PROGRESS)
             .bind(parser)
             .fetch_all(&self.reader)
             .await
             .map_err(unavailable)?;
-        Ok(rows
-            .into_iter()
-            .map(|row| SmsRow {
-                sender: row.get(0),
-                sent: row.get::<i64, _>(1) as u64,
-                failed: row.get::<i64, _>(2) as u64,
-                total_us: row.get(3),
-            })
-            .collect())
+        Ok(rows.into_iter().map(sql::sms).collect())
     }
 
     async fn close(&self) {
@@ -481,19 +441,7 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewDeadLetter, NewRecord, facts};
-
-    fn record(source: &str, seq: u64) -> NewRecord {
-        NewRecord {
-            source: source.into(),
-            seq,
-            kind: 5,
-            sent_at: 1,
-            received_at: 2,
-            body: vec![seq as u8],
-            fact: None,
-        }
-    }
+    use crate::store::{NewDeadLetter, facts, facts::record};
 
     #[tokio::test]
     async fn writes_each_key_once_and_counts_it_once() {
