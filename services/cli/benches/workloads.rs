@@ -201,6 +201,13 @@ async fn tick_precision_and_burst(
         })
         .collect();
     offsets.sort_by(f64::total_cmp);
+    let late: Vec<String> = offsets
+        .iter()
+        .rev()
+        .take(8)
+        .map(|o| format!("{o:.2}"))
+        .collect();
+    eprintln!("largest offsets (ms): {}", late.join(", "));
 
     // Burst: per wall-clock second, did all of its 10 messages leave in
     // the first 100 ms?
