@@ -2,6 +2,7 @@
 //! and the producers.
 #![forbid(unsafe_code)]
 
+mod fleet;
 mod send;
 mod up;
 
@@ -45,6 +46,9 @@ enum Command {
     Parser(tributary_parser::Config),
     /// Run the query API on its own.
     Api(tributary_api::Config),
+    /// The worker fleet (W2): collect samples from crashing HTTP workers.
+    #[command(subcommand)]
+    Fleet(fleet::Command),
 }
 
 #[tokio::main]
@@ -74,6 +78,7 @@ async fn main() -> anyhow::Result<()> {
             announce(app.local_addr());
             app.run(shutdown).await
         }
+        Command::Fleet(command) => fleet::run(command, shutdown).await,
     }
 }
 

@@ -4,5 +4,6 @@
 mod bad_input;
 mod crash;
 mod end_to_end;
+mod fleet;
 mod peers;
 mod support;
