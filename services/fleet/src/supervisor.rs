@@ -300,7 +300,7 @@ impl Supervisor {
                         publisher.publish(worker_id, value);
                     }
                     bar.set_position(collected);
-                    if collected % 8 == 0 || collected == config.samples {
+                    if collected.is_multiple_of(8) || collected == config.samples {
                         let s = fleet.snapshot();
                         bar.set_message(format!(
                             "{} live, {} crashes, {} restarts",
@@ -493,7 +493,8 @@ impl Slot {
                 Outcome::Crashed(status) => {
                     start_failures_in_row = 0;
                     self.fleet.worker(self.id, |w| w.crashes += 1);
-                    tracing::info!(worker_id = self.id, pid = process.pid, status = ?status, "worker crashed; restarting");
+                    let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
+                    tracing::info!(worker_id = self.id, pid = process.pid, %status, "worker crashed; restarting");
                 }
                 Outcome::Stalled => {
                     start_failures_in_row = 0;
