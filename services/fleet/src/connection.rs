@@ -120,3 +120,159 @@ impl<T> Drop for AbortOnDrop<T> {
         self.0.abort();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use clap::Parser;
+    use tokio::{io::AsyncWriteExt, net::TcpListener};
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::{
+        line::JunkReason,
+        worker::{self, Worker},
+    };
+
+    /// Collects everything; stops after `limit` samples.
+    #[derive(Default)]
+    struct Collect {
+        items: Vec<Item>,
+        limit: Option<usize>,
+    }
+
+    impl Sink for Collect {
+        async fn accept(&mut self, item: Item) -> bool {
+            self.items.push(item);
+            let samples = self
+                .items
+                .iter()
+                .filter(|i| matches!(i, Item::Sample(_)))
+                .count();
+            self.limit.is_none_or(|limit| samples < limit)
+        }
+    }
+
+    /// Our worker on a free port, with `flags`.
+    async fn worker(flags: &[&str]) -> (SocketAddr, CancellationToken) {
+        let mut args = vec![
+            "worker",
+            "-workerId",
+            "1",
+            "-port",
+            "0",
+            "-interval",
+            "10ms",
+        ];
+        args.extend_from_slice(flags);
+        let args = args.into_iter().map(String::from);
+        let config = worker::Config::try_parse_from(worker::go_style(
+            args,
+            &<worker::Config as clap::CommandFactory>::command(),
+        ))
+        .expect("the flags parse");
+        let worker = Worker::build(config).await.expect("port 0 binds");
+        let addr = worker.local_addr();
+        let stop = CancellationToken::new();
+        tokio::spawn(worker.run(stop.clone()));
+        (addr, stop)
+    }
+
+    async fn run(addr: SocketAddr, n: u64, sink: &mut Collect) -> Result<StreamEnd, StreamError> {
+        let tcp = TcpStream::connect(addr).await.expect("the server listens");
+        stream(tcp, addr, n, Duration::from_millis(300), sink).await
+    }
+
+    #[tokio::test]
+    async fn a_complete_stream_and_a_second_connection_refused_with_503() {
+        let (addr, _stop) = worker(&["-chunking", "split"]).await;
+        let mut first = Collect::default();
+        let held = TcpStream::connect(addr).await.unwrap();
+        let busy_sink = &mut Collect::default();
+        // Another connection is open (and being served): this one is refused.
+        let mut sink = Collect::default();
+        let served = tokio::spawn(async move {
+            let mut sink = Collect::default();
+            let result = stream(held, addr, 20, Duration::from_secs(5), &mut sink).await;
+            (result, sink)
+        });
+        // The listen queue is first in, first out: the held connection is
+        // accepted first, so this one finds the worker busy.
+        let busy = run(addr, 1, busy_sink).await;
+        assert!(matches!(busy, Err(StreamError::Busy)), "{busy:?}");
+        let (result, held_sink) = served.await.unwrap();
+        assert_eq!(result.unwrap(), StreamEnd::Complete);
+        assert_eq!(held_sink.items.len(), 20);
+        assert!(held_sink.items.iter().all(|i| matches!(i, Item::Sample(_))));
+        // Free again once the server has closed the finished connection.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            first.items.clear();
+            match run(addr, 3, &mut first).await {
+                Err(StreamError::Busy) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                result => {
+                    assert_eq!(result.unwrap(), StreamEnd::Complete);
+                    break;
+                }
+            }
+        }
+        assert_eq!(first.items.len(), 3);
+        sink.limit = Some(2);
+        assert_eq!(run(addr, 10, &mut sink).await.unwrap(), StreamEnd::Stopped);
+        assert_eq!(sink.items.len(), 2);
+    }
+
+    #[tokio::test]
+    async fn a_worker_that_answers_and_sends_nothing_is_a_stall() {
+        let (addr, _stop) = worker(&["-muteProb", "1"]).await;
+        let mut sink = Collect::default();
+        let result = run(addr, 5, &mut sink).await;
+        assert!(matches!(result, Err(StreamError::Stalled(_))), "{result:?}");
+        assert!(sink.items.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_connection_cut_mid_line_is_broken_and_the_partial_line_is_not_counted() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut request).await;
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n9\r\nrnd=1\nrnd\r\n3\r\n=12\r\n")
+                .await
+                .unwrap();
+            // Dropped without the last chunk: the body is cut after `rnd=12`.
+        });
+        let mut sink = Collect::default();
+        let result = run(addr, 5, &mut sink).await;
+        assert!(matches!(result, Err(StreamError::Broken(_))), "{result:?}");
+        assert_eq!(sink.items.len(), 2, "{:?}", sink.items);
+        assert_eq!(sink.items[0], Item::Sample(1));
+        assert!(matches!(&sink.items[1], Item::Junk(j) if j.reason == JunkReason::CutOff));
+    }
+
+    #[tokio::test]
+    async fn another_status_is_reported() {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut request).await;
+            socket
+                .write_all(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n")
+                .await
+                .unwrap();
+        });
+        let result = run(addr, 5, &mut Collect::default()).await;
+        assert!(
+            matches!(result, Err(StreamError::Status(StatusCode::NOT_FOUND))),
+            "{result:?}"
+        );
+    }
+}

@@ -47,6 +47,8 @@ pub struct WorkerStats {
     pub stalls: u64,
     /// Connections that broke while the process stayed alive.
     pub broken_connections: u64,
+    /// Connections answered 503 (busy) and retried.
+    pub busy_answers: u64,
     /// Processes that exited or never listened before their first
     /// connection (for example on a port taken in the meantime).
     pub start_failures: u64,
@@ -104,6 +106,7 @@ impl Fleet {
                 restarts: 0,
                 stalls: 0,
                 broken_connections: 0,
+                busy_answers: 0,
                 start_failures: 0,
                 junk_lines: 0,
                 pids: Vec::new(),

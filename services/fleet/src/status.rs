@@ -92,5 +92,6 @@ fn worker_to_proto(w: &WorkerStats) -> proto::WorkerStatus {
         start_failures: w.start_failures,
         junk_lines: w.junk_lines,
         pids: w.pids.clone(),
+        busy_answers: w.busy_answers,
     }
 }

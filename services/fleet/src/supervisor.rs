@@ -46,6 +46,9 @@ const EXIT_SETTLE: Duration = Duration::from_millis(300);
 /// How often a starting worker is probed for a listening port.
 const CONNECT_POLL: Duration = Duration::from_millis(10);
 
+/// How long to wait before asking a busy worker again.
+const BUSY_RETRY: Duration = Duration::from_millis(20);
+
 /// How many junk lines per worker are logged; the rest are only counted.
 const JUNK_LOGGED: u64 = 5;
 
@@ -494,12 +497,12 @@ impl Slot {
                     start_failures_in_row = 0;
                     self.fleet.worker(self.id, |w| w.crashes += 1);
                     let status = status.map_or_else(|| "unknown".to_owned(), |s| s.to_string());
-                    tracing::info!(worker_id = self.id, pid = process.pid, %status, "worker crashed; restarting");
+                    tracing::debug!(worker_id = self.id, pid = process.pid, %status, "worker crashed; restarting");
                 }
                 Outcome::Stalled => {
                     start_failures_in_row = 0;
                     self.fleet.worker(self.id, |w| w.stalls += 1);
-                    tracing::info!(
+                    tracing::debug!(
                         worker_id = self.id,
                         pid = process.pid,
                         "worker stalled; restarting"
@@ -507,7 +510,7 @@ impl Slot {
                 }
                 Outcome::Broken => {
                     start_failures_in_row = 0;
-                    tracing::info!(
+                    tracing::warn!(
                         worker_id = self.id,
                         pid = process.pid,
                         "worker connections keep breaking; restarting"
@@ -546,6 +549,7 @@ impl Slot {
         };
         let mut connected = false;
         let mut broken_in_row = 0u32;
+        let mut busy_since = None;
         loop {
             let deadline = tokio::time::Instant::now() + self.config.start_timeout;
             let addr = process.addr;
@@ -587,7 +591,24 @@ impl Slot {
                 result = connection::stream(tcp, addr, self.config.samples, self.config.stall_timeout, &mut sink) => result,
             };
             match result {
-                Ok(StreamEnd::Complete) => broken_in_row = 0,
+                Ok(StreamEnd::Complete) => {
+                    broken_in_row = 0;
+                    busy_since = None;
+                }
+                Err(StreamError::Busy) => {
+                    // The worker still holds the connection that just ended
+                    // (it has not seen it close yet), or another client got
+                    // there first. Wait for it, within the stall timeout.
+                    self.fleet.worker(self.id, |w| w.busy_answers += 1);
+                    let since = *busy_since.get_or_insert_with(tokio::time::Instant::now);
+                    if since.elapsed() > self.config.stall_timeout {
+                        return (Outcome::Broken, sink.samples > 0);
+                    }
+                    tokio::select! {
+                        () = self.run.cancelled() => return (Outcome::Stop, sink.samples > 0),
+                        () = tokio::time::sleep(BUSY_RETRY) => {}
+                    }
+                }
                 Ok(StreamEnd::Stopped) => return (Outcome::Stop, sink.samples > 0),
                 Err(StreamError::Stalled(_)) => return (Outcome::Stalled, sink.samples > 0),
                 Err(e) => {
@@ -598,7 +619,7 @@ impl Slot {
                     }
                     self.fleet.worker(self.id, |w| w.broken_connections += 1);
                     broken_in_row += 1;
-                    tracing::info!(worker_id = self.id, error = %e, "connection to worker broke; reconnecting");
+                    tracing::debug!(worker_id = self.id, error = %e, "connection to worker broke; reconnecting");
                     if broken_in_row >= BROKEN_BEFORE_REPLACING {
                         return (Outcome::Broken, sink.samples > 0);
                     }

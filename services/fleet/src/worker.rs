@@ -207,8 +207,10 @@ impl Worker {
             tokio::spawn(async move {
                 let _guard = guard;
                 let service = service_fn(move |req| handle(req, config.clone()));
+                // One stream per connection: closing it after the response
+                // frees the worker for the next connection at once.
                 tokio::select! {
-                    _ = http1::Builder::new().serve_connection(io, service) => {}
+                    _ = http1::Builder::new().keep_alive(false).serve_connection(io, service) => {}
                     () = stop.cancelled() => {}
                 }
             });

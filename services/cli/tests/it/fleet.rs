@@ -264,12 +264,14 @@ async fn a_worker_that_answers_and_sends_nothing_is_replaced() {
         "--max-workers",
         "4",
         "--stall-timeout",
-        "1s",
+        "500ms",
         "--backoff-max",
         "100ms",
         "--",
         "-muteProb",
         "0.9",
+        "-interval",
+        "100ms",
     ])
     .finish()
     .await;
