@@ -220,7 +220,11 @@ impl Supervisor {
         };
         // A bare name is looked up in PATH when spawned; a path must exist.
         if worker_bin.components().count() > 1 && !worker_bin.is_file() {
-            bail!("the worker binary {} does not exist", worker_bin.display());
+            bail!(
+                "the worker binary {} does not exist: build it (`cargo build --release` builds \
+                 tributary-worker beside tributary) or pass --worker-bin",
+                worker_bin.display()
+            );
         }
         if config.backoff_max < config.backoff {
             bail!("--backoff-max must be at least --backoff");
