@@ -40,8 +40,12 @@ pub struct Process {
     pub pid: u32,
     pub addr: SocketAddr,
     stderr_tail: Arc<Mutex<Vec<String>>>,
+    stderr_reader: Option<tokio::task::JoinHandle<()>>,
     exit: Option<ExitStatus>,
 }
+
+/// How long an exited worker's last stderr lines are awaited for a report.
+const STDERR_SETTLE: Duration = Duration::from_millis(500);
 
 impl Process {
     /// Starts `bin -workerId <id> -port <port> <extra...>`.
@@ -64,7 +68,7 @@ impl Process {
             .id()
             .expect("a just-spawned child has not been reaped");
         let stderr_tail = Arc::new(Mutex::new(Vec::new()));
-        if let Some(stderr) = child.stderr.take() {
+        let stderr_reader = child.stderr.take().map(|stderr| {
             let tail = stderr_tail.clone();
             tokio::spawn(async move {
                 let mut lines = BufReader::new(stderr).lines();
@@ -76,13 +80,14 @@ impl Process {
                     }
                     tail.push(line);
                 }
-            });
-        }
+            })
+        });
         Ok(Self {
             child,
             pid,
             addr: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             stderr_tail,
+            stderr_reader,
             exit: None,
         })
     }
@@ -97,8 +102,17 @@ impl Process {
         Ok(status)
     }
 
-    /// The last lines the worker wrote to stderr, joined.
-    pub fn stderr_tail(&self) -> String {
+    /// The last lines the worker wrote to stderr, joined. Once the process
+    /// has exited, its last lines are read before answering.
+    pub async fn stderr_tail(&mut self) -> String {
+        if self.exit.is_some()
+            && let Some(reader) = self.stderr_reader.as_mut()
+        {
+            // The pipe closes when the worker (and whatever inherited its
+            // stderr) is gone; a grandchild may keep it open, hence the bound.
+            let _ = tokio::time::timeout(STDERR_SETTLE, reader).await;
+            self.stderr_reader = None;
+        }
         self.stderr_tail
             .lock()
             .expect("no panic while holding the lock")

@@ -567,7 +567,7 @@ impl Slot {
                         Outcome::StartFailed(format!(
                             "exited with {} before listening; stderr: {}",
                             status.map_or_else(|e| e.to_string(), |s| s.to_string()),
-                            process.stderr_tail()
+                            process.stderr_tail().await
                         ))
                     };
                     return (outcome, sink.samples > 0);

@@ -494,3 +494,45 @@ async fn published_samples_are_stored_with_their_worker_id() {
     seqs.sort_unstable();
     assert_eq!(seqs, (0..20).collect::<Vec<_>>());
 }
+
+#[tokio::test]
+async fn a_worker_that_fails_to_start_is_started_again() {
+    // Each worker id's first process exits at once, as a worker that lost
+    // its port to another process would; the second one is ours.
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("flaky-worker");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\
+             # $2 is the worker id (-workerId ID -port PORT ...).\n\
+             if [ ! -e '{dir}/started-'\"$2\" ]; then touch '{dir}/started-'\"$2\"; echo 'cannot bind' >&2; exit 1; fi\n\
+             exec '{WORKER}' \"$@\"\n",
+            dir = dir.path().display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    let (report, ok, stderr) = Run::new(&[
+        "--json",
+        "--worker-bin",
+        wrapper.to_str().unwrap(),
+        "--samples",
+        "12",
+        "--max-workers",
+        "4",
+    ])
+    .finish()
+    .await;
+    assert!(ok, "the run failed: {stderr}");
+    assert_exact(&report, 12, 4);
+    assert_eq!(u64_of(&report, "start_failures"), 4, "{report}");
+    assert_eq!(u64_of(&report, "restarts"), 4, "{report}");
+    assert_eq!(u64_of(&report, "crashes"), 0, "{report}");
+    assert!(
+        stderr.contains("cannot bind"),
+        "the worker's stderr is shown: {stderr}"
+    );
+}
