@@ -72,14 +72,14 @@ pub fn to_proto(s: &Snapshot) -> FleetStatus {
     }
 }
 
-fn worker_to_proto(w: &WorkerStats) -> proto::WorkerStatus {
+fn worker_to_proto(w: &WorkerStats) -> proto::FleetWorker {
     let state = match w.state {
-        SlotState::Starting => proto::WorkerState::Starting,
-        SlotState::Streaming => proto::WorkerState::Streaming,
-        SlotState::BackingOff => proto::WorkerState::BackingOff,
-        SlotState::Stopped => proto::WorkerState::Stopped,
+        SlotState::Starting => proto::FleetWorkerState::Starting,
+        SlotState::Streaming => proto::FleetWorkerState::Streaming,
+        SlotState::BackingOff => proto::FleetWorkerState::BackingOff,
+        SlotState::Stopped => proto::FleetWorkerState::Stopped,
     };
-    proto::WorkerStatus {
+    proto::FleetWorker {
         worker_id: w.worker_id,
         state: state.into(),
         pid: w.pid.unwrap_or(0),

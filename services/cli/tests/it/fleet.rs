@@ -16,8 +16,8 @@ use tokio::{
 };
 use tonic::transport::Channel;
 use tributary::proto::{
-    FleetPhase, GetFleetStatusRequest, ListRecordsRequest, WorkerState, fleet_client::FleetClient,
-    query_client::QueryClient, record::Payload,
+    FleetPhase, FleetWorkerState, GetFleetStatusRequest, ListRecordsRequest,
+    fleet_client::FleetClient, query_client::QueryClient, record::Payload,
 };
 
 use crate::support::{BIN, Mesh, tool, wait_stored};
@@ -361,7 +361,7 @@ async fn sigint_mid_run_leaves_no_worker_alive() {
         let streaming = status
             .workers
             .iter()
-            .filter(|w| w.state() == WorkerState::Streaming && w.pid != 0)
+            .filter(|w| w.state() == FleetWorkerState::Streaming && w.pid != 0)
             .count();
         if streaming == 16 && status.collected > 0 {
             break status;
