@@ -5,8 +5,9 @@
 //! CPU time and peak RSS, as it reports them. Prints a Markdown table.
 //!
 //! Run: `cargo bench -p tributary-cli --bench fleet` (add `-- --repeat N`
-//! to run each case N times and keep the median; a full pass takes about
-//! four minutes, most of it the one-worker case).
+//! to run each case N times and keep the median, and `-- --workers W` to
+//! run only the cases with W workers; a full pass takes about four minutes,
+//! most of it the one-worker case).
 
 use std::process::Stdio;
 
@@ -28,6 +29,10 @@ async fn main() {
         .skip_while(|a| a != "--repeat")
         .nth(1)
         .map_or(1, |n| n.parse().expect("--repeat takes a number"));
+    let only: Option<u64> = std::env::args()
+        .skip_while(|a| a != "--workers")
+        .nth(1)
+        .map(|n| n.parse().expect("--workers takes a number"));
     let cases = [
         Case {
             workers: 1,
@@ -54,7 +59,7 @@ async fn main() {
         "| workers | faults | wall time to 150 (s) | limit ceil(150/w) (s) | over limit | crashes | restarts | supervisor CPU user+sys (s) | supervisor peak RSS (MiB) |"
     );
     println!("|---|---|---|---|---|---|---|---|---|");
-    for case in &cases {
+    for case in cases.iter().filter(|c| only.is_none_or(|w| c.workers == w)) {
         let mut runs = Vec::new();
         for _ in 0..repeat {
             runs.push(run(case).await);
@@ -66,6 +71,16 @@ async fn main() {
                 .unwrap()
         });
         let report = &runs[runs.len() / 2];
+        let spread: Vec<String> = runs
+            .iter()
+            .map(|r| format!("{:.2}", r["seconds"].as_f64().unwrap()))
+            .collect();
+        eprintln!(
+            "{} workers, {:?}: runs {}",
+            case.workers,
+            case.crash_prob,
+            spread.join(", ")
+        );
         let seconds = report["seconds"].as_f64().unwrap();
         let limit = SAMPLES.div_ceil(case.workers) as f64;
         let cpu = report["supervisor"]["cpu_user_seconds"].as_f64().unwrap()
