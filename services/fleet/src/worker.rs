@@ -93,6 +93,10 @@ pub struct Config {
     /// `-mergeLines` at a time in one chunk).
     #[arg(long, env = "TRIBUTARY_WORKER_CHUNKING", value_enum, default_value_t = Chunking::Line)]
     pub chunking: Chunking,
+    /// Exit when the process that started the worker goes away, so that a
+    /// supervisor killed with SIGKILL leaves no worker behind.
+    #[arg(long = "exitWithParent", env = "TRIBUTARY_WORKER_EXIT_WITH_PARENT", default_value_t = true, action = clap::ArgAction::Set)]
+    pub exit_with_parent: bool,
     /// Lines per chunk with `-chunking merge`.
     #[arg(long = "mergeLines", env = "TRIBUTARY_WORKER_MERGE_LINES", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
     pub merge_lines: u32,
@@ -148,6 +152,33 @@ pub fn go_style(args: impl IntoIterator<Item = String>, command: &clap::Command)
             if known { format!("-{arg}") } else { arg }
         })
         .collect()
+}
+
+/// How often the worker checks that its parent is still there.
+const PARENT_POLL: Duration = Duration::from_millis(250);
+
+/// Cancels `token` once the worker's parent process is gone: the kernel
+/// then hands the worker to another parent (init or a subreaper), so the
+/// parent pid changes. Polling is the portable way to see it without
+/// `prctl(PR_SET_PDEATHSIG)`, which must be set between fork and exec.
+pub fn exit_with_parent(token: CancellationToken) {
+    let parent = nix::unistd::getppid();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(PARENT_POLL) => {}
+            }
+            if nix::unistd::getppid() != parent {
+                tracing::warn!(
+                    parent = parent.as_raw(),
+                    "the parent process is gone; exiting"
+                );
+                token.cancel();
+                return;
+            }
+        }
+    });
 }
 
 /// A bound worker, ready to serve.

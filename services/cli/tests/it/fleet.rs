@@ -536,3 +536,40 @@ async fn a_worker_that_fails_to_start_is_started_again() {
         "the worker's stderr is shown: {stderr}"
     );
 }
+
+#[tokio::test]
+async fn our_workers_exit_when_the_supervisor_is_killed_with_sigkill() {
+    let mut run = Run::new(&[
+        "--worker-bin",
+        WORKER,
+        "--samples",
+        "100000",
+        "--max-workers",
+        "4",
+    ]);
+    let mut child = run.command.spawn().expect("tributary fleet collect starts");
+    // Four workers and the supervisor carry the marker once all are up.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while marked_processes(&run.marker).len() < 5 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "4 workers within 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // SIGKILL: the supervisor cannot stop anything. The workers see their
+    // parent go and exit on their own (-exitWithParent, on by default).
+    child.kill().await.expect("the supervisor can be killed");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let left = marked_processes(&run.marker);
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "workers still alive 10 s after the supervisor's SIGKILL: {left:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
