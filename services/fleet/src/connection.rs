@@ -187,11 +187,7 @@ mod tests {
     #[tokio::test]
     async fn a_complete_stream_and_a_second_connection_refused_with_503() {
         let (addr, _stop) = worker(&["-chunking", "split"]).await;
-        let mut first = Collect::default();
         let held = TcpStream::connect(addr).await.unwrap();
-        let busy_sink = &mut Collect::default();
-        // Another connection is open (and being served): this one is refused.
-        let mut sink = Collect::default();
         let served = tokio::spawn(async move {
             let mut sink = Collect::default();
             let result = stream(held, addr, 20, Duration::from_secs(5), &mut sink).await;
@@ -199,17 +195,19 @@ mod tests {
         });
         // The listen queue is first in, first out: the held connection is
         // accepted first, so this one finds the worker busy.
-        let busy = run(addr, 1, busy_sink).await;
+        let busy = run(addr, 1, &mut Collect::default()).await;
         assert!(matches!(busy, Err(StreamError::Busy)), "{busy:?}");
         let (result, held_sink) = served.await.unwrap();
         assert_eq!(result.unwrap(), StreamEnd::Complete);
         assert_eq!(held_sink.items.len(), 20);
         assert!(held_sink.items.iter().all(|i| matches!(i, Item::Sample(_))));
-        // Free again once the server has closed the finished connection.
+
+        // Free again once the worker has closed the finished connection.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        let mut again = Collect::default();
         loop {
-            first.items.clear();
-            match run(addr, 3, &mut first).await {
+            again.items.clear();
+            match run(addr, 3, &mut again).await {
                 Err(StreamError::Busy) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
@@ -219,10 +217,27 @@ mod tests {
                 }
             }
         }
-        assert_eq!(first.items.len(), 3);
-        sink.limit = Some(2);
-        assert_eq!(run(addr, 10, &mut sink).await.unwrap(), StreamEnd::Stopped);
-        assert_eq!(sink.items.len(), 2);
+        assert_eq!(again.items.len(), 3);
+
+        // A sink that has enough stops the stream early.
+        let mut enough = Collect {
+            limit: Some(2),
+            ..Default::default()
+        };
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            enough.items.clear();
+            match run(addr, 10, &mut enough).await {
+                Err(StreamError::Busy) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                result => {
+                    assert_eq!(result.unwrap(), StreamEnd::Stopped);
+                    break;
+                }
+            }
+        }
+        assert_eq!(enough.items.len(), 2);
     }
 
     #[tokio::test]
