@@ -70,9 +70,15 @@ async fn main() {
     println!(
         "| end to end through Envoy into PostgreSQL (2 producers, 3 servers, 2 parsers) | {e2e:.0} records/s |"
     );
-    println!("| send→stored latency at 5,000 records/s ({n} records) | p50 {p50:.1} ms, p99 {p99:.1} ms |");
-    println!("| ceiling: async-nats JetStream publish, same bytes, Nats-Msg-Id, pipelined acks | {nats_ceiling:.0} records/s |");
-    println!("| ceiling: PostgreSQL store writes alone (5,000-row UNNEST transactions) | {postgres_ceiling:.0} rows/s |");
+    println!(
+        "| send→stored latency at 5,000 records/s ({n} records) | p50 {p50:.1} ms, p99 {p99:.1} ms |"
+    );
+    println!(
+        "| ceiling: async-nats JetStream publish, same bytes, Nats-Msg-Id, pipelined acks | {nats_ceiling:.0} records/s |"
+    );
+    println!(
+        "| ceiling: PostgreSQL store writes alone (5,000-row UNNEST transactions) | {postgres_ceiling:.0} rows/s |"
+    );
     println!(
         "| end to end / lower ceiling | {:.0}% |",
         100.0 * e2e / lower
@@ -95,7 +101,9 @@ async fn jetstream_ceiling(count: u64) -> f64 {
     let messages: Vec<_> = (0..count)
         .step_by(BATCH)
         .map(|start| {
-            let records = (start..(start + BATCH as u64).min(count)).map(reading).collect();
+            let records = (start..(start + BATCH as u64).min(count))
+                .map(reading)
+                .collect();
             RecordBatch { records }.encode_to_vec()
         })
         .collect();

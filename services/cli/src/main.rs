@@ -2,6 +2,7 @@
 //! and the producers.
 #![forbid(unsafe_code)]
 
+mod fleet;
 mod health;
 mod send;
 mod up;
@@ -49,6 +50,9 @@ enum Command {
     /// Ask a server whether it is serving (exit status 0 if so); for
     /// container health checks.
     Health(health::Config),
+    /// The worker fleet (W2): collect samples from crashing HTTP workers.
+    #[command(subcommand)]
+    Fleet(fleet::Command),
 }
 
 #[tokio::main]
@@ -79,6 +83,7 @@ async fn main() -> anyhow::Result<()> {
             announce(app.local_addr());
             app.run(shutdown).await
         }
+        Command::Fleet(command) => fleet::run(command, shutdown).await,
     }
 }
 

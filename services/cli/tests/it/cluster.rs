@@ -215,7 +215,10 @@ fn envoy_config(entry: u16, admin: u16, servers: &[SocketAddr], api: SocketAddr)
         cluster["load_assignment"]["endpoints"][0]["lb_endpoints"] = Value::Sequence(endpoints);
         renamed += 1;
     }
-    assert_eq!(renamed, 3, "envoy.yaml's clusters changed; update this test");
+    assert_eq!(
+        renamed, 3,
+        "envoy.yaml's clusters changed; update this test"
+    );
     serde_yaml_ng::to_string(&config).unwrap()
 }
 
@@ -247,7 +250,10 @@ async fn admin_get(port: u16, path: &str) -> Option<String> {
         .await
         .ok()?;
     socket
-        .write_all(format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
         .await
         .ok()?;
     let mut body = String::new();
@@ -264,7 +270,9 @@ async fn wait_healthy(admin_port: u16, servers: usize) {
         let healthy = |name: &str| {
             clusters
                 .lines()
-                .filter(|l| l.starts_with(&format!("{name}::")) && l.ends_with("health_flags::healthy"))
+                .filter(|l| {
+                    l.starts_with(&format!("{name}::")) && l.ends_with("health_flags::healthy")
+                })
                 .count()
         };
         if healthy("server") == servers && healthy("api") == 1 {

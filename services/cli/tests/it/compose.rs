@@ -42,7 +42,11 @@ fn services(compose: &Value) -> BTreeMap<String, Value> {
 fn strings(value: &Value) -> Vec<String> {
     value
         .as_sequence()
-        .map(|s| s.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .map(|s| {
+            s.iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -116,17 +120,14 @@ fn every_tributary_service_uses_only_flags_the_binary_has() {
 #[test]
 fn envoy_clusters_match_the_compose_services_and_ports() {
     let compose = services(&resolved());
-    let envoy: Value = serde_yaml_ng::from_str(
-        &std::fs::read_to_string(root().join("envoy/envoy.yaml")).unwrap(),
-    )
-    .unwrap();
-    let clusters = envoy["static_resources"]["clusters"]
-        .as_sequence()
-        .unwrap();
+    let envoy: Value =
+        serde_yaml_ng::from_str(&std::fs::read_to_string(root().join("envoy/envoy.yaml")).unwrap())
+            .unwrap();
+    let clusters = envoy["static_resources"]["clusters"].as_sequence().unwrap();
     assert_eq!(clusters.len(), 3);
     for cluster in clusters {
-        let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
-            ["address"]["socket_address"];
+        let address = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+            ["socket_address"];
         let host = address["address"].as_str().unwrap();
         let port = address["port_value"].as_u64().unwrap() as u16;
         let service = compose
@@ -137,19 +138,25 @@ fn envoy_clusters_match_the_compose_services_and_ports() {
             .cloned()
             .unwrap_or_else(|| panic!("{host} sets no TRIBUTARY_LISTEN"));
         assert_eq!(port_of(&listen), port, "{host}: Envoy and compose disagree");
-        assert!(listen.starts_with("0.0.0.0:"), "{host} must listen beyond loopback");
+        assert!(
+            listen.starts_with("0.0.0.0:"),
+            "{host} must listen beyond loopback"
+        );
     }
-    let entry = envoy["static_resources"]["listeners"][0]["address"]["socket_address"]
-        ["port_value"]
-        .as_u64()
-        .unwrap();
+    let entry =
+        envoy["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"]
+            .as_u64()
+            .unwrap();
     // The resolved form lists ports as {published, target}.
     let published = compose["envoy"]["ports"]
         .as_sequence()
         .expect("Envoy publishes ports")
         .iter()
         .any(|p| p["target"].as_u64() == Some(entry) && p["published"].as_u64() == Some(entry));
-    assert!(published, "Envoy's entry port {entry} is published as {entry}");
+    assert!(
+        published,
+        "Envoy's entry port {entry} is published as {entry}"
+    );
 }
 
 #[test]
@@ -162,7 +169,10 @@ fn scaled_services_have_no_fixed_names_or_host_ports() {
         assert!(service["ports"].is_null(), "{name} publishes host ports");
     }
     for (name, service) in &compose {
-        assert!(service["container_name"].is_null(), "{name} sets container_name");
+        assert!(
+            service["container_name"].is_null(),
+            "{name} sets container_name"
+        );
     }
     for (name, service) in &compose {
         let deps = service["depends_on"].as_mapping();

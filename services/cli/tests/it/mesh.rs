@@ -46,11 +46,19 @@ async fn records_cross_envoy_into_postgres_once_each_and_replicas_share_the_work
 
     // grpcurl through Envoy sees every mesh service.
     let listed = std::process::Command::new(tool("TRIBUTARY_GRPCURL"))
-        .args(["-plaintext", cluster.entry.trim_start_matches("http://"), "list"])
+        .args([
+            "-plaintext",
+            cluster.entry.trim_start_matches("http://"),
+            "list",
+        ])
         .output()
         .expect("grpcurl runs");
     let listed = String::from_utf8_lossy(&listed.stdout);
-    for service in ["tributary.v1.Ingest", "tributary.v1.Query", "tributary.v1.Coordinator"] {
+    for service in [
+        "tributary.v1.Ingest",
+        "tributary.v1.Query",
+        "tributary.v1.Coordinator",
+    ] {
         assert!(listed.contains(service), "grpcurl list via Envoy: {listed}");
     }
 
