@@ -11,6 +11,7 @@ const PROTOS: &[&str] = &[
     "tributary/v1/ingest.proto",
     "tributary/v1/coordinator.proto",
     "tributary/v1/query.proto",
+    "tributary/v1/fleet.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

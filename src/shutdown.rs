@@ -8,8 +8,10 @@ pub fn on_signal() -> CancellationToken {
     let cancel = token.clone();
     tokio::spawn(async move {
         signal().await;
-        tracing::info!("shutdown signal received; draining");
+        // Cancel first: shutdown must not depend on logging working (a
+        // closed stderr must not keep a process from stopping).
         cancel.cancel();
+        tracing::info!("shutdown signal received; draining");
     });
     token
 }

@@ -2,6 +2,7 @@
 //! and the producers.
 #![forbid(unsafe_code)]
 
+mod fleet;
 mod health;
 mod monitor;
 mod send;
@@ -59,6 +60,9 @@ enum Command {
     /// Ask a server whether it is serving (exit status 0 if so); for
     /// container health checks.
     Health(health::Config),
+    /// The worker fleet (W2): collect samples from crashing HTTP workers.
+    #[command(subcommand)]
+    Fleet(fleet::Command),
 }
 
 #[tokio::main]
@@ -96,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         }
         Command::Generate(command) => tributary_generator::run(command, shutdown).await,
         Command::Monitor(config) => monitor::run(config, shutdown).await,
+        Command::Fleet(command) => fleet::run(command, shutdown).await,
     }
 }
 

@@ -6,6 +6,7 @@ mod cluster;
 mod compose;
 mod crash;
 mod end_to_end;
+mod fleet;
 mod mesh;
 mod peers;
 mod support;
