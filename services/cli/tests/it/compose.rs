@@ -104,6 +104,16 @@ fn every_tributary_service_uses_only_flags_the_binary_has() {
                 command.join(" ")
             );
         }
+        // Parser specs parse as the parser service will parse them.
+        if command == ["parser"] {
+            let spec = env(&service)
+                .get("TRIBUTARY_PARSER")
+                .cloned()
+                .unwrap_or_else(|| panic!("{name} runs a parser without TRIBUTARY_PARSER"));
+            if let Err(e) = tributary_parser::parsers::ParserSpec::from_spec(&spec) {
+                panic!("{name}: {e}");
+            }
+        }
         // The health check asks the port the service listens on.
         let test = strings(&service["healthcheck"]["test"]).join(" ");
         if let Some(listen) = env(&service).get("TRIBUTARY_LISTEN") {
