@@ -114,6 +114,12 @@ impl Cluster {
 
     /// Starts one more replica of the `raw` parser, pulling through Envoy.
     pub async fn add_parser(&mut self) {
+        self.add_parser_with("raw").await;
+    }
+
+    /// Starts a parser worker of `spec` (a type name or a JSON spec),
+    /// pulling through Envoy.
+    pub async fn add_parser_with(&mut self, spec: &str) {
         let mut args = vec![
             "parser",
             "--connect",
@@ -121,7 +127,7 @@ impl Cluster {
             "--store",
             &self.backends.store,
             "--parser",
-            "raw",
+            spec,
         ];
         args.extend_from_slice(PARSER_FLAGS);
         let parser = service(&args).await;

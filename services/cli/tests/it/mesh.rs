@@ -5,13 +5,17 @@
 
 use std::time::Duration;
 
-use tributary::testkit::{self, PrivatePostgres};
+use tonic::transport::Channel;
+use tributary::{
+    proto::{GetSmsProgressRequest, query_client::QueryClient},
+    testkit::{self, PrivatePostgres},
+};
 
 use crate::{
     cluster::{
         Backends, Cluster, dead_letters, finish, producer, rows_of, shares, stored, wait_stored,
     },
-    support::tool,
+    support::{BIN, tool},
 };
 
 const PER_PRODUCER: u64 = 100_000;
@@ -139,4 +143,59 @@ async fn a_ten_second_store_outage_loses_nothing() {
     }
     assert_all_stored_once(&cluster).await;
     drop(postgres);
+}
+
+/// A workload in the distributed mesh: 1,000 SMS through Envoy, JetStream
+/// and two differently configured senders sharing one consumer group, into
+/// PostgreSQL, with progress read back through Envoy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sms_alerts_run_distributed_and_every_message_is_sent_or_failed_once() {
+    let backends = Backends::fresh(&testkit::postgres_admin_url()).await;
+    let mut cluster = Cluster::start(backends, 3, 0).await;
+    cluster
+        .add_parser_with(r#"{"type":"sms_sender","mean_ms":5,"failure_rate":0.1,"concurrency":16,"label":"fast"}"#)
+        .await;
+    cluster
+        .add_parser_with(r#"{"type":"sms_sender","mean_ms":20,"failure_rate":0.3,"concurrency":8,"label":"slow"}"#)
+        .await;
+    let output = tokio::process::Command::new(BIN)
+        .args(["generate", "sms", "--count", "1000", "--batch", "25", "--connect"])
+        .arg(&cluster.entry)
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .expect("generate sms runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let channel = Channel::from_shared(cluster.entry.clone())
+        .unwrap()
+        .connect()
+        .await
+        .expect("Envoy accepts connections");
+    let mut query = QueryClient::new(channel);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let progress = loop {
+        let progress = query
+            .get_sms_progress(GetSmsProgressRequest::default())
+            .await
+            .expect("GetSmsProgress answers through Envoy")
+            .into_inner();
+        if progress.sent + progress.failed >= 1000 {
+            break progress;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} sent and {} failed of 1000 within 60 s",
+            progress.sent,
+            progress.failed
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(progress.sent + progress.failed, 1000);
+    assert!(progress.failed > 0 && progress.sent > progress.failed);
+    let senders: Vec<&str> = progress.senders.iter().map(|s| s.sender.as_str()).collect();
+    assert_eq!(senders, ["fast", "slow"], "both senders took messages");
 }
