@@ -1,8 +1,9 @@
-//! Behaviour every store backend shares for facts, written once and run
-//! against each backend by its own tests.
+//! Behaviour every store backend shares (facts, paging, dead letters),
+//! written once and run against each backend by its own tests.
 
 use super::{
-    AggregateQuery, AverageFilter, AverageRow, Fact, NewRecord, SmsRow, Store, WriteBatch,
+    AggregateQuery, AverageFilter, AverageRow, Fact, NewDeadLetter, NewRecord, RecordFilter,
+    SmsRow, Store, WriteBatch,
 };
 
 /// A text record with no fact.
@@ -239,4 +240,55 @@ pub async fn sms_progress_counts_outcomes_per_sender(store: &dyn Store) {
             },
         ]
     );
+}
+
+pub async fn reads_back_in_pages_and_keeps_dead_letters(store: &dyn Store) {
+    let batch = WriteBatch {
+        parser: "raw".into(),
+        writer: "w".into(),
+        records: (0..10)
+            .map(|i| record(if i % 2 == 0 { "a" } else { "b" }, i))
+            .collect(),
+        dead_letters: vec![NewDeadLetter {
+            source: "c".into(),
+            seq: 7,
+            kind: 5,
+            body: vec![1, 2],
+            error: "boom".into(),
+            attempts: 5,
+        }],
+    };
+    store.write(&batch).await.unwrap();
+    store.write(&batch).await.unwrap();
+    let page = store
+        .records(&RecordFilter {
+            source: Some("b".into()),
+            limit: 3,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        page.iter().map(|r| r.body[0]).collect::<Vec<_>>(),
+        vec![1, 3, 5]
+    );
+    let next = store
+        .records(&RecordFilter {
+            source: Some("b".into()),
+            limit: 3,
+            after_id: page[2].id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        next.iter().map(|r| r.body[0]).collect::<Vec<_>>(),
+        vec![7, 9]
+    );
+    let dead = store.dead_letters(Some("raw"), 10).await.unwrap();
+    assert_eq!(
+        (dead.len(), dead[0].error.as_str(), dead[0].attempts),
+        (1, "boom", 5)
+    );
+    assert_eq!(store.counts().await.unwrap().dead_letters, 1);
 }

@@ -441,7 +441,7 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{NewDeadLetter, facts, facts::record};
+    use crate::store::{facts, facts::record};
 
     #[tokio::test]
     async fn writes_each_key_once_and_counts_it_once() {
@@ -471,55 +471,8 @@ mod tests {
 
     #[tokio::test]
     async fn reads_back_in_pages_and_keeps_dead_letters() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();
-        let batch = WriteBatch {
-            parser: "raw".into(),
-            writer: "w".into(),
-            records: (0..10)
-                .map(|i| record(if i % 2 == 0 { "a" } else { "b" }, i))
-                .collect(),
-            dead_letters: vec![NewDeadLetter {
-                source: "c".into(),
-                seq: 7,
-                kind: 5,
-                body: vec![1, 2],
-                error: "boom".into(),
-                attempts: 5,
-            }],
-        };
-        store.write(&batch).await.unwrap();
-        let page = store
-            .records(&RecordFilter {
-                source: Some("b".into()),
-                limit: 3,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            page.iter().map(|r| r.body[0]).collect::<Vec<_>>(),
-            vec![1, 3, 5]
-        );
-        let next = store
-            .records(&RecordFilter {
-                source: Some("b".into()),
-                limit: 3,
-                after_id: page[2].id,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(
-            next.iter().map(|r| r.body[0]).collect::<Vec<_>>(),
-            vec![7, 9]
-        );
-        let dead = store.dead_letters(Some("raw"), 10).await.unwrap();
-        assert_eq!(
-            (dead.len(), dead[0].error.as_str(), dead[0].attempts),
-            (1, "boom", 5)
-        );
-        assert_eq!(store.counts().await.unwrap().dead_letters, 1);
+        let (_dir, store) = open_store().await;
+        facts::reads_back_in_pages_and_keeps_dead_letters(&store).await;
     }
 
     async fn open_store() -> (tempfile::TempDir, SqliteStore) {

@@ -159,7 +159,15 @@ async fn sms_alerts_run_distributed_and_every_message_is_sent_or_failed_once() {
         .add_parser_with(r#"{"type":"sms_sender","mean_ms":20,"failure_rate":0.3,"concurrency":8,"label":"slow"}"#)
         .await;
     let output = tokio::process::Command::new(BIN)
-        .args(["generate", "sms", "--count", "1000", "--batch", "25", "--connect"])
+        .args([
+            "generate",
+            "sms",
+            "--count",
+            "1000",
+            "--batch",
+            "25",
+            "--connect",
+        ])
         .arg(&cluster.entry)
         .env("RUST_LOG", "warn")
         .output()
