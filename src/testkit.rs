@@ -46,6 +46,7 @@ pub async fn postgres_database_on(admin_url: &str) -> String {
              or set TRIBUTARY_TEST_POSTGRES"
         )
     });
+    drop_abandoned_databases(&mut admin).await;
     let name = unique_name("tributary_test");
     sqlx::raw_sql(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
         .execute(&mut admin)
@@ -55,6 +56,32 @@ pub async fn postgres_database_on(admin_url: &str) -> String {
         .rsplit_once('/')
         .expect("the admin URL names a database");
     format!("{base}/{name}")
+}
+
+/// Drops test databases whose creating process is gone, so that runs do not
+/// pile up data on the shared server. A database still in use refuses to be
+/// dropped, and is left alone. At most three per call: a drop costs a
+/// checkpoint, and each test creating one database and dropping up to three
+/// keeps the count falling without slowing any test much.
+async fn drop_abandoned_databases(admin: &mut PgConnection) {
+    use sqlx::Row;
+    let names: Vec<String> =
+        sqlx::query("SELECT datname FROM pg_database WHERE datname LIKE 'tributary\\_test\\_%'")
+            .fetch_all(&mut *admin)
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+    let abandoned = names.into_iter().filter(|name| {
+        let pid = name.split('_').nth(2).unwrap_or_default();
+        !pid.is_empty() && !Path::new(&format!("/proc/{pid}")).exists()
+    });
+    for name in abandoned.take(3) {
+        let _ = sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE IF EXISTS {name}"
+        )))
+        .execute(&mut *admin)
+        .await;
+    }
 }
 
 /// Creates an empty database on the shared server and returns its URL.

@@ -27,7 +27,8 @@ impl Service {
 
 /// What a cluster runs against.
 pub struct Backends {
-    /// `nats://…?stream=…`, a stream of the test's own.
+    /// `nats://…?stream=…`, a stream of the test's own, whose messages age
+    /// out after an hour so that runs do not fill the shared server.
     pub queue: String,
     /// `postgres://…`, a database of the test's own.
     pub store: String,
@@ -38,7 +39,7 @@ impl Backends {
     pub async fn fresh(admin_url: &str) -> Backends {
         Backends {
             queue: format!(
-                "{}?stream={}",
+                "{}?stream={}&max_age=3600",
                 testkit::nats_url(),
                 testkit::unique_name("MESH")
             ),
