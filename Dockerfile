@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
 # The `tributary` image: one binary that runs every service (ingest, parser,
-# api, coordinator, producers) by subcommand. Multi-stage: the toolchain stays
-# in the build stage; the runtime image holds the binary and CA roots only.
+# api, coordinator, producers, fleet supervisor) by subcommand, plus
+# `tributary-worker`, the fleet's default worker. Multi-stage: the toolchain
+# stays in the build stage; the runtime image holds the two binaries and CA
+# roots.
 
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
@@ -10,15 +12,15 @@ COPY . .
 # binary is copied out because the cache mount is not part of the layer.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin tributary \
-    && install -D target/release/tributary /out/tributary
+    cargo build --release --locked --bin tributary --bin tributary-worker \
+    && install -D -t /out target/release/tributary target/release/tributary-worker
 
 FROM debian:bookworm-slim AS runtime
 RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --create-home --home-dir /home/tributary tributary
-COPY --from=build /out/tributary /usr/local/bin/tributary
+COPY --from=build /out/tributary /out/tributary-worker /usr/local/bin/
 USER 10001
 WORKDIR /home/tributary
 # The embedded mesh's one port; the distributed services listen on 50051

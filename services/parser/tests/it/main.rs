@@ -1,5 +1,6 @@
 //! The parser worker against a real ingest server (in process, on an
-//! ephemeral port) and a real SQLite store.
+//! ephemeral port, over the embedded queue or NATS JetStream) and a real
+//! SQLite store.
 
 use std::{sync::Arc, time::Duration};
 
@@ -26,10 +27,14 @@ struct Server {
 }
 
 async fn start_ingest(limits: Limits) -> Server {
+    start_ingest_on("embedded", limits).await
+}
+
+async fn start_ingest_on(queue: &str, limits: Limits) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let app = App::build(Config {
         listen: "127.0.0.1:0".parse().unwrap(),
-        queue: "embedded".into(),
+        queue: queue.into(),
         data_dir: dir.path().to_owned(),
         limits,
     })
@@ -136,11 +141,27 @@ impl Parser for Picky {
 /// retried and then dead-lettered with the parser's error.
 #[tokio::test]
 async fn a_record_that_always_fails_ends_in_the_dead_letter_table() {
+    dead_letters_after_max_attempts("embedded").await;
+}
+
+/// The same over JetStream, whose delivery count (in the reply subject)
+/// drives the attempts.
+#[tokio::test]
+async fn over_jetstream_a_record_that_always_fails_is_dead_lettered_too() {
+    let stream = tributary::testkit::unique_name("PARSER");
+    let queue = format!(
+        "{}?stream={stream}&max_age=3600",
+        tributary::testkit::nats_url()
+    );
+    dead_letters_after_max_attempts(&queue).await;
+}
+
+async fn dead_letters_after_max_attempts(queue: &str) {
     let limits = Limits {
         max_attempts: 3,
         ..Limits::default()
     };
-    let server = start_ingest(limits).await;
+    let server = start_ingest_on(queue, limits).await;
     let dir = tempfile::tempdir().unwrap();
     let store: Arc<dyn Store> =
         store::open(&format!("sqlite://{}", dir.path().join("s.db").display()))
