@@ -416,7 +416,8 @@ fn progress_bar(len: u64, enabled: bool) -> ProgressBar {
 enum Outcome {
     /// The run is over.
     Stop,
-    /// It exited (or never listened) before its first connection.
+    /// It exited (or never listened) before its first connection, or exited
+    /// before sending a single sample.
     StartFailed(String),
     /// It exited while serving.
     Crashed(Option<ExitStatus>),
@@ -562,7 +563,7 @@ impl Slot {
                 () = self.run.cancelled() => return (Outcome::Stop, sink.samples > 0),
                 status = process.wait() => {
                     let outcome = if connected {
-                        Outcome::Crashed(status.ok())
+                        exited(status.ok(), &sink, process).await
                     } else {
                         Outcome::StartFailed(format!(
                             "exited with {} before listening; stderr: {}",
@@ -591,7 +592,7 @@ impl Slot {
             let result = tokio::select! {
                 biased;
                 () = self.run.cancelled() => return (Outcome::Stop, sink.samples > 0),
-                status = process.wait() => return (Outcome::Crashed(status.ok()), sink.samples > 0),
+                status = process.wait() => return (exited(status.ok(), &sink, process).await, sink.samples > 0),
                 result = connection::stream(tcp, addr, self.config.samples, self.config.stall_timeout, &mut sink) => result,
             };
             match result {
@@ -619,7 +620,7 @@ impl Slot {
                     // A crash breaks the connection a moment before the
                     // exit can be reaped; give the exit a chance to show.
                     if let Ok(status) = tokio::time::timeout(EXIT_SETTLE, process.wait()).await {
-                        return (Outcome::Crashed(status.ok()), sink.samples > 0);
+                        return (exited(status.ok(), &sink, process).await, sink.samples > 0);
                     }
                     self.fleet.worker(self.id, |w| w.broken_connections += 1);
                     broken_in_row += 1;
@@ -636,6 +637,21 @@ impl Slot {
             }
         }
     }
+}
+
+/// What an exit means. A process that never sent a sample did not start
+/// properly: most often another program took its port between our check and
+/// its bind (the connection we made then reached that other program), which
+/// is no crash of the worker's.
+async fn exited(status: Option<ExitStatus>, sink: &SlotSink, process: &mut Process) -> Outcome {
+    if sink.samples > 0 {
+        return Outcome::Crashed(status);
+    }
+    Outcome::StartFailed(format!(
+        "exited with {} before sending a sample; stderr: {}",
+        status.map_or_else(|| "an unknown status".to_owned(), |s| s.to_string()),
+        process.stderr_tail().await
+    ))
 }
 
 /// Polls `addr` until something accepts, or gives up at `deadline`.
