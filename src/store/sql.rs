@@ -190,3 +190,84 @@ pub fn sms(row: SmsTuple) -> SmsRow {
         total_us: row.3,
     }
 }
+
+/// The workload reads, written once: both backends run the same SQL and
+/// decode the same tuples, and differ only in their pool type, which sqlx
+/// cannot abstract over without a wall of trait bounds. Each backend
+/// expands this into a private `reads` module and calls it from its
+/// `Store` impl.
+macro_rules! workload_reads {
+    ($pool:ty) => {
+        mod reads {
+            use super::super::{
+                AggregateQuery, AggregateRow, AverageFilter, AverageRow, LatencyRow, SmsRow,
+                StoreError, sql,
+            };
+
+            fn unavailable(e: sqlx::Error) -> StoreError {
+                StoreError::Unavailable(e.to_string())
+            }
+
+            pub async fn averages(
+                pool: &$pool,
+                filter: &AverageFilter,
+            ) -> Result<Vec<AverageRow>, StoreError> {
+                let rows: Vec<sql::AverageTuple> = sqlx::query_as(sql::SELECT_AVERAGES)
+                    .bind(filter.parser.as_str())
+                    .bind(filter.from)
+                    .bind(filter.to)
+                    .bind(i64::from(filter.limit))
+                    .fetch_all(pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(rows.into_iter().map(sql::average).collect())
+            }
+
+            pub async fn latency(
+                pool: &$pool,
+                parser: &str,
+                now: i64,
+                window: i64,
+            ) -> Result<LatencyRow, StoreError> {
+                let totals = sqlx::query_as(sql::SELECT_PROBE_TOTALS).bind(parser);
+                let recent = sqlx::query_as(sql::SELECT_PROBE_WINDOW)
+                    .bind(parser)
+                    .bind(now - window)
+                    .bind(now);
+                Ok(sql::latency(
+                    totals.fetch_one(pool).await.map_err(unavailable)?,
+                    recent.fetch_one(pool).await.map_err(unavailable)?,
+                ))
+            }
+
+            pub async fn aggregate(
+                pool: &$pool,
+                query: &AggregateQuery,
+            ) -> Result<Vec<AggregateRow>, StoreError> {
+                let text = sqlx::AssertSqlSafe(sql::aggregate(query.group_by_sensor));
+                let rows: Vec<sql::AggregateTuple> = sqlx::query_as(text)
+                    .bind(query.parser.as_str())
+                    .bind(query.metric.as_str())
+                    .bind(query.from)
+                    .bind(query.to)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(rows.into_iter().map(sql::aggregate_row).collect())
+            }
+
+            pub async fn sms_progress(
+                pool: &$pool,
+                parser: &str,
+            ) -> Result<Vec<SmsRow>, StoreError> {
+                let rows: Vec<sql::SmsTuple> = sqlx::query_as(sql::SELECT_SMS_PROGRESS)
+                    .bind(parser)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(rows.into_iter().map(sql::sms).collect())
+            }
+        }
+    };
+}
+pub(crate) use workload_reads;

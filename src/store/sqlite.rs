@@ -221,6 +221,8 @@ async fn write_facts(
     Ok(())
 }
 
+sql::workload_reads!(sqlx::SqlitePool);
+
 #[async_trait]
 impl Store for SqliteStore {
     async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
@@ -383,49 +385,19 @@ impl Store for SqliteStore {
     }
 
     async fn averages(&self, filter: &AverageFilter) -> Result<Vec<AverageRow>, StoreError> {
-        let rows: Vec<sql::AverageTuple> = sqlx::query_as(sql::SELECT_AVERAGES)
-            .bind(filter.parser.as_str())
-            .bind(filter.from)
-            .bind(filter.to)
-            .bind(i64::from(filter.limit))
-            .fetch_all(&self.reader)
-            .await
-            .map_err(unavailable)?;
-        Ok(rows.into_iter().map(sql::average).collect())
+        reads::averages(&self.reader, filter).await
     }
 
     async fn latency(&self, parser: &str, now: i64, window: i64) -> Result<LatencyRow, StoreError> {
-        let totals = sqlx::query_as(sql::SELECT_PROBE_TOTALS).bind(parser);
-        let recent = sqlx::query_as(sql::SELECT_PROBE_WINDOW)
-            .bind(parser)
-            .bind(now - window)
-            .bind(now);
-        Ok(sql::latency(
-            totals.fetch_one(&self.reader).await.map_err(unavailable)?,
-            recent.fetch_one(&self.reader).await.map_err(unavailable)?,
-        ))
+        reads::latency(&self.reader, parser, now, window).await
     }
 
     async fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>, StoreError> {
-        let text = sqlx::AssertSqlSafe(sql::aggregate(query.group_by_sensor));
-        let rows: Vec<sql::AggregateTuple> = sqlx::query_as(text)
-            .bind(query.parser.as_str())
-            .bind(query.metric.as_str())
-            .bind(query.from)
-            .bind(query.to)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(unavailable)?;
-        Ok(rows.into_iter().map(sql::aggregate_row).collect())
+        reads::aggregate(&self.reader, query).await
     }
 
     async fn sms_progress(&self, parser: &str) -> Result<Vec<SmsRow>, StoreError> {
-        let rows: Vec<sql::SmsTuple> = sqlx::query_as(sql::SELECT_SMS_PROGRESS)
-            .bind(parser)
-            .fetch_all(&self.reader)
-            .await
-            .map_err(unavailable)?;
-        Ok(rows.into_iter().map(sql::sms).collect())
+        reads::sms_progress(&self.reader, parser).await
     }
 
     async fn close(&self) {
