@@ -6,6 +6,10 @@
 //! Run: `cargo bench -p tributary-cli --bench workloads`
 //! (`-- --seconds N` sets how long the tick and burst runs last; default 120).
 
+#[allow(dead_code)]
+#[path = "../tests/it/support.rs"]
+mod support;
+
 use std::{
     collections::BTreeMap,
     path::Path,
@@ -20,10 +24,7 @@ use tokio::{
 use tonic::transport::Channel;
 use tributary::{
     clock,
-    proto::{
-        GetSmsProgressRequest, ListRecordsRequest, Record, query_client::QueryClient,
-        record::Payload,
-    },
+    proto::{GetSmsProgressRequest, query_client::QueryClient, record::Payload},
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_tributary");
@@ -112,29 +113,6 @@ fn tributary(args: &[&str]) -> Command {
     command
 }
 
-async fn all_records(channel: &Channel, parser: &str) -> Vec<Record> {
-    let mut client = QueryClient::new(channel.clone());
-    let mut out = Vec::new();
-    let mut after_id = 0;
-    loop {
-        let page = client
-            .list_records(ListRecordsRequest {
-                parser: parser.into(),
-                limit: 1000,
-                after_id,
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        out.extend(page.records.into_iter().map(|r| r.record.unwrap()));
-        if page.next_after_id == 0 {
-            return out;
-        }
-        after_id = page.next_after_id;
-    }
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
@@ -180,8 +158,8 @@ async fn tick_precision_and_burst(
     let channel = Channel::from_shared(url).unwrap().connect().await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     let (numbers, probes) = loop {
-        let numbers = all_records(&channel, "average").await;
-        let probes_stored = all_records(&channel, "probe").await;
+        let numbers = support::all_records(&channel, "average").await;
+        let probes_stored = support::all_records(&channel, "probe").await;
         if numbers.len() >= emitted && probes_stored.len() >= probes {
             break (numbers, probes_stored);
         }

@@ -203,20 +203,9 @@ mod tests {
         assert!(held_sink.items.iter().all(|i| matches!(i, Item::Sample(_))));
 
         // Free again once the worker has closed the finished connection.
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         let mut again = Collect::default();
-        loop {
-            again.items.clear();
-            match run(addr, 3, &mut again).await {
-                Err(StreamError::Busy) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                result => {
-                    assert_eq!(result.unwrap(), StreamEnd::Complete);
-                    break;
-                }
-            }
-        }
+        let result = run_when_free(addr, 3, &mut again).await;
+        assert_eq!(result.unwrap(), StreamEnd::Complete);
         assert_eq!(again.items.len(), 3);
 
         // A sink that has enough stops the stream early.
@@ -224,20 +213,29 @@ mod tests {
             limit: Some(2),
             ..Default::default()
         };
+        let result = run_when_free(addr, 10, &mut enough).await;
+        assert_eq!(result.unwrap(), StreamEnd::Stopped);
+        assert_eq!(enough.items.len(), 2);
+    }
+
+    /// Streams `n` numbers, asking again while the worker still answers
+    /// busy (it may not have seen the previous connection close yet), for
+    /// up to 5 s.
+    async fn run_when_free(
+        addr: SocketAddr,
+        n: u64,
+        sink: &mut Collect,
+    ) -> Result<StreamEnd, StreamError> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            enough.items.clear();
-            match run(addr, 10, &mut enough).await {
+            sink.items.clear();
+            match run(addr, n, sink).await {
                 Err(StreamError::Busy) if tokio::time::Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(10)).await;
                 }
-                result => {
-                    assert_eq!(result.unwrap(), StreamEnd::Stopped);
-                    break;
-                }
+                result => return result,
             }
         }
-        assert_eq!(enough.items.len(), 2);
     }
 
     #[tokio::test]

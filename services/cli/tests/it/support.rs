@@ -12,7 +12,7 @@ use tokio::{
     process::{Child, Command},
 };
 use tonic::transport::Channel;
-use tributary::proto::{GetStatsRequest, query_client::QueryClient};
+use tributary::proto::{GetStatsRequest, ListRecordsRequest, Record, query_client::QueryClient};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
@@ -171,4 +171,28 @@ pub fn tool(var: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| {
         panic!("{var} is not set: run the tests through scripts/test.sh, which installs the tool")
     })
+}
+
+/// Every record `parser` stored, paging through ListRecords.
+pub async fn all_records(channel: &Channel, parser: &str) -> Vec<Record> {
+    let mut client = QueryClient::new(channel.clone());
+    let mut out = Vec::new();
+    let mut after_id = 0;
+    loop {
+        let page = client
+            .list_records(ListRecordsRequest {
+                parser: parser.into(),
+                limit: 1000,
+                after_id,
+                ..Default::default()
+            })
+            .await
+            .expect("ListRecords answers")
+            .into_inner();
+        out.extend(page.records.into_iter().map(|r| r.record.unwrap()));
+        if page.next_after_id == 0 {
+            return out;
+        }
+        after_id = page.next_after_id;
+    }
 }

@@ -8,16 +8,15 @@ use std::{
 };
 
 use tokio::{io::AsyncReadExt, process::Command};
-use tonic::transport::Channel;
 use tributary::{
     clock,
     proto::{
         AggregateMetricRequest, GetLatencyRequest, GetSmsProgressRequest, ListAveragesRequest,
-        ListRecordsRequest, Record, SmsProgress, query_client::QueryClient, record::Payload,
+        Record, SmsProgress, query_client::QueryClient, record::Payload,
     },
 };
 
-use crate::support::{BIN, Mesh, spawn_listening, stored, wait_stored};
+use crate::support::{BIN, Mesh, all_records, spawn_listening, stored, wait_stored};
 
 /// Runs `tributary ARGS` to completion and returns its stdout.
 async fn run_ok(args: &[&str]) -> String {
@@ -36,30 +35,6 @@ async fn run_ok(args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8(output.stdout).expect("stdout is UTF-8")
-}
-
-/// Every record `parser` stored, paging through ListRecords.
-async fn all_records(channel: &Channel, parser: &str) -> Vec<Record> {
-    let mut client = QueryClient::new(channel.clone());
-    let mut out = Vec::new();
-    let mut after_id = 0;
-    loop {
-        let page = client
-            .list_records(ListRecordsRequest {
-                parser: parser.into(),
-                limit: 1000,
-                after_id,
-                ..Default::default()
-            })
-            .await
-            .expect("ListRecords answers")
-            .into_inner();
-        out.extend(page.records.into_iter().map(|r| r.record.unwrap()));
-        if page.next_after_id == 0 {
-            return out;
-        }
-        after_id = page.next_after_id;
-    }
 }
 
 /// Three generator processes against a real coordinator process, stored by
