@@ -411,16 +411,13 @@ async fn any_binary_that_speaks_the_protocol_works() {
     let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/worker.py");
     let dir = tempfile::tempdir().unwrap();
     let wrapper = dir.path().join("python-worker");
-    std::fs::write(
+    write_script(
         &wrapper,
         format!(
             "#!/bin/sh\nexec '{python}' '{}' \"$@\"\n",
             fixture.display()
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
 
     let (report, ok, stderr) = Run::new(&[
         "--json",
@@ -501,7 +498,7 @@ async fn a_worker_that_fails_to_start_is_started_again() {
     // its port to another process would; the second one is ours.
     let dir = tempfile::tempdir().unwrap();
     let wrapper = dir.path().join("flaky-worker");
-    std::fs::write(
+    write_script(
         &wrapper,
         format!(
             "#!/bin/sh\n\
@@ -510,10 +507,7 @@ async fn a_worker_that_fails_to_start_is_started_again() {
              exec '{WORKER}' \"$@\"\n",
             dir = dir.path().display()
         ),
-    )
-    .unwrap();
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
 
     let (report, ok, stderr) = Run::new(&[
         "--json",
@@ -572,4 +566,11 @@ async fn our_workers_exit_when_the_supervisor_is_killed_with_sigkill() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// Writes an executable shell script.
+fn write_script(path: &std::path::Path, text: String) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
 }
