@@ -6,7 +6,7 @@
 //! a plan PostgreSQL can cache, and `ON CONFLICT DO NOTHING` on the record key
 //! keeps writes idempotent.
 //!
-//! Stored counts are kept per writer (one row per store handle and parser),
+//! Stored counts are kept per writer (one row per parser worker instance),
 //! so that parser replicas never wait on each other's row lock to commit;
 //! reads sum them.
 //!
@@ -121,8 +121,6 @@ ON CONFLICT (parser, source, seq) DO NOTHING";
 /// The PostgreSQL-backed store.
 pub struct PostgresStore {
     pool: PgPool,
-    /// This handle's row in `parser_counts`.
-    writer: String,
 }
 
 impl PostgresStore {
@@ -152,21 +150,8 @@ impl PostgresStore {
                 Err(e) => return Err(StoreError::Unavailable(format!("migrating: {e}"))),
             }
         }
-        Ok(Self {
-            pool,
-            writer: writer_id(),
-        })
+        Ok(Self { pool })
     }
-}
-
-/// A name unique to this store handle: host, process and a random part.
-fn writer_id() -> String {
-    let host = std::env::var("HOSTNAME").unwrap_or_default();
-    format!(
-        "{host}/{}/{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
 }
 
 fn migrator() -> Migrator {
@@ -348,7 +333,7 @@ impl Store for PostgresStore {
                  SET stored = parser_counts.stored + excluded.stored",
             )
             .bind(batch.parser.as_str())
-            .bind(self.writer.as_str())
+            .bind(batch.writer.as_str())
             .bind(stored as i64)
             .execute(&mut *tx)
             .await
