@@ -18,6 +18,15 @@ source scripts/tools.sh
 printf '    %s\n' "TRIBUTARY_PYTHON=$TRIBUTARY_PYTHON" "TRIBUTARY_GRPCURL=$TRIBUTARY_GRPCURL" \
     "TRIBUTARY_ENVOY=$TRIBUTARY_ENVOY" "TRIBUTARY_COMPOSE=$TRIBUTARY_COMPOSE"
 
+step "promtool (checks deploy/prometheus/alerts.yml)"
+# Debian's prometheus package ships promtool; only installed when missing.
+if ! command -v promtool >/dev/null 2>&1; then
+    sudo=()
+    if [[ "$(id -u)" != 0 ]]; then sudo=(sudo); fi
+    "${sudo[@]}" apt-get update -q
+    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
+fi
+
 step "services (PostgreSQL 127.0.0.1:5432, NATS JetStream 127.0.0.1:4222)"
 tributary_ensure_services
 

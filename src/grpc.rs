@@ -15,7 +15,7 @@ use tonic::{
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::proto::FILE_DESCRIPTOR_SET;
+use crate::{proto::FILE_DESCRIPTOR_SET, tls::ServerTls};
 
 /// How long a server waits for open streams to finish after shutdown starts.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -98,21 +98,30 @@ pub fn service_name<S: NamedService>() -> &'static str {
     S::NAME
 }
 
-/// Serves `routes` on `listener` until `shutdown` is cancelled, then lets open
-/// streams finish for up to [`GRACE`].
+/// Serves `routes` on `listener` (over TLS when `tls` is given) until
+/// `shutdown` is cancelled, then lets open streams finish for up to
+/// [`GRACE`].
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
+    tls: Option<ServerTls>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let server = Server::builder()
+    let router = Server::builder()
         // tonic reports a message over the decoding limit as OUT_OF_RANGE;
         // gRPC's convention (and our contract) is RESOURCE_EXHAUSTED. The
         // rewrite is a layer so that every service gets it, unary included.
         .layer(tower::util::MapResponseLayer::new(too_large_is_exhausted))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .add_routes(routes)
-        .serve_with_incoming_shutdown(incoming(listener), shutdown.clone().cancelled_owned());
+        .add_routes(routes);
+    let stop = shutdown.clone().cancelled_owned();
+    // TLS wraps the whole listener, so every route on it is covered.
+    let server = async move {
+        match tls {
+            None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
+            Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), stop).await,
+        }
+    };
     drain(server, &shutdown).await
 }
 

@@ -1,8 +1,11 @@
 //! Shared library of the Tributary streaming mesh: the protobuf contracts, the
 //! queue and store traits with their backends, and the plumbing every service
-//! shares (gRPC standard services, shutdown, telemetry).
+//! shares (gRPC standard services, TLS, the bearer token, shutdown,
+//! telemetry).
 #![forbid(unsafe_code)]
 
+pub mod bearer;
+pub mod channel;
 pub mod clock;
 pub mod grpc;
 pub mod kind;
@@ -12,6 +15,7 @@ pub mod shutdown;
 mod sqlite;
 pub mod store;
 pub mod telemetry;
+pub mod tls;
 #[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]
 pub mod testkit;

@@ -7,6 +7,8 @@
 //! Everything here fails loudly: a test that needs a real service and cannot
 //! reach it panics with what to start, rather than passing without it.
 
+pub mod certs;
+
 use std::{
     net::TcpListener,
     path::{Path, PathBuf},

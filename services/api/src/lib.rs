@@ -36,6 +36,8 @@ pub struct Config {
     /// reflection here and routes those services' calls to other servers.
     #[arg(long, env = "TRIBUTARY_ADVERTISE", value_delimiter = ',')]
     pub advertise: Vec<String>,
+    #[command(flatten)]
+    pub tls: tributary::tls::ServerTlsArgs,
 }
 
 /// A built query API: store open, port bound.
@@ -43,6 +45,7 @@ pub struct App {
     listener: TcpListener,
     store: Arc<dyn Store>,
     advertise: Vec<String>,
+    tls: Option<tributary::tls::ServerTls>,
 }
 
 impl App {
@@ -56,6 +59,7 @@ impl App {
                 defined.join(", ")
             );
         }
+        let tls = config.tls.load()?;
         let store = store::open(&config.store)
             .await
             .context("opening the store")?;
@@ -66,6 +70,7 @@ impl App {
             listener,
             store,
             advertise: config.advertise,
+            tls,
         })
     }
 
@@ -84,7 +89,7 @@ impl App {
             &self.advertise,
         )
         .await;
-        let served = grpc::serve(self.listener, routes.routes(), shutdown).await;
+        let served = grpc::serve(self.listener, routes.routes(), self.tls, shutdown).await;
         self.store.close().await;
         Ok(served?)
     }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tonic::transport::Endpoint;
+use tributary::channel::{ClientTlsArgs, Link};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -27,12 +27,15 @@ pub struct Config {
     /// Seconds to wait for an answer.
     #[arg(long, default_value_t = 3)]
     pub timeout_secs: u64,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(config.timeout_secs);
-    let channel = Endpoint::from_shared(config.connect.clone())
-        .with_context(|| format!("bad --connect URI {:?}", config.connect))?
+    let channel = Link::new(config.connect.clone(), config.tls.load()?, None)
+        .endpoint()
+        .context("--connect")?
         .connect_timeout(timeout)
         .timeout(timeout)
         .connect()

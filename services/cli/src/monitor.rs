@@ -7,8 +7,10 @@ use std::{io::IsTerminal, time::Duration};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
-use tributary::proto::{GetSmsProgressRequest, SmsProgress, query_client::QueryClient};
+use tributary::{
+    channel::{ClientTlsArgs, Link},
+    proto::{GetSmsProgressRequest, SmsProgress, query_client::QueryClient},
+};
 
 /// What the monitor watches and when it stops.
 #[derive(Debug, Clone, clap::Args)]
@@ -32,6 +34,8 @@ pub struct Config {
     /// Consumer group of the SMS senders.
     #[arg(long, env = "TRIBUTARY_SMS_GROUP", default_value = "sms_sender")]
     pub parser: String,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
 }
 
 /// One reading as a line of text.
@@ -59,9 +63,9 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.every >= Duration::from_millis(10),
         "--every must be at least 10ms"
     );
-    let channel = Endpoint::from_shared(config.connect.clone())
-        .with_context(|| format!("bad --connect URI {:?}", config.connect))?
-        .connect_timeout(Duration::from_secs(5))
+    let channel = Link::new(config.connect.clone(), config.tls.load()?, None)
+        .endpoint()
+        .context("--connect")?
         .connect_lazy();
     let mut client = QueryClient::new(channel);
     let terminal = std::io::stdout().is_terminal();

@@ -10,8 +10,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tributary::{
+    bearer::{BearerToken, RequireTokenArgs},
+    channel::{ClientTls, Link},
     clock::SystemClock,
     grpc,
+    tls::{ServerTls, ServerTlsArgs},
     proto::{
         coordinator_server::CoordinatorServer, ingest_server::IngestServer,
         query_server::QueryServer,
@@ -51,7 +54,27 @@ pub struct Config {
     pub tuning: tributary_parser::TuningArgs,
     #[command(flatten)]
     pub workloads: tributary_generator::Workloads,
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// With --tls-client-ca: the client certificate this process's own
+    /// parsers and producers present to its listener.
+    #[arg(long, env = "TRIBUTARY_TLS_CLIENT_CERT", requires = "tls_client_key")]
+    pub tls_client_cert: Option<PathBuf>,
+    /// PEM private key of --tls-client-cert.
+    #[arg(long, env = "TRIBUTARY_TLS_CLIENT_KEY", requires = "tls_client_cert")]
+    pub tls_client_key: Option<PathBuf>,
+    /// The CA that signed --tls-cert, for this process's own parsers and
+    /// producers, which connect to its listener as `localhost` (so the
+    /// certificate must name localhost). Default: --tls-cert itself, which
+    /// suffices for a self-signed certificate.
+    #[arg(long, env = "TRIBUTARY_TLS_CA", requires = "tls_cert")]
+    pub tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    pub auth: RequireTokenArgs,
 }
+
+/// The name this process's own clients check its certificate under.
+const OWN_SERVER_NAME: &str = "localhost";
 
 /// The embedded mesh, built: files open, port bound.
 pub struct App {
@@ -59,6 +82,10 @@ pub struct App {
     queue: Arc<dyn Queue>,
     store: Arc<dyn Store>,
     parsers: Vec<ParserSpec>,
+    tls: Option<ServerTls>,
+    token: Option<BearerToken>,
+    /// How this process's own parsers and producers reach its listener.
+    own_tls: Option<ClientTls>,
     config: Config,
 }
 
@@ -75,6 +102,12 @@ impl App {
             .chain(config.workloads.parsers())
             .map(|spec| ParserSpec::from_spec(spec).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?;
+        let tls = config.tls.load()?;
+        let token = config.auth.load()?;
+        let own_tls = match &tls {
+            Some(_) => Some(own_client_tls(&config)?),
+            None => None,
+        };
         let queue = queue::open("embedded", &config.data_dir)
             .await
             .context("opening the embedded queue")?;
@@ -91,6 +124,9 @@ impl App {
             queue,
             store,
             parsers,
+            tls,
+            token,
+            own_tls,
             config,
         })
     }
@@ -108,6 +144,7 @@ impl App {
         routes.add_service(tributary_ingest::service(
             self.queue.clone(),
             self.config.limits.clone(),
+            self.token.clone(),
             shutdown.clone(),
         ));
         routes.add_service(tributary_api::service(self.store.clone(), shutdown.clone()));
@@ -127,21 +164,30 @@ impl App {
         let server = tokio::spawn(grpc::serve(
             self.listener,
             routes.routes(),
+            self.tls.clone(),
             shutdown.clone(),
         ));
 
         // Workers stop on their own token, cancelled only after the server
         // has begun draining, so they can ack their last batch.
-        let connect = format!("http://{addr}");
+        // An unspecified listen address (0.0.0.0) is reached over loopback.
+        let mut own = addr;
+        if own.ip().is_unspecified() {
+            own.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let link = match self.own_tls {
+            Some(tls) => Link::new(format!("https://{own}"), tls, self.token.clone()),
+            None => Link::new(format!("http://{own}"), ClientTls::default(), self.token.clone()),
+        };
         let tuning = self.config.tuning.tuning()?;
         let workers = tributary_parser::spawn_workers(
             &self.parsers,
-            &connect,
+            &link,
             self.store.clone(),
             &tuning,
             &shutdown,
         );
-        let producers = self.config.workloads.spawn(&connect, &shutdown)?;
+        let producers = self.config.workloads.spawn(&link, &shutdown)?;
         tracing::info!(%addr, data_dir = %self.config.data_dir.display(), parsers = self.parsers.len(), producers = producers.len(), "mesh up");
 
         for producer in producers {
@@ -155,4 +201,31 @@ impl App {
         self.store.close().await;
         Ok(())
     }
+}
+
+/// The TLS this process's own clients use towards its listener: they trust
+/// --tls-ca (or the served certificate itself) and check the certificate
+/// under [`OWN_SERVER_NAME`], whatever address the listener is bound to.
+fn own_client_tls(config: &Config) -> anyhow::Result<ClientTls> {
+    let read = |flag: &str, path: &PathBuf| {
+        std::fs::read(path).with_context(|| format!("reading {flag} {}", path.display()))
+    };
+    let ca = match (&config.tls_ca, &config.tls.tls_cert) {
+        (Some(ca), _) => read("--tls-ca", ca)?,
+        (None, Some(cert)) => read("--tls-cert", cert)?,
+        (None, None) => anyhow::bail!("--tls-ca needs --tls-cert"),
+    };
+    let identity = match (&config.tls_client_cert, &config.tls_client_key) {
+        (Some(cert), Some(key)) => Some((
+            read("--tls-client-cert", cert)?,
+            read("--tls-client-key", key)?,
+        )),
+        (None, None) if config.tls.tls_client_ca.is_some() => anyhow::bail!(
+            "with --tls-client-ca, give --tls-client-cert and --tls-client-key too: this \
+             process's own parsers and producers must present a client certificate"
+        ),
+        (None, None) => None,
+        _ => anyhow::bail!("--tls-client-cert and --tls-client-key go together"),
+    };
+    Ok(ClientTls::for_own_listener(ca, identity, OWN_SERVER_NAME))
 }

@@ -26,20 +26,24 @@ pub struct Config {
     /// Address to serve on; port 0 picks a free port.
     #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:50054")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub tls: tributary::tls::ServerTlsArgs,
 }
 
 /// A built coordinator: port bound.
 pub struct App {
     listener: TcpListener,
+    tls: Option<tributary::tls::ServerTls>,
 }
 
 impl App {
-    /// Binds the port.
+    /// Checks the TLS files, then binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        let tls = config.tls.load()?;
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        Ok(Self { listener })
+        Ok(Self { listener, tls })
     }
 
     /// The address actually bound.
@@ -56,7 +60,7 @@ impl App {
             &[grpc::service_name::<CoordinatorServer<CoordinatorService>>()],
         )
         .await;
-        Ok(grpc::serve(self.listener, routes.routes(), shutdown).await?)
+        Ok(grpc::serve(self.listener, routes.routes(), self.tls, shutdown).await?)
     }
 }
 

@@ -19,6 +19,8 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, transport::Endpoint};
 use tributary::{
+    bearer::AttachBearer,
+    channel::Link,
     clock,
     proto::{
         PublishRequest, PublishResponse, RandomNumber, Record, ingest_client::IngestClient,
@@ -52,11 +54,11 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Starts publishing to the ingest endpoint `addr` (`http://host:port`).
-    pub fn start(addr: String) -> Self {
+    /// Starts publishing to the ingest endpoint `link`.
+    pub fn start(link: Link) -> Self {
         let source = format!("fleet-{:016x}", rand::rng().random::<u64>());
         let (tx, rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(run(addr, source.clone(), rx));
+        let task = tokio::spawn(run(link, source.clone(), rx));
         Self {
             tx: Some(tx),
             task,
@@ -97,14 +99,14 @@ struct Outbox {
 }
 
 async fn run(
-    addr: String,
+    link: Link,
     source: String,
     mut rx: mpsc::UnboundedReceiver<Record>,
 ) -> anyhow::Result<PublishSummary> {
-    let endpoint = Endpoint::from_shared(addr.clone())
-        .with_context(|| format!("bad --publish address {addr:?}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+    let endpoint = link
+        .endpoint()
+        .with_context(|| format!("bad --publish address {:?}", link.url()))?;
+    let bearer = link.bearer();
     let mut summary = PublishSummary {
         source,
         ..Default::default()
@@ -117,7 +119,7 @@ async fn run(
     let mut failures = 0u32;
     loop {
         let answered = summary.accepted + summary.duplicates + summary.rejected;
-        match session(&endpoint, &mut rx, &mut outbox, &mut summary).await {
+        match session(&endpoint, &bearer, &mut rx, &mut outbox, &mut summary).await {
             Ok(()) => return Ok(summary),
             Err(e) => {
                 if summary.accepted + summary.duplicates + summary.rejected > answered {
@@ -139,13 +141,14 @@ async fn run(
 
 async fn session(
     endpoint: &Endpoint,
+    bearer: &AttachBearer,
     rx: &mut mpsc::UnboundedReceiver<Record>,
     outbox: &mut Outbox,
     summary: &mut PublishSummary,
 ) -> anyhow::Result<()> {
     let channel = endpoint.connect().await.context("connecting")?;
     let (tx, requests) = mpsc::channel::<PublishRequest>(16);
-    let mut responses = IngestClient::new(channel)
+    let mut responses = IngestClient::with_interceptor(channel, bearer.clone())
         .publish(ReceiverStream::new(requests))
         .await
         .context("opening the publish stream")?

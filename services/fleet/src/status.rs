@@ -18,6 +18,7 @@ use crate::state::{Fleet, Phase, SlotState, Snapshot, WorkerStats};
 /// Serves `Fleet` (plus health and reflection) on `listener` until `stop`.
 pub async fn serve(
     listener: TcpListener,
+    tls: Option<tributary::tls::ServerTls>,
     fleet: Fleet,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -28,7 +29,7 @@ pub async fn serve(
         &[grpc::service_name::<FleetServer<FleetService>>()],
     )
     .await;
-    grpc::serve(listener, routes.routes(), stop).await
+    grpc::serve(listener, routes.routes(), tls, stop).await
 }
 
 struct FleetService {

@@ -97,6 +97,15 @@ pub struct Config {
     /// RandomNumber record with a `worker_id` attribute.
     #[arg(long, env = "TRIBUTARY_FLEET_PUBLISH")]
     pub publish: Option<String>,
+    /// TLS of the status listener.
+    #[command(flatten)]
+    pub status_tls: tributary::tls::ServerTlsArgs,
+    /// TLS towards the --publish address.
+    #[command(flatten)]
+    pub publish_tls: tributary::channel::ClientTlsArgs,
+    /// Bearer token for the --publish address.
+    #[command(flatten)]
+    pub publish_token: tributary::bearer::SendTokenArgs,
     /// Print the final report as one JSON object.
     #[arg(long, env = "TRIBUTARY_FLEET_JSON")]
     pub json: bool,
@@ -209,6 +218,8 @@ pub struct Supervisor {
     config: Config,
     worker_bin: PathBuf,
     status: Option<tokio::net::TcpListener>,
+    status_tls: Option<tributary::tls::ServerTls>,
+    publish: Option<tributary::channel::Link>,
 }
 
 impl Supervisor {
@@ -232,6 +243,22 @@ impl Supervisor {
         if config.stall_timeout.is_zero() || config.start_timeout.is_zero() {
             bail!("--stall-timeout and --start-timeout must be above zero");
         }
+        let status_tls = config.status_tls.load()?;
+        let publish = match &config.publish {
+            Some(url) => {
+                let link = tributary::channel::Link::new(
+                    url.clone(),
+                    config.publish_tls.load()?,
+                    config.publish_token.load()?,
+                );
+                // Checked now, so that a bad address fails before any worker
+                // starts.
+                link.endpoint()
+                    .with_context(|| format!("bad --publish address {url:?}"))?;
+                Some(link)
+            }
+            None => None,
+        };
         let status = match config.status_listen {
             Some(addr) => Some(
                 tokio::net::TcpListener::bind(addr)
@@ -244,6 +271,8 @@ impl Supervisor {
             config,
             worker_bin,
             status,
+            status_tls,
+            publish,
         })
     }
 
@@ -263,13 +292,16 @@ impl Supervisor {
         let started = Instant::now();
 
         let status_stop = CancellationToken::new();
+        let status_tls = self.status_tls;
         let status_task = self.status.map(|listener| {
-            tokio::spawn(status::serve(listener, fleet.clone(), status_stop.clone()))
+            tokio::spawn(status::serve(
+                listener,
+                status_tls,
+                fleet.clone(),
+                status_stop.clone(),
+            ))
         });
-        let mut publisher = config
-            .publish
-            .as_ref()
-            .map(|addr| Publisher::start(addr.clone()));
+        let mut publisher = self.publish.map(Publisher::start);
 
         let run = shutdown.child_token();
         let (events, mut rx) = mpsc::channel::<Event>(1024);

@@ -18,7 +18,10 @@ use std::{
 use rand::RngExt;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tributary::clock::{SystemClock, WallClock};
+use tributary::{
+    channel::Link,
+    clock::{SystemClock, WallClock},
+};
 
 use crate::publisher::{PublishArgs, Publisher};
 
@@ -118,8 +121,11 @@ pub async fn run(command: Generate, shutdown: CancellationToken) -> anyhow::Resu
     match command {
         Generate::Numbers(args) => {
             anyhow::ensure!(args.generators > 0, "--generators must be at least 1");
-            let publisher = Publisher::start(&args.publish, shutdown.clone())?;
-            let (tasks, stats) = spawn_numbers(&args, &publisher, clock, &shutdown)?;
+            let link = args.publish.link()?;
+            let publisher = Publisher::start_on(&args.publish, &link, shutdown.clone())?;
+            let coordinator = link.without_token().to(args.coordinator.clone());
+            let (tasks, stats) =
+                spawn_numbers(&args, &publisher, &coordinator, clock, &shutdown)?;
             for task in tasks {
                 task.await?;
             }
@@ -197,10 +203,12 @@ pub async fn run(command: Generate, shutdown: CancellationToken) -> anyhow::Resu
 /// Each generator's running counts.
 pub type Stats = Vec<Arc<numbers::TickStats>>;
 
-/// Starts `args.generators` number generators feeding `publisher`.
+/// Starts `args.generators` number generators feeding `publisher`, each
+/// claiming its values from `coordinator`.
 pub fn spawn_numbers(
     args: &NumbersArgs,
     publisher: &Publisher,
+    coordinator: &Link,
     clock: Arc<dyn WallClock>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<(Vec<JoinHandle<()>>, Stats)> {
@@ -209,7 +217,7 @@ pub fn spawn_numbers(
     for i in 0..args.generators {
         let source = unique_source(&format!("{}-{i}", args.name));
         let generator = numbers::NumberGenerator {
-            claimer: numbers::GrpcClaimer::new(&args.coordinator, source.clone())?,
+            claimer: numbers::GrpcClaimer::new(coordinator, source.clone())?,
             source,
             clock: clock.clone(),
             records: publisher.sender(),
@@ -268,11 +276,11 @@ impl Workloads {
         ]
     }
 
-    /// Starts the producers against the mesh at `url` (ingest and
+    /// Starts the producers against the mesh at `link` (ingest and
     /// coordinator both). They stop on `shutdown`.
     pub fn spawn(
         &self,
-        url: &str,
+        link: &Link,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<Vec<JoinHandle<()>>> {
         let mut tasks = Vec::new();
@@ -281,11 +289,13 @@ impl Workloads {
         }
         let clock: Arc<dyn WallClock> = Arc::new(SystemClock);
         let publish = |batch| PublishArgs {
-            connect: url.to_owned(),
+            connect: link.url().to_owned(),
             batch,
             window: 20_000,
             retry_secs: 30,
             rollover_secs: 30,
+            tls: Default::default(),
+            token: Default::default(),
         };
         let background = |publisher: Publisher, producers: Vec<JoinHandle<()>>| {
             tokio::spawn(async move {
@@ -300,17 +310,23 @@ impl Workloads {
         if self.generators > 0 {
             let args = NumbersArgs {
                 publish: publish(100),
-                coordinator: url.to_owned(),
+                coordinator: link.url().to_owned(),
                 generators: self.generators,
                 name: "numbers".into(),
                 ticks: 0,
             };
-            let publisher = Publisher::start(&args.publish, shutdown.clone())?;
-            let (producers, _) = spawn_numbers(&args, &publisher, clock.clone(), shutdown)?;
+            let publisher = Publisher::start_on(&args.publish, link, shutdown.clone())?;
+            let (producers, _) = spawn_numbers(
+                &args,
+                &publisher,
+                &link.without_token(),
+                clock.clone(),
+                shutdown,
+            )?;
             tasks.push(background(publisher, producers));
         }
         if self.burst {
-            let publisher = Publisher::start(&publish(100), shutdown.clone())?;
+            let publisher = Publisher::start_on(&publish(100), link, shutdown.clone())?;
             let burst = burst::Burst {
                 source: unique_source("burst"),
                 clock: clock.clone(),
@@ -323,7 +339,7 @@ impl Workloads {
             tasks.push(background(publisher, vec![producer]));
         }
         if self.sensor_rate > 0.0 {
-            let publisher = Publisher::start(&publish(100), shutdown.clone())?;
+            let publisher = Publisher::start_on(&publish(100), link, shutdown.clone())?;
             let sensors = sensors::Sensors {
                 source: unique_source("sensors"),
                 clock: clock.clone(),
@@ -336,7 +352,7 @@ impl Workloads {
             tasks.push(background(publisher, vec![producer]));
         }
         if self.sms > 0 {
-            let publisher = Publisher::start(&publish(50), shutdown.clone())?;
+            let publisher = Publisher::start_on(&publish(50), link, shutdown.clone())?;
             let producer = tokio::spawn(sms::produce(
                 unique_source("sms"),
                 self.sms,

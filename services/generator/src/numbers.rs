@@ -21,8 +21,10 @@ use std::{
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use anyhow::Context as _;
 use tonic::{Streaming, transport::Endpoint};
 use tributary::{
+    channel::Link,
     clock::{self, WallClock},
     proto::{
         ClaimRequest, ClaimResponse, RandomNumber, Record, coordinator_client::CoordinatorClient,
@@ -65,11 +67,13 @@ pub struct GrpcClaimer {
 }
 
 impl GrpcClaimer {
-    pub fn new(coordinator: &str, generator_id: String) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(coordinator.to_owned())
-            .map_err(|e| anyhow::anyhow!("bad coordinator URI {coordinator:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
+    pub fn new(coordinator: &Link, generator_id: String) -> anyhow::Result<Self> {
+        let endpoint = coordinator
+            .endpoint()
+            .context("--coordinator")?
+            // A claim is due within its 100 ms tick: a dead coordinator must
+            // be noticed sooner than the default allows.
+            .connect_timeout(Duration::from_secs(1));
         Ok(Self {
             endpoint,
             generator_id,

@@ -21,7 +21,11 @@ use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Endpoint};
-use tributary::proto::{PublishRequest, PublishResponse, Record, ingest_client::IngestClient};
+use tributary::{
+    bearer::{AttachBearer, SendTokenArgs},
+    channel::{ClientTlsArgs, Link},
+    proto::{PublishRequest, PublishResponse, Record, ingest_client::IngestClient},
+};
 
 /// How a publisher connects and batches.
 #[derive(Debug, Clone, clap::Args)]
@@ -49,6 +53,21 @@ pub struct PublishArgs {
     /// started. 0 keeps one stream for the whole run.
     #[arg(long, env = "TRIBUTARY_ROLLOVER_SECS", default_value_t = 30)]
     pub rollover_secs: u64,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
+    #[command(flatten)]
+    pub token: SendTokenArgs,
+}
+
+impl PublishArgs {
+    /// The ingest link these flags describe, with their files read.
+    pub fn link(&self) -> anyhow::Result<Link> {
+        Ok(Link::new(
+            self.connect.clone(),
+            self.tls.load()?,
+            self.token.load()?,
+        ))
+    }
 }
 
 /// Running totals, readable while the publisher runs.
@@ -91,20 +110,28 @@ impl Publisher {
     /// Starts publishing to `args.connect`. `shutdown` only cuts reconnect
     /// waits short: a producer stops by dropping its senders.
     pub fn start(args: &PublishArgs, shutdown: CancellationToken) -> anyhow::Result<Self> {
+        Self::start_on(args, &args.link()?, shutdown)
+    }
+
+    /// Like [`Publisher::start`], to `link` instead of the flags' address,
+    /// TLS and token.
+    pub fn start_on(
+        args: &PublishArgs,
+        link: &Link,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
         anyhow::ensure!(args.batch > 0, "--batch must be at least 1");
         anyhow::ensure!(
             args.window >= args.batch,
             "--window must be at least --batch"
         );
-        let endpoint = Endpoint::from_shared(args.connect.clone())
-            .with_context(|| format!("bad --connect URI {:?}", args.connect))?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true);
+        let endpoint = link.endpoint().context("--connect")?;
         let (records, rx) = mpsc::channel(args.batch);
         let totals = Arc::new(Totals::default());
         let task = tokio::spawn(publish(
             args.clone(),
             endpoint,
+            link.bearer(),
             rx,
             totals.clone(),
             shutdown,
@@ -151,6 +178,7 @@ struct Outbox {
 async fn publish(
     args: PublishArgs,
     endpoint: Endpoint,
+    bearer: AttachBearer,
     mut input: mpsc::Receiver<Record>,
     totals: Arc<Totals>,
     shutdown: CancellationToken,
@@ -160,7 +188,7 @@ async fn publish(
     let mut failures = 0u32;
     loop {
         let answered = totals.answered();
-        match session(&args, &endpoint, &mut input, &mut outbox, &totals).await {
+        match session(&args, &endpoint, &bearer, &mut input, &mut outbox, &totals).await {
             Ok(Ended::Done) => return Ok(()),
             Ok(Ended::RolledOver) => {
                 totals.rollovers.fetch_add(1, Ordering::Relaxed);
@@ -203,6 +231,7 @@ enum Ended {
 async fn session(
     args: &PublishArgs,
     endpoint: &Endpoint,
+    bearer: &AttachBearer,
     input: &mut mpsc::Receiver<Record>,
     outbox: &mut Outbox,
     totals: &Totals,
@@ -210,7 +239,7 @@ async fn session(
     let roll_at =
         (args.rollover_secs > 0).then(|| Instant::now() + Duration::from_secs(args.rollover_secs));
     let channel = endpoint.connect().await.context("connecting")?;
-    let mut client = IngestClient::new(channel);
+    let mut client = IngestClient::with_interceptor(channel, bearer.clone());
     let (tx, rx) = mpsc::channel::<PublishRequest>(8);
     let mut responses = client
         .publish(ReceiverStream::new(rx))

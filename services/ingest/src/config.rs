@@ -17,6 +17,10 @@ pub struct Config {
     pub data_dir: PathBuf,
     #[command(flatten)]
     pub limits: Limits,
+    #[command(flatten)]
+    pub tls: tributary::tls::ServerTlsArgs,
+    #[command(flatten)]
+    pub auth: tributary::bearer::RequireTokenArgs,
 }
 
 /// Limits and timings of the Ingest service.

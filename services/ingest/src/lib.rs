@@ -16,9 +16,12 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::service::RoutesBuilder;
+use tonic::service::{RoutesBuilder, interceptor::InterceptedService};
+use tower::Layer as _;
 use tributary::{
+    bearer::{BearerToken, RequireBearer},
     grpc,
+    tls::ServerTls,
     proto::ingest_server::IngestServer,
     queue::{self, Queue},
 };
@@ -28,18 +31,25 @@ pub struct App {
     listener: TcpListener,
     queue: Arc<dyn Queue>,
     limits: Limits,
+    tls: Option<ServerTls>,
+    token: Option<BearerToken>,
 }
 
 impl App {
-    /// Opens the queue and binds the listen address.
+    /// Checks the configuration, opens the queue and binds the listen
+    /// address.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.limits.validate()?;
+        let tls = config.tls.load()?;
+        let token = config.auth.load()?;
         let queue = queue::open(&config.queue, &config.data_dir).await?;
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {
             listener,
             queue,
             limits: config.limits,
+            tls,
+            token,
         })
     }
 
@@ -54,6 +64,7 @@ impl App {
         routes.add_service(service(
             self.queue.clone(),
             self.limits.clone(),
+            self.token.clone(),
             shutdown.clone(),
         ));
         grpc::add_standard_services(
@@ -61,21 +72,26 @@ impl App {
             &[grpc::service_name::<IngestServer<IngestService>>()],
         )
         .await;
-        let served = grpc::serve(self.listener, routes.routes(), shutdown).await;
+        let served = grpc::serve(self.listener, routes.routes(), self.tls, shutdown).await;
         self.queue.close().await;
         Ok(served?)
     }
 }
 
 /// The Ingest gRPC service over `queue`, for servers that host several
-/// services on one port.
+/// services on one port. With a `token`, every Ingest call must carry it.
 pub fn service(
     queue: Arc<dyn Queue>,
     limits: Limits,
+    token: Option<BearerToken>,
     shutdown: CancellationToken,
-) -> IngestServer<IngestService> {
+) -> InterceptedService<IngestServer<IngestService>, RequireBearer> {
     let max = limits.max_message_bytes;
-    IngestServer::new(IngestService::new(queue, limits, shutdown))
+    let server = IngestServer::new(IngestService::new(queue, limits, shutdown))
         .max_decoding_message_size(max)
-        .max_encoding_message_size(usize::MAX)
+        .max_encoding_message_size(usize::MAX);
+    // The token check wraps this service alone, not the listener: health
+    // and reflection beside it stay open, and in `tributary up` the Query
+    // and Coordinator services are not producer-facing.
+    tonic::service::interceptor(RequireBearer::new(token)).layer(server)
 }

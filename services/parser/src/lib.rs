@@ -14,7 +14,12 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
-use tributary::{grpc, store};
+use tributary::{
+    bearer::SendTokenArgs,
+    channel::{ClientTlsArgs, Link},
+    grpc, store,
+    tls::{ServerTls, ServerTlsArgs},
+};
 
 use crate::parsers::ParserSpec;
 
@@ -51,6 +56,15 @@ pub struct Config {
     pub name: Option<String>,
     #[command(flatten)]
     pub tuning: TuningArgs,
+    /// TLS of the health listener.
+    #[command(flatten)]
+    pub tls: ServerTlsArgs,
+    /// TLS towards --connect.
+    #[command(flatten)]
+    pub connect_tls: ClientTlsArgs,
+    /// The token Ingest requires of Pull, as of Publish.
+    #[command(flatten)]
+    pub token: SendTokenArgs,
 }
 
 /// Pull and batching knobs, as flags.
@@ -92,6 +106,7 @@ impl TuningArgs {
 /// A built parser worker: configuration checked, store open, port bound.
 pub struct App {
     listener: TcpListener,
+    tls: Option<ServerTls>,
     worker: Worker,
 }
 
@@ -100,6 +115,13 @@ impl App {
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let parser = ParserSpec::from_spec(&config.parser).map_err(anyhow::Error::msg)?;
         let tuning = config.tuning.tuning()?;
+        let tls = config.tls.load()?;
+        let link = Link::new(
+            config.connect,
+            config.connect_tls.load()?,
+            config.token.load()?,
+        );
+        link.endpoint().context("--connect")?;
         let store = store::open(&config.store)
             .await
             .context("opening the store")?;
@@ -107,13 +129,17 @@ impl App {
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let worker = Worker {
-            connect: config.connect,
+            link,
             name: config.name.unwrap_or(parser.group),
             parser: parser.config.build(),
             store,
             tuning,
         };
-        Ok(Self { listener, worker })
+        Ok(Self {
+            listener,
+            tls,
+            worker,
+        })
     }
 
     /// The address of the health endpoint.
@@ -129,6 +155,7 @@ impl App {
         let health = tokio::spawn(grpc::serve(
             self.listener,
             routes.routes(),
+            self.tls,
             shutdown.clone(),
         ));
         self.worker.run(shutdown).await;
@@ -138,10 +165,10 @@ impl App {
     }
 }
 
-/// Starts the workers for `specs` against `connect`, sharing one store.
+/// Starts the workers for `specs` against `link`, sharing one store.
 pub fn spawn_workers(
     specs: &[ParserSpec],
-    connect: &str,
+    link: &Link,
     store: Arc<dyn store::Store>,
     tuning: &Tuning,
     shutdown: &CancellationToken,
@@ -150,7 +177,7 @@ pub fn spawn_workers(
         .iter()
         .map(|spec| {
             let worker = Worker {
-                connect: connect.to_owned(),
+                link: link.clone(),
                 name: spec.group.clone(),
                 parser: spec.config.build(),
                 store: store.clone(),

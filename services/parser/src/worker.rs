@@ -14,8 +14,8 @@ use rand::RngExt;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
 use tributary::{
+    channel::Link,
     clock,
     proto::{Delivery, Nack, PullRequest, Record, Subscription, ingest_client::IngestClient},
     store::{NewDeadLetter, NewRecord, Store, WriteBatch},
@@ -49,8 +49,8 @@ impl Default for Tuning {
 
 /// One parser worker.
 pub struct Worker {
-    /// Ingest server URI, for example `http://127.0.0.1:8080`.
-    pub connect: String,
+    /// The ingest server (or Envoy) to pull from, with its TLS and token.
+    pub link: Link,
     /// Consumer group: replicas with the same name share the work.
     pub name: String,
     pub parser: Arc<dyn Parser>,
@@ -92,12 +92,9 @@ impl Worker {
         writer: Arc<str>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let channel = Endpoint::from_shared(self.connect.clone())?
-            .connect_timeout(Duration::from_secs(5))
-            .tcp_nodelay(true)
-            .connect()
-            .await?;
-        let mut client = IngestClient::new(channel).max_decoding_message_size(usize::MAX);
+        let channel = self.link.endpoint()?.connect().await?;
+        let mut client = IngestClient::with_interceptor(channel, self.link.bearer())
+            .max_decoding_message_size(usize::MAX);
         let (requests, request_rx) = mpsc::channel(64);
         requests
             .send(PullRequest {
@@ -118,7 +115,7 @@ impl Worker {
             .pull(ReceiverStream::new(request_rx))
             .await?
             .into_inner();
-        tracing::info!(parser = %self.name, connect = %self.connect, "pulling");
+        tracing::info!(parser = %self.name, connect = %self.link.url(), "pulling");
 
         // Capacity 1: one batch is written while the next one gathers.
         let (batches, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::Path, process::Stdio, time::Duration};
 use serde_yaml_ng::Value;
 use sqlx::{Connection, PgConnection, Row};
 use tokio::process::{Child, Command};
-use tributary::testkit;
+use tributary::testkit::{self, certs::TestCerts};
 
 use crate::support::{spawn_listening, tool};
 
@@ -58,6 +58,9 @@ pub struct Cluster {
     pub _envoy: Child,
     /// Envoy's entry port, as `http://127.0.0.1:PORT`.
     pub entry: String,
+    /// With [`Cluster::start_tls`]: Envoy's TLS entry port, as
+    /// `https://localhost:PORT`, and the certificates it serves.
+    pub entry_tls: Option<(String, TestCerts)>,
     admin_port: u16,
     _dir: tempfile::TempDir,
 }
@@ -71,6 +74,16 @@ impl Cluster {
     /// them, and `parsers` replicas of the `raw` parser pulling through Envoy;
     /// returns once Envoy sees every server healthy.
     pub async fn start(backends: Backends, servers: usize, parsers: usize) -> Cluster {
+        Self::start_with(backends, servers, parsers, false).await
+    }
+
+    /// Like [`Cluster::start`], with Envoy running `envoy/envoy-tls.yaml`:
+    /// TLS terminated at its `entry_tls` listener, with fresh certificates.
+    pub async fn start_tls(backends: Backends, servers: usize, parsers: usize) -> Cluster {
+        Self::start_with(backends, servers, parsers, true).await
+    }
+
+    async fn start_with(backends: Backends, servers: usize, parsers: usize, tls: bool) -> Cluster {
         let mut ingest = Vec::new();
         for _ in 0..servers {
             ingest.push(service(&["ingest", "--queue", &backends.queue]).await);
@@ -86,11 +99,14 @@ impl Cluster {
         let dir = tempfile::tempdir().unwrap();
         let entry_port = testkit::free_port();
         let admin_port = testkit::free_port();
+        let edge = tls.then(|| (testkit::free_port(), TestCerts::generate(dir.path())));
         let config = envoy_config(
+            if tls { "envoy-tls.yaml" } else { "envoy.yaml" },
             entry_port,
             admin_port,
             &ingest.iter().map(|s| s.addr).collect::<Vec<_>>(),
             api.addr,
+            edge.as_ref().map(|(port, certs)| (*port, certs)),
         );
         let config_path = dir.path().join("envoy.yaml");
         std::fs::write(&config_path, config).unwrap();
@@ -104,6 +120,7 @@ impl Cluster {
             _api: api,
             _envoy: envoy,
             entry,
+            entry_tls: edge.map(|(port, certs)| (format!("https://localhost:{port}"), certs)),
             admin_port,
             _dir: dir,
         };
@@ -185,16 +202,41 @@ async fn service(args: &[&str]) -> Service {
     Service { child, addr }
 }
 
-/// `envoy/envoy.yaml` with the listener and admin on the given ports and
-/// each cluster pointing at local processes instead of compose DNS names.
-fn envoy_config(entry: u16, admin: u16, servers: &[SocketAddr], api: SocketAddr) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../envoy/envoy.yaml");
-    let text = std::fs::read_to_string(&path).expect("envoy/envoy.yaml is readable");
-    let mut config: Value = serde_yaml_ng::from_str(&text).expect("envoy.yaml is YAML");
+/// An Envoy config file of `envoy/`, parsed.
+pub fn envoy_file(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../envoy")
+        .join(name);
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("envoy/{name}: {e}"));
+    serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("envoy/{name} is not YAML: {e}"))
+}
+
+/// `envoy/FILE` with the listeners and admin on the given ports and each
+/// cluster pointing at local processes instead of compose DNS names; with
+/// `tls`, the `entry_tls` listener on its port serving those certificates.
+fn envoy_config(
+    file: &str,
+    entry: u16,
+    admin: u16,
+    servers: &[SocketAddr],
+    api: SocketAddr,
+    tls: Option<(u16, &TestCerts)>,
+) -> String {
+    let mut config = envoy_file(file);
     config["admin"]["address"]["socket_address"]["port_value"] = admin.into();
     let listener = &mut config["static_resources"]["listeners"][0];
     listener["address"]["socket_address"]["port_value"] = entry.into();
     listener["address"]["socket_address"]["address"] = "127.0.0.1".into();
+    if let Some((port, certs)) = tls {
+        let listener = &mut config["static_resources"]["listeners"][1];
+        assert_eq!(listener["name"].as_str(), Some("entry_tls"));
+        listener["address"]["socket_address"]["port_value"] = port.into();
+        listener["address"]["socket_address"]["address"] = "127.0.0.1".into();
+        let context = &mut listener["filter_chains"][0]["transport_socket"]["typed_config"]
+            ["common_tls_context"]["tls_certificates"][0];
+        context["certificate_chain"]["filename"] = certs.server_cert.to_str().unwrap().into();
+        context["private_key"]["filename"] = certs.server_key.to_str().unwrap().into();
+    }
     // No coordinator runs here: its cluster points at a port nobody serves.
     let nobody: SocketAddr = ([127, 0, 0, 1], testkit::free_port()).into();
     let clusters = config["static_resources"]["clusters"]

@@ -10,4 +10,5 @@ mod fleet;
 mod mesh;
 mod peers;
 mod support;
+mod tls;
 mod workloads;

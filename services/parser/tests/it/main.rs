@@ -174,7 +174,7 @@ async fn dead_letters_after_max_attempts(queue: &str) {
     .await;
     let shutdown = CancellationToken::new();
     let worker = Worker {
-        connect: server.url.clone(),
+        link: tributary::channel::Link::plain(server.url.clone()),
         name: "picky".into(),
         parser: Arc::new(Picky),
         store: store.clone(),

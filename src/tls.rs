@@ -1,0 +1,244 @@
+//! TLS on the listeners: the server flags, the certificate files they name,
+//! checked before anything binds, and the acceptor that wraps a listener.
+//!
+//! tonic's own `Server::tls_config` offers only ALPN `h2`. Our listeners
+//! also answer HTTP/1.1 (REST and `/metrics` share the port), and a client
+//! that offers only `http/1.1` would be refused at the handshake, so the
+//! acceptor here is tokio-rustls with both protocols. Handshakes run
+//! concurrently and under a deadline, so one slow client cannot hold up
+//! the accept loop.
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::Duration,
+};
+
+use futures::{Stream, StreamExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_rustls::{
+    TlsAcceptor,
+    rustls::{
+        self, RootCertStore, ServerConfig,
+        pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
+        server::WebPkiClientVerifier,
+    },
+    server::TlsStream,
+};
+use tokio_stream::wrappers::TcpListenerStream;
+
+/// How long a client may take to finish its TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Handshakes in progress at once; past this, new connections wait in the
+/// kernel's accept queue.
+const MAX_HANDSHAKES: usize = 256;
+
+/// A TLS setting that cannot be used, with the flag or file at fault.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{0}")]
+    Flags(&'static str),
+    #[error("cannot read {flag} {}: {source}", path.display())]
+    Read {
+        flag: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{flag} {}: {reason}", path.display())]
+    Pem {
+        flag: &'static str,
+        path: PathBuf,
+        reason: String,
+    },
+    #[error("the TLS settings do not fit together: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// TLS flags of a server. Without them it serves plaintext (h2c and
+/// HTTP/1.1), as behind a proxy that terminates TLS.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ServerTlsArgs {
+    /// PEM certificate chain to serve TLS with, leaf first. With --tls-key,
+    /// this listener speaks only TLS (gRPC, REST and /metrics alike).
+    #[arg(long, env = "TRIBUTARY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, env = "TRIBUTARY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// PEM CA certificates that client certificates must chain to. Setting
+    /// it requires every client to present one (mutual TLS).
+    #[arg(long, env = "TRIBUTARY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+}
+
+impl ServerTlsArgs {
+    /// Reads and checks the files: `None` when TLS is off.
+    pub fn load(&self) -> Result<Option<ServerTls>, TlsError> {
+        let (cert, key) = match (&self.tls_cert, &self.tls_key) {
+            (None, None) if self.tls_client_ca.is_some() => {
+                return Err(TlsError::Flags(
+                    "--tls-client-ca needs --tls-cert and --tls-key",
+                ));
+            }
+            (None, None) => return Ok(None),
+            (Some(cert), Some(key)) => (cert, key),
+            _ => {
+                return Err(TlsError::Flags(
+                    "--tls-cert and --tls-key go together: give both or neither",
+                ));
+            }
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder =
+            ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let builder = match &self.tls_client_ca {
+            None => builder.with_no_client_auth(),
+            Some(path) => {
+                let roots = root_store("--tls-client-ca", path)?;
+                let verifier =
+                    WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                        .build()
+                        .map_err(|e| TlsError::Pem {
+                            flag: "--tls-client-ca",
+                            path: path.clone(),
+                            reason: e.to_string(),
+                        })?;
+                builder.with_client_cert_verifier(verifier)
+            }
+        };
+        let mut config = builder.with_single_cert(
+            certificates("--tls-cert", cert)?,
+            private_key("--tls-key", key)?,
+        )?;
+        // h2 first: gRPC clients offer only h2, browsers and curl offer both
+        // and get h2; HTTP/1.1-only clients (REST scripts) still connect.
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Some(ServerTls {
+            acceptor: TlsAcceptor::from(Arc::new(config)),
+        }))
+    }
+}
+
+/// A loaded server TLS configuration, ready to wrap listeners.
+#[derive(Clone)]
+pub struct ServerTls {
+    acceptor: TlsAcceptor,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls").finish_non_exhaustive()
+    }
+}
+
+impl ServerTls {
+    /// The connections `listener` accepts, after their TLS handshake.
+    /// Failed handshakes (a plaintext client, an untrusted client
+    /// certificate, a timeout) are logged and dropped: they are the
+    /// client's problem, and the listener goes on serving.
+    pub fn incoming(
+        &self,
+        listener: TcpListener,
+    ) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static {
+        let acceptor = self.acceptor.clone();
+        TcpListenerStream::new(listener)
+            .filter_map(|tcp| async move {
+                match tcp {
+                    Ok(tcp) => Some(tcp),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accepting a connection failed");
+                        None
+                    }
+                }
+            })
+            .map(move |tcp| {
+                let acceptor = acceptor.clone();
+                async move {
+                    let peer = tcp.peer_addr().ok();
+                    // Small acks and deliveries must not wait for delayed
+                    // ACKs, with or without TLS.
+                    tcp.set_nodelay(true)?;
+                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                        Ok(Ok(stream)) => Ok(stream),
+                        Ok(Err(e)) => {
+                            tracing::debug!(?peer, error = %e, "TLS handshake failed");
+                            Err(e)
+                        }
+                        Err(_) => {
+                            tracing::debug!(?peer, "TLS handshake timed out");
+                            Err(io::ErrorKind::TimedOut.into())
+                        }
+                    }
+                }
+            })
+            .buffer_unordered(MAX_HANDSHAKES)
+            // tonic ends the whole server on an accept error it does not
+            // know, so a failed handshake must never reach it.
+            .filter_map(|handshake: io::Result<_>| async move { handshake.ok().map(Ok) })
+    }
+}
+
+/// Every certificate in the PEM file at `path`; at least one.
+pub(crate) fn certificates(
+    flag: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    readable(flag, path)?;
+    let certs = CertificateDer::pem_file_iter(path)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| pem_error(flag, path, e))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem {
+            flag,
+            path: path.to_owned(),
+            reason: "no CERTIFICATE block in the file".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The private key in the PEM file at `path` (PKCS#8, PKCS#1 or SEC1).
+pub(crate) fn private_key(
+    flag: &'static str,
+    path: &Path,
+) -> Result<PrivateKeyDer<'static>, TlsError> {
+    readable(flag, path)?;
+    PrivateKeyDer::from_pem_file(path).map_err(|e| pem_error(flag, path, e))
+}
+
+fn root_store(flag: &'static str, path: &Path) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certificates(flag, path)? {
+        roots.add(cert).map_err(|e| TlsError::Pem {
+            flag,
+            path: path.to_owned(),
+            reason: format!("not a usable CA certificate: {e}"),
+        })?;
+    }
+    Ok(roots)
+}
+
+/// Reads nothing, but turns a missing or unreadable file into an error that
+/// names the flag, before the PEM parser gives a vaguer one.
+pub(crate) fn readable(flag: &'static str, path: &Path) -> Result<(), TlsError> {
+    std::fs::File::open(path)
+        .map(drop)
+        .map_err(|source| TlsError::Read {
+            flag,
+            path: path.to_owned(),
+            source,
+        })
+}
+
+fn pem_error(flag: &'static str, path: &Path, e: rustls::pki_types::pem::Error) -> TlsError {
+    TlsError::Pem {
+        flag,
+        path: path.to_owned(),
+        reason: match e {
+            rustls::pki_types::pem::Error::NoItemsFound => "no matching PEM block in the file".into(),
+            other => other.to_string(),
+        },
+    }
+}
