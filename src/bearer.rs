@@ -119,7 +119,7 @@ impl SendTokenArgs {
 }
 
 /// Server side: refuses calls without the right token, when one is set.
-/// As an interceptor it is a tower layer (`tonic::service::interceptor`)
+/// As an interceptor it is a tower layer (`tonic::service::InterceptorLayer`)
 /// that keeps the wrapped service's name, so it guards exactly the service
 /// it wraps, wherever that service is hosted.
 #[derive(Debug, Clone)]
@@ -214,7 +214,10 @@ mod tests {
         assert_eq!(check(Some("s3cret"), Some("Bearer s3cret")), Ok(()));
         assert_eq!(check(Some("s3cret"), Some("bearer s3cret")), Ok(()));
         assert_eq!(check(Some("s3cret"), Some("Bearer s3cre")), unauthenticated);
-        assert_eq!(check(Some("s3cret"), Some("Bearer s3cretX")), unauthenticated);
+        assert_eq!(
+            check(Some("s3cret"), Some("Bearer s3cretX")),
+            unauthenticated
+        );
         assert_eq!(check(Some("s3cret"), Some("Basic s3cret")), unauthenticated);
         assert_eq!(check(Some("s3cret"), Some("s3cret")), unauthenticated);
         assert_eq!(check(Some("s3cret"), None), unauthenticated);

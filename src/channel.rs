@@ -85,7 +85,11 @@ impl ClientTls {
     /// Trusts `ca_pem` only and checks the server's certificate under
     /// `server_name` whatever address is dialled: for a process that
     /// connects to its own listener over loopback.
-    pub fn for_own_listener(ca_pem: Vec<u8>, identity: Option<(Vec<u8>, Vec<u8>)>, server_name: &str) -> Self {
+    pub fn for_own_listener(
+        ca_pem: Vec<u8>,
+        identity: Option<(Vec<u8>, Vec<u8>)>,
+        server_name: &str,
+    ) -> Self {
         let mut config = ClientTlsConfig::new()
             .ca_certificate(Certificate::from_pem(ca_pem))
             .domain_name(server_name);

@@ -118,8 +118,16 @@ pub async fn serve(
     // TLS wraps the whole listener, so every route on it is covered.
     let server = async move {
         match tls {
-            None => router.serve_with_incoming_shutdown(incoming(listener), stop).await,
-            Some(tls) => router.serve_with_incoming_shutdown(tls.incoming(listener), stop).await,
+            None => {
+                router
+                    .serve_with_incoming_shutdown(incoming(listener), stop)
+                    .await
+            }
+            Some(tls) => {
+                router
+                    .serve_with_incoming_shutdown(tls.incoming(listener), stop)
+                    .await
+            }
         }
     };
     drain(server, &shutdown).await

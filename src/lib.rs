@@ -15,7 +15,7 @@ pub mod shutdown;
 mod sqlite;
 pub mod store;
 pub mod telemetry;
-pub mod tls;
 #[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]
 pub mod testkit;
+pub mod tls;

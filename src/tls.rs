@@ -91,8 +91,8 @@ impl ServerTlsArgs {
             }
         };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder =
-            ServerConfig::builder_with_provider(provider.clone()).with_safe_default_protocol_versions()?;
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()?;
         let builder = match &self.tls_client_ca {
             None => builder.with_no_client_auth(),
             Some(path) => {
@@ -237,7 +237,9 @@ fn pem_error(flag: &'static str, path: &Path, e: rustls::pki_types::pem::Error) 
         flag,
         path: path.to_owned(),
         reason: match e {
-            rustls::pki_types::pem::Error::NoItemsFound => "no matching PEM block in the file".into(),
+            rustls::pki_types::pem::Error::NoItemsFound => {
+                "no matching PEM block in the file".into()
+            }
             other => other.to_string(),
         },
     }

@@ -243,13 +243,22 @@ def check_listed(pb: SimpleNamespace, stub, source: str, count: int, deadline: f
     return got
 
 
-def run(addr: str, count: int, proto_dir: Path) -> str:
+def _channel(addr: str, tls_ca: Path | None):
+    import grpc
+
+    if tls_ca is None:
+        return grpc.insecure_channel(addr)
+    credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
+    return grpc.secure_channel(addr, credentials)
+
+
+def run(addr: str, count: int, proto_dir: Path, tls_ca: Path | None = None) -> str:
     import grpc
 
     with tempfile.TemporaryDirectory(prefix="tributary-peer-") as tmp:
         pb = generate_stubs(proto_dir, Path(tmp))
         source = f"python-peer-{secrets.token_hex(8)}"
-        with grpc.insecure_channel(addr) as channel:
+        with _channel(addr, tls_ca) as channel:
             try:
                 grpc.channel_ready_future(channel).result(timeout=10)
             except grpc.FutureTimeoutError:
@@ -283,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--addr", help="host:port of a server with Ingest and Query, e.g. 127.0.0.1:50051")
     ap.add_argument("--count", type=int, default=1000, help="records to publish (default 1000)")
     ap.add_argument("--proto-dir", type=Path, default=REPO_ROOT / "proto", help=argparse.SUPPRESS)
+    ap.add_argument("--tls-ca", type=Path, help="PEM CA to trust: connect over TLS")
     ap.add_argument(
         "--stubs-only",
         action="store_true",
@@ -305,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
             ap.error("--addr is required")
         if args.count < 1:
             ap.error("--count must be at least 1")
-        print(run(args.addr, args.count, args.proto_dir))
+        print(run(args.addr, args.count, args.proto_dir, args.tls_ca))
         return 0
     except PeerFailure as err:
         print(f"peer.py: FAIL: {err}", file=sys.stderr)

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tributary::channel::{ClientTlsArgs, Link};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tributary::channel::{ClientTlsArgs, Link};
 
 /// Which server and service to ask about.
 #[derive(Debug, Clone, clap::Args)]

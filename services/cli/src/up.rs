@@ -14,13 +14,13 @@ use tributary::{
     channel::{ClientTls, Link},
     clock::SystemClock,
     grpc,
-    tls::{ServerTls, ServerTlsArgs},
     proto::{
         coordinator_server::CoordinatorServer, ingest_server::IngestServer,
         query_server::QueryServer,
     },
     queue::{self, Queue},
     store::{self, Store},
+    tls::{ServerTls, ServerTlsArgs},
 };
 use tributary_api::QueryService;
 use tributary_coordinator::CoordinatorService;
@@ -177,7 +177,11 @@ impl App {
         }
         let link = match self.own_tls {
             Some(tls) => Link::new(format!("https://{own}"), tls, self.token.clone()),
-            None => Link::new(format!("http://{own}"), ClientTls::default(), self.token.clone()),
+            None => Link::new(
+                format!("http://{own}"),
+                ClientTls::default(),
+                self.token.clone(),
+            ),
         };
         let tuning = self.config.tuning.tuning()?;
         let workers = tributary_parser::spawn_workers(

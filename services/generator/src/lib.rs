@@ -124,8 +124,7 @@ pub async fn run(command: Generate, shutdown: CancellationToken) -> anyhow::Resu
             let link = args.publish.link()?;
             let publisher = Publisher::start_on(&args.publish, &link, shutdown.clone())?;
             let coordinator = link.without_token().to(args.coordinator.clone());
-            let (tasks, stats) =
-                spawn_numbers(&args, &publisher, &coordinator, clock, &shutdown)?;
+            let (tasks, stats) = spawn_numbers(&args, &publisher, &coordinator, clock, &shutdown)?;
             for task in tasks {
                 task.await?;
             }

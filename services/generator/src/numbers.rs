@@ -18,10 +18,10 @@ use std::{
     time::Duration,
 };
 
+use anyhow::Context as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
-use anyhow::Context as _;
 use tonic::{Streaming, transport::Endpoint};
 use tributary::{
     channel::Link,

@@ -16,14 +16,14 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::service::{RoutesBuilder, interceptor::InterceptedService};
+use tonic::service::{InterceptorLayer, RoutesBuilder, interceptor::InterceptedService};
 use tower::Layer as _;
 use tributary::{
     bearer::{BearerToken, RequireBearer},
     grpc,
-    tls::ServerTls,
     proto::ingest_server::IngestServer,
     queue::{self, Queue},
+    tls::ServerTls,
 };
 
 /// A built ingest server: its queue is open and its port is bound.
@@ -93,5 +93,5 @@ pub fn service(
     // The token check wraps this service alone, not the listener: health
     // and reflection beside it stay open, and in `tributary up` the Query
     // and Coordinator services are not producer-facing.
-    tonic::service::interceptor(RequireBearer::new(token)).layer(server)
+    InterceptorLayer::new(RequireBearer::new(token)).layer(server)
 }

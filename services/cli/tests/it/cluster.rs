@@ -232,8 +232,8 @@ fn envoy_config(
         assert_eq!(listener["name"].as_str(), Some("entry_tls"));
         listener["address"]["socket_address"]["port_value"] = port.into();
         listener["address"]["socket_address"]["address"] = "127.0.0.1".into();
-        let context = &mut listener["filter_chains"][0]["transport_socket"]["typed_config"]
-            ["common_tls_context"]["tls_certificates"][0];
+        let context = &mut listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+            ["tls_certificates"][0];
         context["certificate_chain"]["filename"] = certs.server_cert.to_str().unwrap().into();
         context["private_key"]["filename"] = certs.server_key.to_str().unwrap().into();
     }

@@ -98,7 +98,10 @@ async fn a_producer_publishes_over_tls_and_the_records_are_stored() {
     // The certificate also names 127.0.0.1, and health speaks TLS too.
     let ip_url = format!("https://127.0.0.1:{}", mesh.addr.port());
     let (ok, out, err) = health(&["--connect", &ip_url, "--tls-ca", path(&certs.ca)]).await;
-    assert!(ok && out.trim() == "SERVING", "health over TLS: {out} {err}");
+    assert!(
+        ok && out.trim() == "SERVING",
+        "health over TLS: {out} {err}"
+    );
 }
 
 #[tokio::test]
@@ -112,7 +115,10 @@ async fn a_client_that_does_not_speak_or_trust_the_servers_tls_fails_clearly() {
     // Plaintext HTTP/2 against a TLS listener: the handshake never starts.
     let (ok, _, err) = health(&["--connect", &format!("http://127.0.0.1:{port}")]).await;
     assert!(!ok, "a plaintext client must not get an answer");
-    assert!(err.contains("127.0.0.1"), "the error names the server: {err}");
+    assert!(
+        err.contains("127.0.0.1"),
+        "the error names the server: {err}"
+    );
 
     // TLS, but without the test CA: the system roots do not trust it.
     let (ok, _, err) = health(&["--connect", &format!("https://localhost:{port}")]).await;
@@ -364,4 +370,33 @@ async fn envoy_terminates_tls_for_producers_and_the_records_are_stored() {
     let plain = url.replace("https://localhost", "http://127.0.0.1");
     let (ok, _, _) = health(&["--connect", &plain, "--timeout-secs", "2"]).await;
     assert!(!ok, "Envoy's TLS listener must refuse plaintext");
+}
+
+/// A client no code of ours wrote: Python grpcio over TLS, trusting the
+/// test CA, publishes and reads its records back.
+#[tokio::test]
+async fn a_python_grpcio_client_publishes_over_tls() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::generate(dir.path());
+    let mesh = tls_mesh(data.path(), &certs, &[]).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peer/peer.py");
+    let output = Command::new(tool("TRIBUTARY_PYTHON"))
+        .arg(&script)
+        .arg("--addr")
+        .arg(mesh.addr.to_string())
+        .arg("--tls-ca")
+        .arg(&certs.ca)
+        .arg("--count")
+        .arg("1000")
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "peer.py over TLS failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("peer ok"));
 }

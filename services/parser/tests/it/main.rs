@@ -37,6 +37,8 @@ async fn start_ingest_on(queue: &str, limits: Limits) -> Server {
         queue: queue.into(),
         data_dir: dir.path().to_owned(),
         limits,
+        tls: Default::default(),
+        auth: Default::default(),
     })
     .await
     .unwrap();
