@@ -1,6 +1,7 @@
 //! Integration tests of the `tributary` binary: each test starts real
 //! processes on ephemeral ports with its own data directory.
 
+mod alerts;
 mod bad_input;
 mod cluster;
 mod compose;
