@@ -63,10 +63,9 @@ pub struct Config {
     /// PEM private key of --tls-client-cert.
     #[arg(long, env = "TRIBUTARY_TLS_CLIENT_KEY", requires = "tls_client_cert")]
     pub tls_client_key: Option<PathBuf>,
-    /// The CA that signed --tls-cert, for this process's own parsers and
-    /// producers, which connect to its listener as `localhost` (so the
-    /// certificate must name localhost). Default: --tls-cert itself, which
-    /// suffices for a self-signed certificate.
+    /// The CA that signed --tls-cert; needed with --tls-cert, since this
+    /// process's own parsers and producers connect to its listener over TLS
+    /// as `localhost` (so the certificate must name localhost too).
     #[arg(long, env = "TRIBUTARY_TLS_CA", requires = "tls_cert")]
     pub tls_ca: Option<PathBuf>,
     #[command(flatten)]
@@ -208,17 +207,22 @@ impl App {
 }
 
 /// The TLS this process's own clients use towards its listener: they trust
-/// --tls-ca (or the served certificate itself) and check the certificate
+/// --tls-ca and check the certificate
 /// under [`OWN_SERVER_NAME`], whatever address the listener is bound to.
 fn own_client_tls(config: &Config) -> anyhow::Result<ClientTls> {
     let read = |flag: &str, path: &PathBuf| {
         std::fs::read(path).with_context(|| format!("reading {flag} {}", path.display()))
     };
-    let ca = match (&config.tls_ca, &config.tls.tls_cert) {
-        (Some(ca), _) => read("--tls-ca", ca)?,
-        (None, Some(cert)) => read("--tls-cert", cert)?,
-        (None, None) => anyhow::bail!("--tls-ca needs --tls-cert"),
+    // Trusting the served certificate itself is no default: rustls refuses
+    // a certificate marked as a CA as a server's own, which is how most
+    // self-signed certificates are made.
+    let Some(ca) = &config.tls_ca else {
+        anyhow::bail!(
+            "with --tls-cert, give --tls-ca too: the CA that signed the certificate, which this \
+             process's own parsers and producers trust when they connect to it"
+        );
     };
+    let ca = read("--tls-ca", ca)?;
     let identity = match (&config.tls_client_cert, &config.tls_client_key) {
         (Some(cert), Some(key)) => Some((
             read("--tls-client-cert", cert)?,

@@ -400,3 +400,30 @@ async fn a_python_grpcio_client_publishes_over_tls() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("peer ok"));
 }
+
+#[tokio::test]
+async fn up_with_a_certificate_but_no_ca_for_its_own_clients_stops_before_binding() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let certs = TestCerts::generate(dir.path());
+    let output = Command::new(BIN)
+        .args([
+            "up",
+            "--no-workloads",
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+        ])
+        .arg(data.path())
+        .arg("--tls-cert")
+        .arg(&certs.server_cert)
+        .arg("--tls-key")
+        .arg(&certs.server_key)
+        .output()
+        .await
+        .unwrap();
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(err.contains("--tls-ca"), "{err}");
+    assert!(!String::from_utf8_lossy(&output.stdout).contains("listening"));
+}
