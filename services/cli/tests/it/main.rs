@@ -8,6 +8,8 @@ mod crash;
 mod end_to_end;
 mod fleet;
 mod mesh;
+mod notebook;
 mod peers;
+mod rest;
 mod support;
 mod workloads;
