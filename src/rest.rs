@@ -80,7 +80,7 @@ pub const MAX_BODY_BYTES: usize = 4 << 20;
 /// transcoder does not know is answered 404 with a JSON error body.
 pub fn router<T>(transcoder: T) -> Router
 where
-    T: Transcode + Clone + Send + Sync + 'static,
+    T: Transcode + Clone + Send + 'static,
 {
     Router::new()
         .route(OPENAPI_PATH, get(openapi))

@@ -105,7 +105,7 @@ pub fn service(store: Arc<dyn Store>, shutdown: CancellationToken) -> QueryServe
 /// exactly this, so a page or route added here appears in both.
 pub fn http_routes<T>(rest: T) -> axum::Router
 where
-    T: Transcode + Clone + Send + Sync + 'static,
+    T: Transcode + Clone + Send + 'static,
 {
     tributary::rest::router(rest)
 }

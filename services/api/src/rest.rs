@@ -13,6 +13,6 @@ use crate::QueryService;
 pub fn transcoder(
     store: Arc<dyn Store>,
     shutdown: CancellationToken,
-) -> impl Transcode + Clone + Send + Sync + 'static {
+) -> impl Transcode + Clone + Send + 'static {
     tributary::rest::query(QueryService::new(store, shutdown))
 }

@@ -44,18 +44,19 @@ async fn main() {
             .unwrap()
             .as_str()
             .unwrap()
-            .to_owned()
+            // `+` in a query string means a space.
+            .replace('+', "%2B")
     };
     let cases = [
         Case {
             label: "all readings",
             query: String::new(),
-            requests: 20,
+            requests: 12,
         },
         Case {
             label: "all readings, per sensor",
             query: "?groupBySensor=true".into(),
-            requests: 20,
+            requests: 12,
         },
         Case {
             label: "last 10 s (10,000 readings)",
