@@ -134,13 +134,16 @@ impl RequireBearer {
     }
 }
 
-impl Interceptor for RequireBearer {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+impl RequireBearer {
+    /// Checks the `authorization` entry of `metadata`. The REST face calls
+    /// this too: its transcoder invokes the handlers directly, so the
+    /// interceptor around the gRPC service never sees REST requests.
+    pub fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
         let Some(token) = &self.token else {
-            return Ok(request);
+            return Ok(());
         };
-        let Some(header) = request.metadata().get("authorization") else {
-            tracing::debug!(peer = ?request.remote_addr(), "call without a bearer token refused");
+        let Some(header) = metadata.get("authorization") else {
+            tracing::debug!("call without a bearer token refused");
             return Err(Status::unauthenticated(
                 "this server requires a bearer token: send `authorization: Bearer <token>`",
             ));
@@ -151,9 +154,16 @@ impl Interceptor for RequireBearer {
             && presented[..7].eq_ignore_ascii_case(b"bearer ")
             && token.matches(&presented[7..]);
         if !ok {
-            tracing::debug!(peer = ?request.remote_addr(), "call with a wrong bearer token refused");
+            tracing::debug!("call with a wrong bearer token refused");
             return Err(Status::unauthenticated("the bearer token is not valid"));
         }
+        Ok(())
+    }
+}
+
+impl Interceptor for RequireBearer {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.check(request.metadata())?;
         Ok(request)
     }
 }

@@ -113,6 +113,8 @@ pub async fn serve(
         // rewrite is a layer so that every service gets it, unary included.
         .layer(tower::util::MapResponseLayer::new(too_large_is_exhausted))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        // HTTP/1.1 for the REST face and browsers, on the same port as gRPC.
+        .accept_http1(true)
         .add_routes(routes);
     let stop = shutdown.clone().cancelled_owned();
     // TLS wraps the whole listener, so every route on it is covered.

@@ -1,7 +1,9 @@
-//! The query API: serves what the parsers stored over gRPC.
+//! The query API: serves what the parsers stored over gRPC and, on the same
+//! port, over REST.
 #![forbid(unsafe_code)]
 
 mod convert;
+pub mod rest;
 mod service;
 
 pub use service::QueryService;
@@ -15,6 +17,7 @@ use tonic::service::RoutesBuilder;
 use tributary::{
     grpc,
     proto::query_server::QueryServer,
+    rest::Transcode,
     store::{self, Store},
 };
 
@@ -81,7 +84,8 @@ impl App {
 
     /// Serves until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut routes = RoutesBuilder::default();
+        let rest = rest::transcoder(self.store.clone(), shutdown.clone());
+        let mut routes = RoutesBuilder::from(http_routes(rest));
         routes.add_service(service(self.store.clone(), shutdown.clone()));
         grpc::add_standard_services_advertising(
             &mut routes,
@@ -98,4 +102,15 @@ impl App {
 /// The Query gRPC service over `store`.
 pub fn service(store: Arc<dyn Store>, shutdown: CancellationToken) -> QueryServer<QueryService> {
     QueryServer::new(QueryService::new(store, shutdown))
+}
+
+/// Everything the api serves over plain HTTP beside gRPC, on the same port:
+/// the REST face of `rest` (Query's routes; `tributary up` adds Ingest's) and
+/// the OpenAPI document. Both the stand-alone api and `tributary up` serve
+/// exactly this, so a page or route added here appears in both.
+pub fn http_routes<T>(rest: T) -> axum::Router
+where
+    T: Transcode + Clone + Send + 'static,
+{
+    tributary::rest::router(rest)
 }

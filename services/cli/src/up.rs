@@ -139,7 +139,16 @@ impl App {
     /// drain, and the queue and store close.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let mut routes = RoutesBuilder::default();
+        let rest = tributary::rest::Either(
+            tributary_api::rest::transcoder(self.store.clone(), shutdown.clone()),
+            tributary_ingest::rest(
+                self.queue.clone(),
+                self.config.limits.clone(),
+                self.token.clone(),
+                shutdown.clone(),
+            ),
+        );
+        let mut routes = RoutesBuilder::from(tributary_api::http_routes(rest));
         routes.add_service(tributary_ingest::service(
             self.queue.clone(),
             self.config.limits.clone(),

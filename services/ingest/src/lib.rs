@@ -23,6 +23,7 @@ use tributary::{
     grpc,
     proto::ingest_server::IngestServer,
     queue::{self, Queue},
+    rest::Transcode,
     tls::ServerTls,
 };
 
@@ -60,7 +61,13 @@ impl App {
 
     /// Serves until `shutdown` is cancelled, then drains and closes the queue.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut routes = RoutesBuilder::default();
+        let rest = rest(
+            self.queue.clone(),
+            self.limits.clone(),
+            self.token.clone(),
+            shutdown.clone(),
+        );
+        let mut routes = RoutesBuilder::from(tributary::rest::router(rest));
         routes.add_service(service(
             self.queue.clone(),
             self.limits.clone(),
@@ -94,4 +101,19 @@ pub fn service(
     // and reflection beside it stay open, and in `tributary up` the Query
     // and Coordinator services are not producer-facing.
     InterceptorLayer::new(RequireBearer::new(token)).layer(server)
+}
+
+/// The REST transcoder of Ingest's annotated methods (`POST /v1/records`)
+/// over `queue`, answered by the same handlers as gRPC and guarded by the
+/// same `token`.
+pub fn rest(
+    queue: Arc<dyn Queue>,
+    limits: Limits,
+    token: Option<BearerToken>,
+    shutdown: CancellationToken,
+) -> impl Transcode + Clone + Send + 'static {
+    tributary::rest::ingest(
+        IngestService::new(queue, limits, shutdown),
+        RequireBearer::new(token),
+    )
 }

@@ -373,6 +373,16 @@ async fn sigint_mid_run_leaves_no_worker_alive() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(status.phase(), FleetPhase::Running);
+    // The same status over the listener's REST face, as canonical JSON.
+    let rest: serde_json::Value = reqwest::get(format!("http://{addr}/v1/fleet/status"))
+        .await
+        .expect("GET /v1/fleet/status answers")
+        .json()
+        .await
+        .expect("the answer is JSON");
+    assert_eq!(rest["phase"], "FLEET_PHASE_RUNNING", "{rest}");
+    assert_eq!(rest["target"], "100000", "{rest}");
+    assert_eq!(rest["workers"].as_array().map(Vec::len), Some(16), "{rest}");
     let pids: Vec<u32> = status.workers.iter().map(|w| w.pid).collect();
     assert!(pids.iter().all(|&pid| is_alive(pid)));
     assert_eq!(
