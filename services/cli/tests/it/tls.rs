@@ -322,6 +322,33 @@ async fn the_ingest_service_wants_the_token_and_health_and_reflection_stay_open(
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(err.contains("bearer token"), "{err}");
+
+    // REST publishes take the same token: the transcoder calls the handler
+    // directly, past the gRPC interceptor, so it has a guard of its own.
+    let rest = reqwest::Client::builder().http1_only().build().unwrap();
+    let url = format!("http://{}/v1/records", mesh.addr);
+    let body = serde_json::json!({"records": [{"source": "rest-token", "seq": "1", "text": {"body": "hi"}}]});
+    let post = |auth: Option<&'static str>| {
+        let mut request = rest.post(&url).json(&body);
+        if let Some(auth) = auth {
+            request = request.header("authorization", auth);
+        }
+        request.send()
+    };
+    for auth in [None, Some("Bearer correct-horse-battery-staple")] {
+        let refused = post(auth).await.unwrap();
+        assert_eq!(
+            refused.status(),
+            reqwest::StatusCode::UNAUTHORIZED,
+            "{auth:?}"
+        );
+        let error: serde_json::Value = refused.json().await.unwrap();
+        assert_eq!(error["code"], 16, "UNAUTHENTICATED: {error}");
+    }
+    let accepted = post(Some("Bearer correct-horse-battery")).await.unwrap();
+    assert_eq!(accepted.status(), reqwest::StatusCode::OK);
+    let answer: serde_json::Value = accepted.json().await.unwrap();
+    assert_eq!(answer["accepted"], 1, "{answer}");
 }
 
 #[test]
