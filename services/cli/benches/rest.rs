@@ -5,8 +5,8 @@
 //! before it. Prints a Markdown table.
 //!
 //! Run: `cargo bench -p tributary-cli --bench rest`
-//! (`-- --rows N` changes the number of readings; `-- --sqlite-only` skips
-//! PostgreSQL).
+//! (`-- --rows N` changes the number of readings; `-- --sqlite-only` or
+//! `-- --postgres-only` runs one store).
 
 #[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
@@ -36,6 +36,7 @@ async fn main() {
         .nth(1)
         .map_or(1_000_000, |n| n.parse().expect("--rows takes a number"));
     let sqlite_only = args.iter().any(|a| a == "--sqlite-only");
+    let postgres_only = args.iter().any(|a| a == "--postgres-only");
 
     let end = clock::now_micros();
     let start = end - rows * 1000;
@@ -76,11 +77,13 @@ async fn main() {
     ];
 
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("tributary.db");
-    let sqlite = format!("sqlite://{}", path.display());
-    eprintln!("filling SQLite with {rows} readings");
-    fill_sqlite(&sqlite, rows, start).await;
-    run_store("SQLite", &sqlite, &cases, &mut table).await;
+    if !postgres_only {
+        let path = dir.path().join("tributary.db");
+        let sqlite = format!("sqlite://{}", path.display());
+        eprintln!("filling SQLite with {rows} readings");
+        fill_sqlite(&sqlite, rows, start).await;
+        run_store("SQLite", &sqlite, &cases, &mut table).await;
+    }
 
     if !sqlite_only {
         let pg = testkit::postgres_database().await;
@@ -189,7 +192,7 @@ async fn fill_postgres(url: &str, rows: i64, start: i64) {
         "INSERT INTO sensor_readings (parser, source, seq, sensor_id, metric, value, unit, measured_at) \
          SELECT 'sensor', 'bench', i, 'sensor-' || (i % {SENSORS}), 'temperature', \
                 20.0 + ((i * 7919) % 1000) / 100.0, 'C', {start} + i * 1000 \
-         FROM generate_series(0, {rows} - 1) AS i"
+         FROM generate_series(0::BIGINT, {rows} - 1) AS i"
     );
     conn.execute(sqlx::AssertSqlSafe(sql)).await.unwrap();
     conn.execute("ANALYZE sensor_readings").await.unwrap();
