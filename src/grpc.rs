@@ -106,14 +106,27 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let server = Server::builder()
+        // HTTP/1.1 for `GET /metrics` (Prometheus scrapes over HTTP/1.1).
+        .accept_http1(true)
+        // Outermost, so the open-call gauge counts every call, whatever a
+        // layer inside does with it.
+        .layer(crate::metrics::OpenStreamsLayer)
+        // Before the status rewrite, so the call's span covers the handler
+        // and everything it spawns in the span.
+        .layer(crate::trace_context::ServerSpanLayer)
         // tonic reports a message over the decoding limit as OUT_OF_RANGE;
         // gRPC's convention (and our contract) is RESOURCE_EXHAUSTED. The
         // rewrite is a layer so that every service gets it, unary included.
         .layer(tower::util::MapResponseLayer::new(too_large_is_exhausted))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        .add_routes(routes)
+        .add_routes(with_metrics(routes))
         .serve_with_incoming_shutdown(incoming(listener), shutdown.clone().cancelled_owned());
     drain(server, &shutdown).await
+}
+
+/// `routes` plus `GET /metrics` on the same port.
+fn with_metrics(routes: Routes) -> Routes {
+    Routes::from(routes.into_axum_router().merge(crate::metrics::router()))
 }
 
 /// Runs `server` to completion, but gives up [`GRACE`] after `shutdown`.

@@ -5,7 +5,9 @@
 
 pub mod clock;
 pub mod grpc;
+pub mod grpc_client;
 pub mod kind;
+pub mod metrics;
 pub mod proto;
 pub mod queue;
 pub mod shutdown;
@@ -15,3 +17,4 @@ pub mod telemetry;
 #[cfg(any(test, feature = "testkit"))]
 #[doc(hidden)]
 pub mod testkit;
+pub mod trace_context;

@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use tonic::transport::Endpoint;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
+use tributary::grpc_client;
 
 /// Which server and service to ask about.
 #[derive(Debug, Clone, clap::Args)]
@@ -31,11 +31,11 @@ pub struct Config {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(config.timeout_secs);
-    let channel = Endpoint::from_shared(config.connect.clone())
+    let endpoint = grpc_client::endpoint(config.connect.clone())
         .with_context(|| format!("bad --connect URI {:?}", config.connect))?
         .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
+        .timeout(timeout);
+    let channel = grpc_client::connect(&endpoint)
         .await
         .with_context(|| format!("connecting to {}", config.connect))?;
     let status = HealthClient::new(channel)

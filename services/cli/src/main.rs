@@ -8,8 +8,9 @@ mod monitor;
 mod send;
 mod up;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tributary::{shutdown, telemetry};
+use tributary::{metrics, shutdown, telemetry};
 
 /// Tributary: a gRPC streaming mesh. Producers publish records to stateless
 /// ingest servers, a durable queue holds them, parser workers store them in
@@ -68,9 +69,18 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let telemetry = telemetry::init(cli.log_format, cli.command.service_name())
+        .context("setting up telemetry from the OTEL_* variables")?;
+    metrics::install();
+    let result = run(cli.command).await;
+    // Spans of a failed run matter most: flush them either way.
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
-    match cli.command {
+    match command {
         Command::Up(config) => {
             let app = up::App::build(config).await?;
             announce(app.local_addr());
@@ -101,6 +111,24 @@ async fn main() -> anyhow::Result<()> {
         Command::Generate(command) => tributary_generator::run(command, shutdown).await,
         Command::Monitor(config) => monitor::run(config, shutdown).await,
         Command::Fleet(command) => fleet::run(command, shutdown).await,
+    }
+}
+
+impl Command {
+    /// This process's name in traces, unless `OTEL_SERVICE_NAME` says.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Up(_) => "tributary",
+            Command::Send(_) => "tributary-send",
+            Command::Ingest(_) => "tributary-ingest",
+            Command::Parser(_) => "tributary-parser",
+            Command::Api(_) => "tributary-api",
+            Command::Coordinator(_) => "tributary-coordinator",
+            Command::Generate(_) => "tributary-generator",
+            Command::Monitor(_) => "tributary-monitor",
+            Command::Health(_) => "tributary-health",
+            Command::Fleet(_) => "tributary-fleet",
+        }
     }
 }
 

@@ -7,8 +7,10 @@ use std::{io::IsTerminal, time::Duration};
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Endpoint;
-use tributary::proto::{GetSmsProgressRequest, SmsProgress, query_client::QueryClient};
+use tributary::{
+    grpc_client,
+    proto::{GetSmsProgressRequest, SmsProgress, query_client::QueryClient},
+};
 
 /// What the monitor watches and when it stops.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,10 +61,10 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.every >= Duration::from_millis(10),
         "--every must be at least 10ms"
     );
-    let channel = Endpoint::from_shared(config.connect.clone())
-        .with_context(|| format!("bad --connect URI {:?}", config.connect))?
-        .connect_timeout(Duration::from_secs(5))
-        .connect_lazy();
+    let channel = grpc_client::connect_lazy(
+        &grpc_client::endpoint(config.connect.clone())
+            .with_context(|| format!("bad --connect URI {:?}", config.connect))?,
+    );
     let mut client = QueryClient::new(channel);
     let terminal = std::io::stdout().is_terminal();
     let bar = terminal.then(|| {

@@ -19,7 +19,7 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, transport::Endpoint};
 use tributary::{
-    clock,
+    clock, grpc_client,
     proto::{
         PublishRequest, PublishResponse, RandomNumber, Record, ingest_client::IngestClient,
         record::Payload,
@@ -101,10 +101,8 @@ async fn run(
     source: String,
     mut rx: mpsc::UnboundedReceiver<Record>,
 ) -> anyhow::Result<PublishSummary> {
-    let endpoint = Endpoint::from_shared(addr.clone())
-        .with_context(|| format!("bad --publish address {addr:?}"))?
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_nodelay(true);
+    let endpoint = grpc_client::endpoint(addr.clone())
+        .with_context(|| format!("bad --publish address {addr:?}"))?;
     let mut summary = PublishSummary {
         source,
         ..Default::default()
@@ -143,7 +141,7 @@ async fn session(
     outbox: &mut Outbox,
     summary: &mut PublishSummary,
 ) -> anyhow::Result<()> {
-    let channel = endpoint.connect().await.context("connecting")?;
+    let channel = grpc_client::connect(endpoint).await.context("connecting")?;
     let (tx, requests) = mpsc::channel::<PublishRequest>(16);
     let mut responses = IngestClient::new(channel)
         .publish(ReceiverStream::new(requests))
@@ -154,6 +152,7 @@ async fn session(
         tx.send(PublishRequest {
             batch_id,
             records: records.clone(),
+            ..Default::default()
         })
         .await
         .context("the publish stream closed")?;
@@ -178,7 +177,11 @@ async fn session(
                 let batch_id = outbox.next_batch;
                 outbox.next_batch += 1;
                 outbox.unacked.insert(batch_id, records.clone());
-                tx.send(PublishRequest { batch_id, records })
+                tx.send(PublishRequest {
+                    batch_id,
+                    records,
+                    ..Default::default()
+                })
                     .await
                     .context("the publish stream closed")?;
             }
@@ -187,7 +190,11 @@ async fn session(
                     .context("publish stream failed")?
                     .ok_or_else(|| anyhow::anyhow!("the server ended the publish stream"))?;
                 if let Some((batch_id, records)) = settle(response, outbox, summary) {
-                    tx.send(PublishRequest { batch_id, records })
+                    tx.send(PublishRequest {
+                    batch_id,
+                    records,
+                    ..Default::default()
+                })
                         .await
                         .context("the publish stream closed")?;
                 }

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Streaming, transport::Endpoint};
 use tributary::{
     clock::{self, WallClock},
+    grpc_client,
     proto::{
         ClaimRequest, ClaimResponse, RandomNumber, Record, coordinator_client::CoordinatorClient,
         record::Payload,
@@ -66,10 +67,11 @@ pub struct GrpcClaimer {
 
 impl GrpcClaimer {
     pub fn new(coordinator: &str, generator_id: String) -> anyhow::Result<Self> {
-        let endpoint = Endpoint::from_shared(coordinator.to_owned())
+        let endpoint = grpc_client::endpoint(coordinator.to_owned())
             .map_err(|e| anyhow::anyhow!("bad coordinator URI {coordinator:?}: {e}"))?
-            .connect_timeout(Duration::from_secs(1))
-            .tcp_nodelay(true);
+            // A claim is due every 100 ms: a coordinator that does not
+            // answer within a second is reported, not waited for.
+            .connect_timeout(Duration::from_secs(1));
         Ok(Self {
             endpoint,
             generator_id,
@@ -86,9 +88,7 @@ impl GrpcClaimer {
                 .await
                 .map_err(|_| tonic::Status::unavailable("stream closed"))?,
             None => {
-                let channel = self
-                    .endpoint
-                    .connect()
+                let channel = grpc_client::connect(&self.endpoint)
                     .await
                     .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
                 let (tx, rx) = mpsc::channel(4);

@@ -8,6 +8,8 @@ mod crash;
 mod end_to_end;
 mod fleet;
 mod mesh;
+mod observability;
 mod peers;
 mod support;
+mod traces;
 mod workloads;
