@@ -19,7 +19,7 @@ use tributary::{metrics, shutdown, telemetry};
 /// Every flag can also be set through the environment variable shown beside
 /// it.
 #[derive(Debug, Parser)]
-#[command(name = "tributary", version)]
+#[command(name = "tributary", version, after_help = OBSERVABILITY)]
 struct Cli {
     /// Log format: `text` for people, `json` for log collectors. Levels come
     /// from RUST_LOG (default: info).
@@ -65,6 +65,15 @@ enum Command {
     #[command(subcommand)]
     Fleet(fleet::Command),
 }
+
+/// Shown after every command's flags: the standard variables we read.
+const OBSERVABILITY: &str = "\
+Traces: OTEL_EXPORTER_OTLP_ENDPOINT (for example http://localhost:4317, Jaeger's OTLP/gRPC port)
+turns span export on; without it nothing is exported. OTEL_SERVICE_NAME names this process in
+traces (default: tributary-<command>). OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG choose the
+sampler, for example parentbased_traceidratio and 0.01 (default: every trace).
+Metrics: every server serves Prometheus text at GET /metrics on its own port.
+Logs: RUST_LOG sets levels (default info); --log-format json writes one JSON object per line.";
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
