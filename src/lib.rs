@@ -8,7 +8,9 @@ pub mod bearer;
 pub mod channel;
 pub mod clock;
 pub mod grpc;
+pub mod grpc_client;
 pub mod kind;
+pub mod metrics;
 pub mod proto;
 pub mod queue;
 pub mod rest;
@@ -20,3 +22,4 @@ pub mod telemetry;
 #[doc(hidden)]
 pub mod testkit;
 pub mod tls;
+pub mod trace_context;

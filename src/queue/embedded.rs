@@ -192,6 +192,10 @@ impl EmbeddedQueue {
 
 #[async_trait]
 impl Queue for EmbeddedQueue {
+    fn backend(&self) -> &'static str {
+        "embedded"
+    }
+
     async fn publish(&self, batches: Vec<Batch>) -> Result<Vec<Published>, QueueError> {
         let (reply, done) = oneshot::channel();
         self.inner
@@ -295,6 +299,20 @@ impl Queue for EmbeddedQueue {
             *deadline = Instant::now() + *hold;
         }
         Ok(())
+    }
+
+    async fn lag(&self, group: &str) -> Result<u64, QueueError> {
+        let state = self.inner.state();
+        let Some(g) = state.groups.get(group) else {
+            return Ok(0);
+        };
+        // Past the cursor: not yet handed out; below it: pending until acked.
+        let ahead = state
+            .log
+            .range(g.cursor..)
+            .filter(|(id, meta)| g.kinds.contains(meta.kind) && !g.acked_ahead.contains(id))
+            .count();
+        Ok((ahead + g.pending.len()) as u64)
     }
 
     async fn close(&self) {

@@ -302,6 +302,10 @@ fn chunks(records: Vec<Record>, limit: usize) -> Vec<Vec<Record>> {
 
 #[async_trait]
 impl Queue for JetStreamQueue {
+    fn backend(&self) -> &'static str {
+        "jetstream"
+    }
+
     async fn publish(&self, batches: Vec<Batch>) -> Result<Vec<Published>, QueueError> {
         let limit = self
             .client
@@ -351,6 +355,24 @@ impl Queue for JetStreamQueue {
             }
         }
         Ok(outcomes.into_values().collect())
+    }
+
+    async fn lag(&self, group: &str) -> Result<u64, QueueError> {
+        let stream = self
+            .js
+            .get_stream(&self.settings.stream)
+            .await
+            .map_err(|e| QueueError::Unavailable(format!("opening stream: {e}")))?;
+        // A group is one durable consumer per kind (see `subscribe`); those
+        // not created yet have no lag.
+        let mut lag = 0;
+        for kind in kind::ALL {
+            let name = format!("{group}_{}", kind::name(kind));
+            if let Ok(info) = stream.consumer_info(&name).await {
+                lag += info.num_pending + info.num_ack_pending as u64;
+            }
+        }
+        Ok(lag)
     }
 
     async fn subscribe(

@@ -104,6 +104,9 @@ pub trait Subscription: Send {
 /// take acknowledgements by id from anyone.
 #[async_trait]
 pub trait Queue: Send + Sync {
+    /// The backend's name in metrics and traces: `embedded` or `jetstream`.
+    fn backend(&self) -> &'static str;
+
     /// Appends the batches; returns only once they are durable, one outcome
     /// per batch in order. Records whose `(source, seq)` the queue has seen
     /// before are counted as duplicates and not appended again.
@@ -124,6 +127,10 @@ pub trait Queue: Send + Sync {
 
     /// The message is still being worked on: restart its deadline.
     async fn extend(&self, ack_id: &str) -> Result<(), QueueError>;
+
+    /// Messages published and not yet acknowledged by `group` (delivered or
+    /// not), for the lag metric. A group that never subscribed has none.
+    async fn lag(&self, group: &str) -> Result<u64, QueueError>;
 
     /// Flushes what is buffered and stops background work.
     async fn close(&self);

@@ -173,7 +173,13 @@ async fn publish(url: &str, source: &str, count: u64, rate: Option<u64>) {
                     ..reading(s)
                 })
                 .collect();
-            tx.send(PublishRequest { batch_id, records }).await.unwrap();
+            tx.send(PublishRequest {
+                batch_id,
+                records,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
             seq += n;
             batch_id += 1;
         }

@@ -8,7 +8,10 @@ use anyhow::{Context, bail};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-use tributary::channel::{ClientTlsArgs, Link};
+use tributary::{
+    channel::{ClientTlsArgs, Link},
+    grpc_client,
+};
 
 /// Which server and service to ask about.
 #[derive(Debug, Clone, clap::Args)]
@@ -33,12 +36,12 @@ pub struct Config {
 
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let timeout = Duration::from_secs(config.timeout_secs);
-    let channel = Link::new(config.connect.clone(), config.tls.load()?, None)
+    let endpoint = Link::new(config.connect.clone(), config.tls.load()?, None)
         .endpoint()
         .context("--connect")?
         .connect_timeout(timeout)
-        .timeout(timeout)
-        .connect()
+        .timeout(timeout);
+    let channel = grpc_client::connect(&endpoint)
         .await
         .with_context(|| format!("connecting to {}", config.connect))?;
     let status = HealthClient::new(channel)

@@ -8,8 +8,9 @@ mod monitor;
 mod send;
 mod up;
 
+use anyhow::Context;
 use clap::{Parser, Subcommand};
-use tributary::{shutdown, telemetry};
+use tributary::{metrics, shutdown, telemetry};
 
 /// Tributary: a gRPC streaming mesh. Producers publish records to stateless
 /// ingest servers, a durable queue holds them, parser workers store them in
@@ -18,7 +19,7 @@ use tributary::{shutdown, telemetry};
 /// Every flag can also be set through the environment variable shown beside
 /// it.
 #[derive(Debug, Parser)]
-#[command(name = "tributary", version)]
+#[command(name = "tributary", version, after_help = OBSERVABILITY)]
 struct Cli {
     /// Log format: `text` for people, `json` for log collectors. Levels come
     /// from RUST_LOG (default: info).
@@ -65,12 +66,30 @@ enum Command {
     Fleet(fleet::Command),
 }
 
+/// Shown after every command's flags: the standard variables we read.
+const OBSERVABILITY: &str = "\
+Traces: OTEL_EXPORTER_OTLP_ENDPOINT (for example http://localhost:4317, Jaeger's OTLP/gRPC port)
+turns span export on; without it nothing is exported. OTEL_SERVICE_NAME names this process in
+traces (default: tributary-<command>). OTEL_TRACES_SAMPLER and OTEL_TRACES_SAMPLER_ARG choose the
+sampler, for example parentbased_traceidratio and 0.01 (default: every trace).
+Metrics: every server serves Prometheus text at GET /metrics on its own port.
+Logs: RUST_LOG sets levels (default info); --log-format json writes one JSON object per line.";
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    telemetry::init(cli.log_format);
+    let telemetry = telemetry::init(cli.log_format, cli.command.service_name())
+        .context("setting up telemetry from the OTEL_* variables")?;
+    metrics::install();
+    let result = run(cli.command).await;
+    // Spans of a failed run matter most: flush them either way.
+    telemetry.shutdown().await;
+    result
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
     let shutdown = shutdown::on_signal();
-    match cli.command {
+    match command {
         Command::Up(config) => {
             let app = up::App::build(config).await?;
             announce(app.local_addr());
@@ -101,6 +120,24 @@ async fn main() -> anyhow::Result<()> {
         Command::Generate(command) => tributary_generator::run(command, shutdown).await,
         Command::Monitor(config) => monitor::run(config, shutdown).await,
         Command::Fleet(command) => fleet::run(command, shutdown).await,
+    }
+}
+
+impl Command {
+    /// This process's name in traces, unless `OTEL_SERVICE_NAME` says.
+    fn service_name(&self) -> &'static str {
+        match self {
+            Command::Up(_) => "tributary",
+            Command::Send(_) => "tributary-send",
+            Command::Ingest(_) => "tributary-ingest",
+            Command::Parser(_) => "tributary-parser",
+            Command::Api(_) => "tributary-api",
+            Command::Coordinator(_) => "tributary-coordinator",
+            Command::Generate(_) => "tributary-generator",
+            Command::Monitor(_) => "tributary-monitor",
+            Command::Health(_) => "tributary-health",
+            Command::Fleet(_) => "tributary-fleet",
+        }
     }
 }
 

@@ -9,6 +9,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use tributary::{
     channel::{ClientTlsArgs, Link},
+    grpc_client,
     proto::{GetSmsProgressRequest, SmsProgress, query_client::QueryClient},
 };
 
@@ -63,10 +64,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.every >= Duration::from_millis(10),
         "--every must be at least 10ms"
     );
-    let channel = Link::new(config.connect.clone(), config.tls.load()?, None)
-        .endpoint()
-        .context("--connect")?
-        .connect_lazy();
+    let channel = grpc_client::connect_lazy(
+        &Link::new(config.connect.clone(), config.tls.load()?, None)
+            .endpoint()
+            .context("--connect")?,
+    );
     let mut client = QueryClient::new(channel);
     let terminal = std::io::stdout().is_terminal();
     let bar = terminal.then(|| {

@@ -33,6 +33,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
+use tributary::metrics;
 
 /// Ticks (5 s) of grants kept, and so the oldest tick still accepted.
 pub const RETAIN_TICKS: i64 = 50;
@@ -139,7 +140,14 @@ impl Claims {
         if let Some(value) = grants.by_generator.get(generator) {
             return Ok(*value);
         }
-        let value = draw(&mut self.rng, &grants.used, min, max).ok_or(Refusal::RangeUsedUp)?;
+        let Some((value, redrawn)) = draw(&mut self.rng, &grants.used, min, max) else {
+            metrics::counter!(metrics::COORDINATOR_CONFLICTS).increment(1);
+            return Err(Refusal::RangeUsedUp);
+        };
+        if redrawn {
+            metrics::counter!(metrics::COORDINATOR_CONFLICTS).increment(1);
+        }
+        metrics::counter!(metrics::COORDINATOR_CLAIMS).increment(1);
         grants.used.insert(value);
         grants.by_generator.insert(generator.to_owned(), value);
         Ok(value)
@@ -150,8 +158,9 @@ impl Claims {
     }
 }
 
-/// A value drawn uniformly from `min..=max` minus `used`, if any is left.
-fn draw(rng: &mut StdRng, used: &HashSet<i64>, min: i64, max: i64) -> Option<i64> {
+/// A value drawn uniformly from `min..=max` minus `used`, if any is left,
+/// and whether a value another generator held was drawn first.
+fn draw(rng: &mut StdRng, used: &HashSet<i64>, min: i64, max: i64) -> Option<(i64, bool)> {
     let size = (max as i128 - min as i128 + 1) as u128;
     let taken = used.iter().filter(|v| (min..=max).contains(*v)).count() as u128;
     if taken >= size {
@@ -160,15 +169,19 @@ fn draw(rng: &mut StdRng, used: &HashSet<i64>, min: i64, max: i64) -> Option<i64
     // With at most half the range taken, rejection sampling needs under two
     // draws on average; past that, pick among the free values directly.
     if taken * 2 <= size {
+        let mut redrawn = false;
         loop {
             let value = rng.random_range(min..=max);
             if !used.contains(&value) {
-                return Some(value);
+                return Some((value, redrawn));
             }
+            redrawn = true;
         }
     }
     let free: Vec<i64> = (min..=max).filter(|v| !used.contains(v)).collect();
-    Some(free[rng.random_range(0..free.len())])
+    // Past half the range taken, a uniform draw over the whole range would
+    // more likely than not have hit a held value.
+    Some((free[rng.random_range(0..free.len())], true))
 }
 
 #[cfg(test)]

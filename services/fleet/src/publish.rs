@@ -21,7 +21,7 @@ use tonic::{Code, transport::Endpoint};
 use tributary::{
     bearer::AttachBearer,
     channel::Link,
-    clock,
+    clock, grpc_client,
     proto::{
         PublishRequest, PublishResponse, RandomNumber, Record, ingest_client::IngestClient,
         record::Payload,
@@ -146,9 +146,11 @@ async fn session(
     outbox: &mut Outbox,
     summary: &mut PublishSummary,
 ) -> anyhow::Result<()> {
-    let channel = endpoint.connect().await.context("connecting")?;
+    let channel = grpc_client::connect_with_bearer(endpoint, bearer.clone())
+        .await
+        .context("connecting")?;
     let (tx, requests) = mpsc::channel::<PublishRequest>(16);
-    let mut responses = IngestClient::with_interceptor(channel, bearer.clone())
+    let mut responses = IngestClient::new(channel)
         .publish(ReceiverStream::new(requests))
         .await
         .context("opening the publish stream")?
@@ -157,6 +159,7 @@ async fn session(
         tx.send(PublishRequest {
             batch_id,
             records: records.clone(),
+            ..Default::default()
         })
         .await
         .context("the publish stream closed")?;
@@ -181,7 +184,11 @@ async fn session(
                 let batch_id = outbox.next_batch;
                 outbox.next_batch += 1;
                 outbox.unacked.insert(batch_id, records.clone());
-                tx.send(PublishRequest { batch_id, records })
+                tx.send(PublishRequest {
+                    batch_id,
+                    records,
+                    ..Default::default()
+                })
                     .await
                     .context("the publish stream closed")?;
             }
@@ -190,7 +197,11 @@ async fn session(
                     .context("publish stream failed")?
                     .ok_or_else(|| anyhow::anyhow!("the server ended the publish stream"))?;
                 if let Some((batch_id, records)) = settle(response, outbox, summary) {
-                    tx.send(PublishRequest { batch_id, records })
+                    tx.send(PublishRequest {
+                    batch_id,
+                    records,
+                    ..Default::default()
+                })
                         .await
                         .context("the publish stream closed")?;
                 }

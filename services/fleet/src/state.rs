@@ -173,6 +173,7 @@ impl Fleet {
             return false;
         }
         inner.workers[id as usize - 1].restarts += 1;
+        tributary::metrics::counter!(tributary::metrics::FLEET_RESTARTS).increment(1);
         true
     }
 

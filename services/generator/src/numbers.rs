@@ -26,6 +26,7 @@ use tonic::{Streaming, transport::Endpoint};
 use tributary::{
     channel::Link,
     clock::{self, WallClock},
+    grpc_client,
     proto::{
         ClaimRequest, ClaimResponse, RandomNumber, Record, coordinator_client::CoordinatorClient,
         record::Payload,
@@ -90,9 +91,7 @@ impl GrpcClaimer {
                 .await
                 .map_err(|_| tonic::Status::unavailable("stream closed"))?,
             None => {
-                let channel = self
-                    .endpoint
-                    .connect()
+                let channel = grpc_client::connect(&self.endpoint)
                     .await
                     .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
                 let (tx, rx) = mpsc::channel(4);

@@ -8,7 +8,7 @@
 //! one only while the window has room, so a slow mesh slows the producer.
 
 use std::{
-    collections::{BTreeMap, VecDeque},
+    collections::{BTreeMap, HashMap, VecDeque},
     sync::{
         Arc,
         atomic::{AtomicU64, Ordering},
@@ -21,10 +21,13 @@ use tokio::{sync::mpsc, task::JoinHandle, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Endpoint};
+use tracing::Span;
 use tributary::{
     bearer::{AttachBearer, SendTokenArgs},
     channel::{ClientTlsArgs, Link},
+    grpc_client, kind,
     proto::{PublishRequest, PublishResponse, Record, ingest_client::IngestClient},
+    trace_context,
 };
 
 /// How a publisher connects and batches.
@@ -167,6 +170,9 @@ impl Publisher {
 struct Outbox {
     /// Batches sent (or to send) and not yet answered, by batch id.
     unacked: BTreeMap<u64, Vec<Record>>,
+    /// The span of each unanswered batch: it ends when the batch is
+    /// answered, and a republished batch stays in its first trace.
+    spans: HashMap<u64, Span>,
     /// Batch ids to (re)send before new ones.
     resend: VecDeque<u64>,
     next_batch: u64,
@@ -238,8 +244,10 @@ async fn session(
 ) -> anyhow::Result<Ended> {
     let roll_at =
         (args.rollover_secs > 0).then(|| Instant::now() + Duration::from_secs(args.rollover_secs));
-    let channel = endpoint.connect().await.context("connecting")?;
-    let mut client = IngestClient::with_interceptor(channel, bearer.clone());
+    let channel = grpc_client::connect_with_bearer(endpoint, bearer.clone())
+        .await
+        .context("connecting")?;
+    let mut client = IngestClient::new(channel);
     let (tx, rx) = mpsc::channel::<PublishRequest>(8);
     let mut responses = client
         .publish(ReceiverStream::new(rx))
@@ -273,7 +281,8 @@ async fn session(
                 let permit = permit.context("the publish stream closed")?;
                 let batch_id = outbox.resend.pop_front().expect("checked non-empty");
                 let records = outbox.unacked[&batch_id].clone();
-                permit.send(PublishRequest { batch_id, records });
+                let traceparent = outbox.traceparent(batch_id);
+                permit.send(PublishRequest { batch_id, records, traceparent });
             }
             // Only while the request channel has room, so that the send
             // below never waits and answers keep being read.
@@ -295,8 +304,10 @@ async fn session(
                 outbox.unacked_records += records.len();
                 let batch_id = outbox.next_batch;
                 outbox.next_batch += 1;
+                outbox.spans.insert(batch_id, batch_span(&records));
                 outbox.unacked.insert(batch_id, records.clone());
-                tx.try_send(PublishRequest { batch_id, records })
+                let traceparent = outbox.traceparent(batch_id);
+                tx.try_send(PublishRequest { batch_id, records, traceparent })
                     .map_err(|_| anyhow::anyhow!("the publish stream closed"))?;
             }
             response = responses.message() => {
@@ -308,6 +319,32 @@ async fn session(
     }
 }
 
+impl Outbox {
+    fn traceparent(&self, batch_id: u64) -> String {
+        self.spans
+            .get(&batch_id)
+            .and_then(trace_context::traceparent)
+            .unwrap_or_default()
+    }
+}
+
+/// The root of one batch's trace: the producer's publish.
+fn batch_span(records: &[Record]) -> Span {
+    let kind = records
+        .first()
+        .and_then(kind::of)
+        .map_or("unknown", kind::name);
+    tracing::info_span!(
+        parent: None,
+        "producer publish",
+        otel.kind = "producer",
+        records = records.len(),
+        kind,
+        accepted = tracing::field::Empty,
+        rejected = tracing::field::Empty,
+    )
+}
+
 /// Applies one batch's answer: acknowledged records are done, records the
 /// queue could not take go again in a new batch, other rejections are final.
 fn settle(response: PublishResponse, outbox: &mut Outbox, totals: &Totals) {
@@ -315,6 +352,10 @@ fn settle(response: PublishResponse, outbox: &mut Outbox, totals: &Totals) {
         return;
     };
     outbox.unacked_records -= records.len();
+    if let Some(span) = outbox.spans.remove(&response.batch_id) {
+        span.record("accepted", response.accepted + response.duplicates);
+        span.record("rejected", response.rejections.len());
+    }
     totals
         .accepted
         .fetch_add(u64::from(response.accepted), Ordering::Relaxed);
@@ -339,6 +380,10 @@ fn settle(response: PublishResponse, outbox: &mut Outbox, totals: &Totals) {
         outbox.next_batch += 1;
         outbox.unacked_records += retry.len();
         outbox.unacked.insert(id, retry);
+        // The retried records continue the trace of the batch they came in.
+        if let Some(span) = outbox.spans.get(&response.batch_id) {
+            outbox.spans.insert(id, span.clone());
+        }
         outbox.resend.push_back(id);
     }
 }

@@ -1,16 +1,18 @@
 //! Publishing: validate each record, append the good ones to the queue, and
 //! answer each batch once the queue holds it durably.
 
-use std::{collections::HashMap, pin::Pin, sync::Arc};
+use std::{collections::HashMap, pin::Pin, sync::Arc, time::Instant};
 
 use futures::{Stream, StreamExt, stream::FuturesOrdered};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
+use tracing::Instrument;
 use tributary::{
-    clock, grpc,
+    clock, grpc, kind, metrics,
     proto::{PublishRequest, PublishResponse, Record, RecordKind, Rejection},
     queue::{Batch, Queue},
+    trace_context,
 };
 
 use crate::{IngestService, Limits, validate};
@@ -26,12 +28,37 @@ pub struct Outcome {
 /// Validates `records`, appends the valid ones (one queue message per kind)
 /// and waits until the queue holds them durably. A record without `sent_at`
 /// gets the receive time.
+///
+/// The work runs in an `ingest receive` span whose parent is `traceparent`
+/// (the producer's span for this batch) when given, else the current span.
 pub async fn accept(
     queue: &Arc<dyn Queue>,
     limits: &Limits,
     records: Vec<Record>,
-    traceparent: Option<String>,
+    traceparent: Option<&str>,
 ) -> Outcome {
+    let span = tracing::info_span!(
+        "ingest receive",
+        otel.kind = "server",
+        records = records.len(),
+        kind = tracing::field::Empty,
+        accepted = tracing::field::Empty,
+        rejected = tracing::field::Empty,
+    );
+    trace_context::set_parent(&span, traceparent);
+    let outcome = append(queue, limits, records)
+        .instrument(span.clone())
+        .await;
+    span.record("accepted", outcome.accepted + outcome.duplicates);
+    span.record("rejected", outcome.rejections.len());
+    for rejection in &outcome.rejections {
+        metrics::counter!(metrics::INGEST_REJECTED, "code" => code_label(rejection.code))
+            .increment(1);
+    }
+    outcome
+}
+
+async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -> Outcome {
     let received_at = clock::now_micros();
     let mut outcome = Outcome::default();
     let mut batches: Vec<Batch> = Vec::new();
@@ -41,6 +68,8 @@ pub async fn accept(
     let mut keys = Vec::with_capacity(records.len());
     for (index, mut record) in records.into_iter().enumerate() {
         let index = index as u32;
+        let kind = kind::of(&record).map_or("unknown", kind::name);
+        metrics::counter!(metrics::INGEST_RECEIVED, "kind" => kind).increment(1);
         match validate::check(&record, limits.max_record_bytes) {
             Err(refusal) => outcome.rejections.push(Rejection {
                 index,
@@ -59,7 +88,7 @@ pub async fn accept(
                         kind,
                         records: Vec::new(),
                         received_at,
-                        traceparent: traceparent.clone(),
+                        traceparent: None,
                     });
                     batches.len() - 1
                 });
@@ -70,11 +99,35 @@ pub async fn accept(
     if batches.is_empty() {
         return outcome;
     }
-    match queue.publish(batches).await {
+    let kinds: Vec<RecordKind> = batches.iter().map(|b| b.kind).collect();
+    if let [kind] = kinds.as_slice() {
+        tracing::Span::current().record("kind", kind::name(*kind));
+    }
+    let backend = queue.backend();
+    let span = tracing::info_span!(
+        "queue publish",
+        otel.kind = "producer",
+        backend,
+        records = keys.len(),
+        messages = batches.len(),
+    );
+    // Each queue message carries this span's context: its deliveries
+    // continue the batch's trace in whichever process pulls them.
+    let traceparent = trace_context::traceparent(&span);
+    for batch in &mut batches {
+        batch.traceparent.clone_from(&traceparent);
+    }
+    let started = Instant::now();
+    let published = queue.publish(batches).instrument(span).await;
+    metrics::histogram!(metrics::QUEUE_PUBLISH_SECONDS, "backend" => backend)
+        .record(started.elapsed());
+    match published {
         Ok(published) => {
-            for p in published {
+            for (p, kind) in published.into_iter().zip(kinds) {
                 outcome.accepted += p.accepted;
                 outcome.duplicates += p.duplicates;
+                metrics::counter!(metrics::INGEST_ACKED, "kind" => kind::name(kind))
+                    .increment(u64::from(p.accepted + p.duplicates));
             }
         }
         Err(e) => {
@@ -94,17 +147,27 @@ pub async fn accept(
     outcome
 }
 
+/// A gRPC code number as the label Prometheus users expect:
+/// `invalid_argument`, `resource_exhausted`, `unavailable`.
+fn code_label(code: i32) -> String {
+    let name = format!("{:?}", Code::from(code));
+    let mut label = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() && i > 0 {
+            label.push('_');
+        }
+        label.push(c.to_ascii_lowercase());
+    }
+    label
+}
+
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<PublishResponse, Status>> + Send>>;
 
 /// Serves one Publish stream. Batches are appended concurrently and answered
 /// in order. Reading pauses while the stream has `publish_window` records or
 /// more awaiting the queue, which pushes back on the producer through HTTP/2
 /// flow control.
-pub fn stream(
-    service: IngestService,
-    mut inbound: Streaming<PublishRequest>,
-    traceparent: Option<String>,
-) -> ResponseStream {
+pub fn stream(service: IngestService, mut inbound: Streaming<PublishRequest>) -> ResponseStream {
     // A few answers may wait for a slow reader; beyond that the stream
     // stops, and with it reading.
     let (tx, rx) = mpsc::channel(16);
@@ -130,9 +193,15 @@ pub fn stream(
                         waiting += records;
                         let queue = service.queue.clone();
                         let limits = service.limits.clone();
-                        let traceparent = traceparent.clone();
                         in_flight.push_back(async move {
-                            let outcome = accept(&queue, &limits, request.records, traceparent).await;
+                            // Each batch is its own trace, rooted at the
+                            // producer's span when it sent one: a stream
+                            // lives for many batches.
+                            let traceparent = Some(request.traceparent.as_str())
+                                .filter(|tp| !tp.is_empty());
+                            let outcome = accept(&queue, &limits, request.records, traceparent)
+                                .instrument(tracing::Span::none())
+                                .await;
                             let response = PublishResponse {
                                 batch_id: request.batch_id,
                                 accepted: outcome.accepted,
@@ -157,4 +226,19 @@ pub fn stream(
         }
     });
     Box::pin(ReceiverStream::new(rx))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_labels_are_snake_case() {
+        assert_eq!(code_label(Code::InvalidArgument as i32), "invalid_argument");
+        assert_eq!(
+            code_label(Code::ResourceExhausted as i32),
+            "resource_exhausted"
+        );
+        assert_eq!(code_label(Code::Unavailable as i32), "unavailable");
+    }
 }

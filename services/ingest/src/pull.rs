@@ -16,12 +16,15 @@ use std::{
 use futures::Stream;
 use tokio::sync::{Notify, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::{CancellationToken, DropGuard};
 use tonic::{Status, Streaming};
 use tributary::{
     clock, grpc,
-    kind::KindSet,
+    kind::{self, KindSet},
+    metrics,
     proto::{Delivery, PullRequest, PullResponse, RecordKind},
     queue::{Queue, SubscribeOptions, Subscription},
+    trace_context,
 };
 
 use crate::IngestService;
@@ -112,24 +115,40 @@ pub async fn stream(
     apply(&service.queue, &shared, first).await;
     let (tx, rx) = mpsc::channel(4);
     let fetcher = tokio::spawn(fetch(
+        subscription.parser.clone(),
         queue_sub,
         shared.clone(),
         tx,
         u64::from(max_outstanding),
         service.limits.max_attempts,
     ));
-    tokio::spawn(read(service, inbound, shared, fetcher));
+    let watching = CancellationToken::new();
+    tokio::spawn(watch_lag(
+        service.queue.clone(),
+        subscription.parser.clone(),
+        watching.clone(),
+    ));
+    tokio::spawn(read(
+        service,
+        inbound,
+        shared,
+        fetcher,
+        watching.drop_guard(),
+    ));
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
 /// Takes messages from the queue while credit allows and sends them.
 async fn fetch(
+    group: String,
     mut subscription: Box<dyn Subscription>,
     shared: Arc<Shared>,
     tx: mpsc::Sender<Result<PullResponse, Status>>,
     max_outstanding: u64,
     max_attempts: u32,
 ) {
+    let deliveries = metrics::counter!(metrics::QUEUE_DELIVERIES, "group" => group.clone());
+    let redeliveries = metrics::counter!(metrics::QUEUE_REDELIVERIES, "group" => group.clone());
     loop {
         loop {
             let freed = shared.freed.notified();
@@ -156,6 +175,22 @@ async fn fetch(
                 .held
                 .insert(message.ack_id.clone(), message.records.len() as u32);
         }
+        deliveries.increment(1);
+        if message.attempt > 1 {
+            redeliveries.increment(1);
+        }
+        // The queue's hand-over to a parser, in the batch's own trace.
+        let span = tracing::info_span!(
+            parent: None,
+            "queue deliver",
+            otel.kind = "producer",
+            group = %group,
+            kind = kind::name(message.kind),
+            records = message.records.len(),
+            attempt = message.attempt,
+        );
+        trace_context::set_parent(&span, message.traceparent.as_deref());
+        let traceparent = trace_context::traceparent(&span).or(message.traceparent);
         let delivery = Delivery {
             ack_id: message.ack_id,
             records: message.records,
@@ -163,13 +198,33 @@ async fn fetch(
             max_attempts,
             received_at: Some(clock::from_micros(message.received_at)),
             kind: message.kind as i32,
-            traceparent: message.traceparent.unwrap_or_default(),
+            traceparent: traceparent.unwrap_or_default(),
         };
         let response = PullResponse {
             deliveries: vec![delivery],
         };
         if tx.send(Ok(response)).await.is_err() {
             return;
+        }
+    }
+}
+
+/// How often a pull stream reports its group's lag: often enough for a
+/// dashboard, rarely enough that asking the queue costs nothing.
+const LAG_EVERY: Duration = Duration::from_secs(5);
+
+/// Keeps `tributary_queue_lag_messages{group}` current while the group has
+/// a pull stream here.
+async fn watch_lag(queue: Arc<dyn Queue>, group: String, done: CancellationToken) {
+    let gauge = metrics::gauge!(metrics::QUEUE_LAG, "group" => group.clone());
+    let mut every = tokio::time::interval(LAG_EVERY);
+    loop {
+        tokio::select! {
+            () = done.cancelled() => return,
+            _ = every.tick() => match queue.lag(&group).await {
+                Ok(lag) => gauge.set(lag as f64),
+                Err(e) => tracing::debug!(error = %e, %group, "could not read the queue lag"),
+            },
         }
     }
 }
@@ -181,6 +236,7 @@ async fn read(
     mut inbound: Streaming<PullRequest>,
     shared: Arc<Shared>,
     fetcher: tokio::task::JoinHandle<()>,
+    _lag_watch: DropGuard,
 ) {
     let mut fetcher = Some(fetcher);
     loop {

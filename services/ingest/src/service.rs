@@ -47,11 +47,9 @@ impl Ingest for IngestService {
         &self,
         request: Request<Streaming<PublishRequest>>,
     ) -> Result<Response<Self::PublishStream>, Status> {
-        let traceparent = traceparent(&request);
         Ok(Response::new(publish::stream(
             self.clone(),
             request.into_inner(),
-            traceparent,
         )))
     }
 
@@ -59,12 +57,13 @@ impl Ingest for IngestService {
         &self,
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
-        let traceparent = traceparent(&request);
+        // The call's own span (its parent from the caller's metadata) is
+        // the parent of the batch's spans.
         let outcome = publish::accept(
             &self.queue,
             &self.limits,
             request.into_inner().records,
-            traceparent,
+            None,
         )
         .await;
         Ok(Response::new(PublishBatchResponse {
@@ -81,12 +80,4 @@ impl Ingest for IngestService {
         let stream = pull::stream(self.clone(), request.into_inner()).await?;
         Ok(Response::new(stream))
     }
-}
-
-fn traceparent<T>(request: &Request<T>) -> Option<String> {
-    request
-        .metadata()
-        .get("traceparent")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
 }

@@ -14,11 +14,13 @@ use rand::RngExt;
 use tokio::{sync::mpsc, time::Instant};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, Span};
 use tributary::{
     channel::Link,
-    clock,
+    clock, grpc_client, kind, metrics,
     proto::{Delivery, Nack, PullRequest, Record, Subscription, ingest_client::IngestClient},
     store::{NewDeadLetter, NewRecord, Store, WriteBatch},
+    trace_context,
 };
 
 use crate::parsers::Parser;
@@ -58,6 +60,39 @@ pub struct Worker {
     pub tuning: Tuning,
 }
 
+/// A delivery's span in the parser: the trace continues from the queue's
+/// hand-over (the delivery's `traceparent`).
+fn delivery_span(parser: &str, delivery: &Delivery) -> Span {
+    let span = tracing::info_span!(
+        parent: None,
+        "parser delivery",
+        otel.kind = "consumer",
+        parser,
+        kind = kind::name(delivery.kind()),
+        records = delivery.records.len(),
+        attempt = delivery.attempt,
+    );
+    trace_context::set_parent(
+        &span,
+        Some(delivery.traceparent.as_str()).filter(|t| !t.is_empty()),
+    );
+    span
+}
+
+/// A span for work on a whole gathered batch: a child of the first
+/// delivery's span, following from the others (one store transaction
+/// serves several traces).
+fn stage_span(deliveries: &[Span], make: impl FnOnce() -> Span) -> Span {
+    let Some(first) = deliveries.first() else {
+        return make();
+    };
+    let span = first.in_scope(make);
+    for other in &deliveries[1..] {
+        span.follows_from(other);
+    }
+    span
+}
+
 /// Back-off between reconnects and store retries: it doubles from 100 ms up
 /// to 5 s, so an outage is not hammered and recovery is noticed quickly.
 fn backoff(failures: u32) -> Duration {
@@ -92,9 +127,9 @@ impl Worker {
         writer: Arc<str>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
-        let channel = self.link.endpoint()?.connect().await?;
-        let mut client = IngestClient::with_interceptor(channel, self.link.bearer())
-            .max_decoding_message_size(usize::MAX);
+        let channel =
+            grpc_client::connect_with_bearer(&self.link.endpoint()?, self.link.bearer()).await?;
+        let mut client = IngestClient::new(channel).max_decoding_message_size(usize::MAX);
         let (requests, request_rx) = mpsc::channel(64);
         requests
             .send(PullRequest {
@@ -118,14 +153,14 @@ impl Worker {
         tracing::info!(parser = %self.name, connect = %self.link.url(), "pulling");
 
         // Capacity 1: one batch is written while the next one gathers.
-        let (batches, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);
+        let (batches, batch_rx) = mpsc::channel::<Vec<(Delivery, Span)>>(1);
         let writer =
             tokio::spawn(
                 self.clone()
                     .write_loop(writer, batch_rx, requests, shutdown.clone()),
             );
 
-        let mut gathered: Vec<Delivery> = Vec::new();
+        let mut gathered: Vec<(Delivery, Span)> = Vec::new();
         let mut records = 0usize;
         let mut flush_at: Option<Instant> = None;
         let result = loop {
@@ -148,7 +183,8 @@ impl Worker {
                     Ok(Some(response)) => {
                         for delivery in response.deliveries {
                             records += delivery.records.len();
-                            gathered.push(delivery);
+                            let span = delivery_span(&self.name, &delivery);
+                            gathered.push((delivery, span));
                         }
                         flush_at.get_or_insert_with(|| Instant::now() + self.tuning.linger);
                         if records >= self.tuning.batch_records {
@@ -177,16 +213,41 @@ impl Worker {
     async fn write_loop(
         self: Arc<Self>,
         writer: Arc<str>,
-        mut batches: mpsc::Receiver<Vec<Delivery>>,
+        mut batches: mpsc::Receiver<Vec<(Delivery, Span)>>,
         requests: mpsc::Sender<PullRequest>,
         shutdown: CancellationToken,
     ) {
-        while let Some(deliveries) = batches.recv().await {
-            let (write, acks, nacks) = self.process(&writer, deliveries).await;
+        let process_seconds =
+            metrics::histogram!(metrics::PARSER_PROCESS_SECONDS, "parser" => self.name.clone());
+        let commit_seconds =
+            metrics::histogram!(metrics::STORE_COMMIT_SECONDS, "parser" => self.name.clone());
+        let dead_letters =
+            metrics::counter!(metrics::PARSER_DEAD_LETTERS, "parser" => self.name.clone());
+        while let Some(gathered) = batches.recv().await {
+            let (deliveries, spans): (Vec<Delivery>, Vec<Span>) = gathered.into_iter().unzip();
+            let records: usize = deliveries.iter().map(|d| d.records.len()).sum();
+            let parse = stage_span(
+                &spans,
+                || tracing::info_span!("parse", parser = %self.name, records),
+            );
+            let started = Instant::now();
+            let (write, acks, nacks) = self.process(&writer, deliveries).instrument(parse).await;
+            process_seconds.record(started.elapsed());
+            let commit = stage_span(&spans, || {
+                tracing::info_span!(
+                    "store commit",
+                    parser = %self.name,
+                    rows = write.records.len(),
+                    dead_letters = write.dead_letters.len(),
+                )
+            });
             let mut failures = 0;
             loop {
-                match self.store.write(&write).await {
+                let started = Instant::now();
+                match self.store.write(&write).instrument(commit.clone()).await {
                     Ok(written) => {
+                        commit_seconds.record(started.elapsed());
+                        dead_letters.increment(write.dead_letters.len() as u64);
                         tracing::debug!(parser = %self.name, stored = written.stored, duplicates = written.duplicates, "batch stored");
                         break;
                     }
@@ -210,6 +271,7 @@ impl Worker {
                     }
                 }
             }
+            drop(commit);
             let done = PullRequest {
                 ack_ids: acks,
                 nacks,
@@ -218,6 +280,8 @@ impl Worker {
             if requests.send(done).await.is_err() {
                 return;
             }
+            // The deliveries' spans end once their acks are on their way.
+            drop(spans);
         }
     }
 

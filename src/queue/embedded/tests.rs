@@ -242,3 +242,30 @@ fn ranges_round_trip() {
     set.insert(200..=200);
     assert_eq!(decode_ranges(&encode_ranges(&set)), set);
 }
+
+#[tokio::test]
+async fn lag_counts_what_a_group_has_not_acked() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir).await;
+    assert_eq!(
+        queue.lag("raw").await.unwrap(),
+        0,
+        "an unknown group has no lag"
+    );
+    let mut sub = queue
+        .subscribe(options("raw", KindSet::ALL, 30_000))
+        .await
+        .unwrap();
+    for seq in 0..3 {
+        queue
+            .publish(vec![batch(RecordKind::Text, vec![text("lag", seq)])])
+            .await
+            .unwrap();
+    }
+    assert_eq!(queue.lag("raw").await.unwrap(), 3);
+    // Delivered but unacked still counts; acked does not.
+    let first = next(&mut sub).await;
+    assert_eq!(queue.lag("raw").await.unwrap(), 3);
+    queue.ack(&first.ack_id).await.unwrap();
+    assert_eq!(queue.lag("raw").await.unwrap(), 2);
+}

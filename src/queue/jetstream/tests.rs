@@ -193,3 +193,38 @@ async fn foreign_ack_ids_are_refused() {
     }
     drop_stream(&queue).await;
 }
+
+#[tokio::test]
+async fn lag_counts_what_a_group_has_not_acked() {
+    let queue = open(&testkit::unique_name("LAG")).await;
+    assert_eq!(
+        queue.lag("raw").await.unwrap(),
+        0,
+        "an unknown group has no lag"
+    );
+    let mut sub = queue
+        .subscribe(options("raw", KindSet::ALL, 30_000))
+        .await
+        .unwrap();
+    queue
+        .publish(vec![
+            texts("lag", 0..1),
+            texts("lag", 1..2),
+            texts("lag", 2..3),
+        ])
+        .await
+        .unwrap();
+    let first = next(&mut sub).await;
+    queue.ack(&first.ack_id).await.unwrap();
+    // The ack reaches the server asynchronously; wait for its count.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let lag = queue.lag("raw").await.unwrap();
+        if lag == 2 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "lag {lag}, want 2");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    drop_stream(&queue).await;
+}

@@ -114,6 +114,7 @@ async fn oversized_requests_are_resource_exhausted() {
     let request = PublishRequest {
         batch_id: 0,
         records: vec![huge],
+        ..Default::default()
     };
     let mut responses = client
         .publish(tokio_stream::iter(vec![request]))

@@ -50,6 +50,15 @@ fn strings(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// Standard (not `TRIBUTARY_*`) variables that tributary reads.
+const STANDARD_ENV: &[&str] = &[
+    "RUST_LOG",
+    "OTEL_EXPORTER_OTLP_ENDPOINT",
+    "OTEL_SERVICE_NAME",
+    "OTEL_TRACES_SAMPLER",
+    "OTEL_TRACES_SAMPLER_ARG",
+];
+
 fn env(service: &Value) -> BTreeMap<String, String> {
     service["environment"]
         .as_mapping()
@@ -104,6 +113,28 @@ fn every_tributary_service_uses_only_flags_the_binary_has() {
                 command.join(" ")
             );
         }
+        // Beyond our own variables, only standard ones the binary honours:
+        // RUST_LOG and OpenTelemetry's trace exporter settings.
+        for key in env(&service)
+            .keys()
+            .filter(|k| !k.starts_with("TRIBUTARY_"))
+        {
+            assert!(
+                STANDARD_ENV.contains(&key.as_str()),
+                "{name} sets {key}, which is neither a TRIBUTARY_* flag nor a standard variable tributary reads"
+            );
+        }
+        assert_eq!(
+            env(&service)
+                .get("OTEL_EXPORTER_OTLP_ENDPOINT")
+                .map(String::as_str),
+            Some("http://jaeger:4317"),
+            "{name} sends its traces to Jaeger's OTLP/gRPC port"
+        );
+        assert!(
+            env(&service).contains_key("OTEL_SERVICE_NAME"),
+            "{name} is named in traces"
+        );
         // Parser specs parse as the parser service will parse them.
         if command == ["parser"] {
             let spec = env(&service)
