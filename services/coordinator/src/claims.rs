@@ -33,7 +33,6 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
-use tributary::metrics;
 
 /// Ticks (5 s) of grants kept, and so the oldest tick still accepted.
 pub const RETAIN_TICKS: i64 = 50;
@@ -85,6 +84,8 @@ pub struct Claims {
     ticks: BTreeMap<i64, Tick>,
     members: HashSet<String>,
     rng: StdRng,
+    /// Claims so far that met a value another generator held.
+    conflicts: u64,
 }
 
 impl Claims {
@@ -95,7 +96,14 @@ impl Claims {
             ticks: BTreeMap::new(),
             members: HashSet::new(),
             rng: StdRng::seed_from_u64(seed),
+            conflicts: 0,
         }
+    }
+
+    /// Claims so far that were refused or drew again because another
+    /// generator held the value.
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts
     }
 
     /// Adds a member; false if one with this id is already live.
@@ -141,13 +149,10 @@ impl Claims {
             return Ok(*value);
         }
         let Some((value, redrawn)) = draw(&mut self.rng, &grants.used, min, max) else {
-            metrics::counter!(metrics::COORDINATOR_CONFLICTS).increment(1);
+            self.conflicts += 1;
             return Err(Refusal::RangeUsedUp);
         };
-        if redrawn {
-            metrics::counter!(metrics::COORDINATOR_CONFLICTS).increment(1);
-        }
-        metrics::counter!(metrics::COORDINATOR_CLAIMS).increment(1);
+        self.conflicts += u64::from(redrawn);
         grants.used.insert(value);
         grants.by_generator.insert(generator.to_owned(), value);
         Ok(value)
@@ -188,6 +193,19 @@ fn draw(rng: &mut StdRng, used: &HashSet<i64>, min: i64, max: i64) -> Option<(i6
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn a_value_another_generator_holds_counts_as_a_conflict() {
+        let mut claims = Claims::new(0, 7);
+        // One value for two generators: the second is refused.
+        assert_eq!(claims.claim("a", 10, 5, 5, 10), Ok(5));
+        assert_eq!(claims.conflicts(), 0);
+        assert_eq!(claims.claim("b", 10, 5, 5, 10), Err(Refusal::RangeUsedUp));
+        assert_eq!(claims.conflicts(), 1);
+        // Asking again for the same tick is no conflict.
+        assert_eq!(claims.claim("a", 10, 5, 5, 10), Ok(5));
+        assert_eq!(claims.conflicts(), 1);
+    }
 
     #[test]
     fn a_restarted_coordinator_refuses_the_ticks_its_predecessor_could_have_granted() {

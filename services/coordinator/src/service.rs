@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tributary::{
     clock::{self, WallClock},
+    metrics,
     proto::{ClaimRequest, ClaimResponse, coordinator_server::Coordinator},
 };
 
@@ -101,17 +102,24 @@ impl Coordinator for CoordinatorService {
                     ));
                 }
                 let now = clock::tick_of(clock.now_micros());
-                let granted = membership
-                    .claims
-                    .lock()
-                    .expect("claims are never poisoned")
-                    .claim(
+                let (granted, conflicted) = {
+                    let mut claims = membership.claims.lock().expect("claims are never poisoned");
+                    let before = claims.conflicts();
+                    let granted = claims.claim(
                         &request.generator_id,
                         request.tick,
                         request.min,
                         request.max,
                         now,
                     );
+                    (granted, claims.conflicts() > before)
+                };
+                if granted.is_ok() {
+                    metrics::counter!(metrics::COORDINATOR_CLAIMS).increment(1);
+                }
+                if conflicted {
+                    metrics::counter!(metrics::COORDINATOR_CONFLICTS).increment(1);
+                }
                 Ok(match granted {
                     Ok(value) => ClaimResponse {
                         tick: request.tick,

@@ -51,9 +51,12 @@ pub async fn accept(
         .await;
     span.record("accepted", outcome.accepted + outcome.duplicates);
     span.record("rejected", outcome.rejections.len());
+    let mut rejected: HashMap<i32, u64> = HashMap::new();
     for rejection in &outcome.rejections {
-        metrics::counter!(metrics::INGEST_REJECTED, "code" => code_label(rejection.code))
-            .increment(1);
+        *rejected.entry(rejection.code).or_default() += 1;
+    }
+    for (code, count) in rejected {
+        metrics::counter!(metrics::INGEST_REJECTED, "code" => code_label(code)).increment(count);
     }
     outcome
 }
@@ -66,10 +69,14 @@ async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -
     // (index, source, seq) of every valid record, to answer for them if the
     // queue refuses the whole append.
     let mut keys = Vec::with_capacity(records.len());
+    // Counted per kind per request, not per record: a metric lookup per
+    // record would cost more than the rest of the bookkeeping.
+    let mut received: HashMap<&'static str, u64> = HashMap::new();
     for (index, mut record) in records.into_iter().enumerate() {
         let index = index as u32;
-        let kind = kind::of(&record).map_or("unknown", kind::name);
-        metrics::counter!(metrics::INGEST_RECEIVED, "kind" => kind).increment(1);
+        *received
+            .entry(kind::of(&record).map_or("unknown", kind::name))
+            .or_default() += 1;
         match validate::check(&record, limits.max_record_bytes) {
             Err(refusal) => outcome.rejections.push(Rejection {
                 index,
@@ -95,6 +102,9 @@ async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -
                 batches[at].records.push(record);
             }
         }
+    }
+    for (kind, count) in received {
+        metrics::counter!(metrics::INGEST_RECEIVED, "kind" => kind).increment(count);
     }
     if batches.is_empty() {
         return outcome;
