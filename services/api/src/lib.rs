@@ -1,9 +1,15 @@
-//! The query API: serves what the parsers stored over gRPC.
+//! The query API: serves what the parsers stored over gRPC, and the live
+//! dashboard page.
 #![forbid(unsafe_code)]
 
 mod convert;
+mod dashboard;
+mod fleet;
+mod page;
 mod service;
 
+pub use fleet::{BadFleetUrl, FleetArgs, FleetSource};
+pub use page::{ASSETS_PREFIX, routes as page_routes};
 pub use service::QueryService;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -11,7 +17,7 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::service::RoutesBuilder;
+use tonic::service::{Routes, RoutesBuilder};
 use tributary::{
     grpc,
     proto::query_server::QueryServer,
@@ -36,12 +42,15 @@ pub struct Config {
     /// reflection here and routes those services' calls to other servers.
     #[arg(long, env = "TRIBUTARY_ADVERTISE", value_delimiter = ',')]
     pub advertise: Vec<String>,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// A built query API: store open, port bound.
 pub struct App {
     listener: TcpListener,
     store: Arc<dyn Store>,
+    fleet: FleetSource,
     advertise: Vec<String>,
 }
 
@@ -56,6 +65,7 @@ impl App {
                 defined.join(", ")
             );
         }
+        let fleet = config.fleet.source()?;
         let store = store::open(&config.store)
             .await
             .context("opening the store")?;
@@ -65,6 +75,7 @@ impl App {
         Ok(Self {
             listener,
             store,
+            fleet,
             advertise: config.advertise,
         })
     }
@@ -77,20 +88,26 @@ impl App {
     /// Serves until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let mut routes = RoutesBuilder::default();
-        routes.add_service(service(self.store.clone(), shutdown.clone()));
+        routes.add_service(service(self.store.clone(), self.fleet, shutdown.clone()));
         grpc::add_standard_services_advertising(
             &mut routes,
             &[grpc::service_name::<QueryServer<QueryService>>()],
             &self.advertise,
         )
         .await;
-        let served = grpc::serve(self.listener, routes.routes(), shutdown).await;
+        // The dashboard page shares the port with gRPC, as in `tributary up`.
+        let routes = Routes::from(routes.routes().into_axum_router().merge(page_routes()));
+        let served = grpc::serve(self.listener, routes, shutdown).await;
         self.store.close().await;
         Ok(served?)
     }
 }
 
-/// The Query gRPC service over `store`.
-pub fn service(store: Arc<dyn Store>, shutdown: CancellationToken) -> QueryServer<QueryService> {
-    QueryServer::new(QueryService::new(store, shutdown))
+/// The Query gRPC service over `store`, its dashboard reporting `fleet`.
+pub fn service(
+    store: Arc<dyn Store>,
+    fleet: FleetSource,
+    shutdown: CancellationToken,
+) -> QueryServer<QueryService> {
+    QueryServer::new(QueryService::new(store, shutdown).with_fleet(fleet))
 }

@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::service::RoutesBuilder;
+use tonic::service::{Routes, RoutesBuilder};
 use tributary::{
     clock::SystemClock,
     grpc,
@@ -19,7 +19,7 @@ use tributary::{
     queue::{self, Queue},
     store::{self, Store},
 };
-use tributary_api::QueryService;
+use tributary_api::{FleetSource, QueryService};
 use tributary_coordinator::CoordinatorService;
 use tributary_ingest::IngestService;
 use tributary_parser::parsers::ParserSpec;
@@ -51,6 +51,8 @@ pub struct Config {
     pub tuning: tributary_parser::TuningArgs,
     #[command(flatten)]
     pub workloads: tributary_generator::Workloads,
+    #[command(flatten)]
+    pub fleet: tributary_api::FleetArgs,
 }
 
 /// The embedded mesh, built: files open, port bound.
@@ -59,6 +61,7 @@ pub struct App {
     queue: Arc<dyn Queue>,
     store: Arc<dyn Store>,
     parsers: Vec<ParserSpec>,
+    fleet: FleetSource,
     config: Config,
 }
 
@@ -68,6 +71,7 @@ impl App {
         config.limits.validate()?;
         config.tuning.tuning()?;
         config.workloads.validate()?;
+        let fleet = config.fleet.source()?;
         let parsers = config
             .parsers
             .iter()
@@ -91,6 +95,7 @@ impl App {
             queue,
             store,
             parsers,
+            fleet,
             config,
         })
     }
@@ -110,7 +115,11 @@ impl App {
             self.config.limits.clone(),
             shutdown.clone(),
         ));
-        routes.add_service(tributary_api::service(self.store.clone(), shutdown.clone()));
+        routes.add_service(tributary_api::service(
+            self.store.clone(),
+            self.fleet.clone(),
+            shutdown.clone(),
+        ));
         routes.add_service(tributary_coordinator::service(
             Arc::new(SystemClock),
             shutdown.clone(),
@@ -124,11 +133,14 @@ impl App {
             ],
         )
         .await;
-        let server = tokio::spawn(grpc::serve(
-            self.listener,
-            routes.routes(),
-            shutdown.clone(),
-        ));
+        // The dashboard page shares the one port with every gRPC service.
+        let routes = Routes::from(
+            routes
+                .routes()
+                .into_axum_router()
+                .merge(tributary_api::page_routes()),
+        );
+        let server = tokio::spawn(grpc::serve(self.listener, routes, shutdown.clone()));
 
         // Workers stop on their own token, cancelled only after the server
         // has begun draining, so they can ack their last batch.
