@@ -14,9 +14,13 @@ use tokio::{
     process::{ChildStdout, Command},
 };
 use tokio_stream::StreamExt;
-use tributary::proto::{FleetReportState, WatchDashboardRequest, query_client::QueryClient};
+use tributary::proto::{
+    Dashboard, FleetPhase, FleetReportState, WatchDashboardRequest, query_client::QueryClient,
+};
 
-use crate::support::Mesh;
+use crate::support::{BIN, Mesh, spawn_listening};
+
+const WORKER: &str = env!("CARGO_BIN_EXE_tributary-worker");
 
 /// SMS alerts the mesh sends at start-up: enough that the senders are still
 /// at work while the browser looks (the default 1,000 are done in seconds).
@@ -226,4 +230,104 @@ async fn watch_dashboard_streams_every_figure_over_grpc() {
             break;
         }
     }
+}
+
+/// The next update for which `done` holds, failing after `within`.
+async fn update_where(
+    stream: &mut tonic::Streaming<Dashboard>,
+    within: Duration,
+    what: &str,
+    mut done: impl FnMut(&Dashboard) -> bool,
+) -> Dashboard {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let update = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .unwrap_or_else(|_| panic!("{what} within {within:?}"))
+            .expect("the stream stays open")
+            .expect("updates are not errors");
+        if done(&update) {
+            return update;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_fleet_run_shows_up_on_the_dashboard_and_goes_away() {
+    // A fleet run that lasts: two workers at one sample a second each.
+    let mut fleet = Command::new(BIN)
+        .args(["fleet", "collect", "--worker-bin", WORKER])
+        .args(["--samples", "100000", "--max-workers", "2"])
+        .args(["--status-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("tributary fleet collect starts");
+    let mut lines = BufReader::new(fleet.stdout.take().unwrap()).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("the fleet prints its status address within 30 s")
+        .unwrap()
+        .expect("a line before exit");
+    let status_addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .to_owned();
+
+    let data = tempfile::tempdir().unwrap();
+    let store = format!("sqlite://{}", data.path().join("tributary.db").display());
+    let fleet_url = format!("http://{status_addr}");
+    let (_api, addr) = spawn_listening(&[
+        "api",
+        "--listen",
+        "127.0.0.1:0",
+        "--store",
+        &store,
+        "--fleet-status",
+        &fleet_url,
+    ])
+    .await;
+    let mut client = QueryClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut stream = client
+        .watch_dashboard(WatchDashboardRequest {
+            interval_ms: 200,
+            ..Default::default()
+        })
+        .await
+        .expect("WatchDashboard answers")
+        .into_inner();
+
+    let update = update_where(
+        &mut stream,
+        Duration::from_secs(30),
+        "the fleet reports samples",
+        |u| {
+            u.fleet.as_ref().is_some_and(|f| {
+                f.state() == FleetReportState::Reporting
+                    && f.status.as_ref().is_some_and(|s| s.collected > 0)
+            })
+        },
+    )
+    .await;
+    let status = update.fleet.unwrap().status.unwrap();
+    assert_eq!(status.phase(), FleetPhase::Running);
+    assert_eq!(status.target, 100_000);
+    assert_eq!(status.max_workers, 2);
+
+    // The run ends; the dashboard says no fleet answers any more.
+    let pid = nix::unistd::Pid::from_raw(fleet.id().unwrap() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).expect("SIGINT is sent");
+    let _ = tokio::time::timeout(Duration::from_secs(30), fleet.wait())
+        .await
+        .expect("the fleet run stops within 30 s of SIGINT");
+    let gone = update_where(
+        &mut stream,
+        Duration::from_secs(10),
+        "the dashboard notices the fleet is gone",
+        |u| u.fleet.as_ref().is_some_and(|f| f.state() == FleetReportState::Unreachable),
+    )
+    .await;
+    assert!(gone.fleet.unwrap().detail.contains(&status_addr));
 }
