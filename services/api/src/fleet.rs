@@ -84,7 +84,11 @@ impl FleetSource {
                 detail: "no fleet status address is configured (--fleet-status)".into(),
             };
         };
-        match client.clone().get_fleet_status(GetFleetStatusRequest {}).await {
+        match client
+            .clone()
+            .get_fleet_status(GetFleetStatusRequest {})
+            .await
+        {
             Ok(status) => FleetReport {
                 state: FleetReportState::Reporting.into(),
                 status: Some(status.into_inner()),
@@ -129,6 +133,10 @@ mod tests {
         let source = FleetSource::at(&format!("http://127.0.0.1:{port}")).unwrap();
         let report = source.report().await;
         assert_eq!(report.state(), FleetReportState::Unreachable);
-        assert!(report.detail.contains(&port.to_string()), "{}", report.detail);
+        assert!(
+            report.detail.contains(&port.to_string()),
+            "{}",
+            report.detail
+        );
     }
 }

@@ -11,10 +11,9 @@ use tributary::{
     clock,
     proto::{
         AggregateMetricRequest, AggregateMetricResponse, Dashboard, GetLatencyRequest,
-        GetSmsProgressRequest, GetStatsRequest, Latency, ListAveragesRequest,
-        ListAveragesResponse, ListDeadLettersRequest, ListDeadLettersResponse, ListRecordsRequest,
-        ListRecordsResponse, SmsProgress, Stats, WatchDashboardRequest, WatchStatsRequest,
-        query_server::Query,
+        GetSmsProgressRequest, GetStatsRequest, Latency, ListAveragesRequest, ListAveragesResponse,
+        ListDeadLettersRequest, ListDeadLettersResponse, ListRecordsRequest, ListRecordsResponse,
+        SmsProgress, Stats, WatchDashboardRequest, WatchStatsRequest, query_server::Query,
     },
     store::{AggregateQuery, AverageFilter, RecordFilter, Store},
 };

@@ -203,21 +203,24 @@ async fn watch_dashboard_streams_every_figure_over_grpc() {
             .expect("every workload shows up on the dashboard within 30 s")
             .expect("the stream stays open")
             .expect("updates are not errors");
-        let read_at = update.read_at.clone().expect("every update has a time");
-        if let Some(previous) = previous_read_at.replace(read_at.clone()) {
+        let read_at = update.read_at.expect("every update has a time");
+        if let Some(previous) = previous_read_at.replace(read_at) {
             assert!(
                 tributary::clock::to_micros(&read_at) > tributary::clock::to_micros(&previous),
                 "each update is read later than the one before"
             );
         }
-        let fleet = update.fleet.clone().expect("every update reports the fleet");
+        let fleet = update
+            .fleet
+            .clone()
+            .expect("every update reports the fleet");
         assert_eq!(fleet.state(), FleetReportState::Unreachable);
         assert!(fleet.detail.contains("127.0.0.1:9"), "{}", fleet.detail);
         assert_eq!(update.sensor_window_ms, 60_000);
         let names: Vec<_> = update.metrics.iter().map(|m| m.metric.as_str()).collect();
         assert_eq!(names, ["temperature", "humidity", "pressure"]);
 
-        let latency = update.latency.clone().expect("latency is always sent");
+        let latency = update.latency.expect("latency is always sent");
         let sms = update.sms.clone().expect("SMS progress is always sent");
         let sensors_seen = update.metrics.iter().all(|m| !m.groups.is_empty());
         if latency.stored > 0
@@ -289,7 +292,9 @@ async fn a_real_fleet_run_shows_up_on_the_dashboard_and_goes_away() {
         &fleet_url,
     ])
     .await;
-    let mut client = QueryClient::connect(format!("http://{addr}")).await.unwrap();
+    let mut client = QueryClient::connect(format!("http://{addr}"))
+        .await
+        .unwrap();
     let mut stream = client
         .watch_dashboard(WatchDashboardRequest {
             interval_ms: 200,
@@ -326,7 +331,11 @@ async fn a_real_fleet_run_shows_up_on_the_dashboard_and_goes_away() {
         &mut stream,
         Duration::from_secs(10),
         "the dashboard notices the fleet is gone",
-        |u| u.fleet.as_ref().is_some_and(|f| f.state() == FleetReportState::Unreachable),
+        |u| {
+            u.fleet
+                .as_ref()
+                .is_some_and(|f| f.state() == FleetReportState::Unreachable)
+        },
     )
     .await;
     assert!(gone.fleet.unwrap().detail.contains(&status_addr));
