@@ -4,12 +4,13 @@
 
 mod convert;
 mod dashboard;
+mod dashboard_sse;
 mod fleet;
 mod page;
 mod service;
 
 pub use fleet::{BadFleetUrl, FleetArgs, FleetSource};
-pub use page::{ASSETS_PREFIX, routes as page_routes};
+pub use page::ASSETS_PREFIX;
 pub use service::QueryService;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -87,8 +88,9 @@ impl App {
 
     /// Serves until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let query = QueryService::new(self.store.clone(), shutdown.clone()).with_fleet(self.fleet);
         let mut routes = RoutesBuilder::default();
-        routes.add_service(service(self.store.clone(), self.fleet, shutdown.clone()));
+        routes.add_service(QueryServer::new(query.clone()));
         grpc::add_standard_services_advertising(
             &mut routes,
             &[grpc::service_name::<QueryServer<QueryService>>()],
@@ -96,18 +98,20 @@ impl App {
         )
         .await;
         // The dashboard page shares the port with gRPC, as in `tributary up`.
-        let routes = Routes::from(routes.routes().into_axum_router().merge(page_routes()));
+        let routes = Routes::from(routes.routes().into_axum_router().merge(page_routes(query)));
         let served = grpc::serve(self.listener, routes, shutdown).await;
         self.store.close().await;
         Ok(served?)
     }
 }
 
-/// The Query gRPC service over `store`, its dashboard reporting `fleet`.
-pub fn service(
-    store: Arc<dyn Store>,
-    fleet: FleetSource,
-    shutdown: CancellationToken,
-) -> QueryServer<QueryService> {
-    QueryServer::new(QueryService::new(store, shutdown).with_fleet(fleet))
+/// The Query gRPC service over `store`.
+pub fn service(store: Arc<dyn Store>, shutdown: CancellationToken) -> QueryServer<QueryService> {
+    QueryServer::new(QueryService::new(store, shutdown))
+}
+
+/// The dashboard page, its assets and (until the REST face lands, see
+/// `dashboard_sse`) its event stream, over `query`.
+pub fn page_routes(query: QueryService) -> axum::Router {
+    page::routes().merge(dashboard_sse::routes(query))
 }

@@ -115,11 +115,9 @@ impl App {
             self.config.limits.clone(),
             shutdown.clone(),
         ));
-        routes.add_service(tributary_api::service(
-            self.store.clone(),
-            self.fleet.clone(),
-            shutdown.clone(),
-        ));
+        let query =
+            QueryService::new(self.store.clone(), shutdown.clone()).with_fleet(self.fleet.clone());
+        routes.add_service(QueryServer::new(query.clone()));
         routes.add_service(tributary_coordinator::service(
             Arc::new(SystemClock),
             shutdown.clone(),
@@ -138,7 +136,7 @@ impl App {
             routes
                 .routes()
                 .into_axum_router()
-                .merge(tributary_api::page_routes()),
+                .merge(tributary_api::page_routes(query)),
         );
         let server = tokio::spawn(grpc::serve(self.listener, routes, shutdown.clone()));
 

@@ -24,7 +24,7 @@ const WORKER: &str = env!("CARGO_BIN_EXE_tributary-worker");
 
 /// SMS alerts the mesh sends at start-up: enough that the senders are still
 /// at work while the browser looks (the default 1,000 are done in seconds).
-const SMS: &str = "50000";
+const SMS: &str = "20000";
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
