@@ -27,7 +27,11 @@ const WORKER: &str = env!("CARGO_BIN_EXE_tributary-worker");
 const SMS: &str = "20000";
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .ancestors()
+        .nth(2)
+        .expect("the package sits at services/cli in the repository")
+        .to_path_buf()
 }
 
 /// Where screenshots go: under target/, which CI keeps as artifacts.
