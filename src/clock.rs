@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use prost_types::Timestamp;
+use pbjson_types::Timestamp;
 
 /// Microseconds since the Unix epoch, now.
 pub fn now_micros() -> i64 {

@@ -111,8 +111,7 @@ pub async fn serve(
         // rewrite is a layer so that every service gets it, unary included.
         .layer(tower::util::MapResponseLayer::new(too_large_is_exhausted))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
-        // Browsers reach the dashboard page over plain HTTP/1.1 (cleartext
-        // HTTP/2 is gRPC's only); both are served on the one port.
+        // HTTP/1.1 for the REST face and browsers, on the same port as gRPC.
         .accept_http1(true)
         .add_routes(routes)
         .serve_with_incoming_shutdown(incoming(listener), shutdown.clone().cancelled_owned());

@@ -8,6 +8,7 @@ pub mod grpc;
 pub mod kind;
 pub mod proto;
 pub mod queue;
+pub mod rest;
 pub mod shutdown;
 mod sqlite;
 pub mod store;

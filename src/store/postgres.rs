@@ -167,6 +167,7 @@ fn migrator() -> Migrator {
     Migrator::with_migrations(vec![
         migration(1, "init", INIT),
         migration(2, "workloads", sql::WORKLOAD_TABLES),
+        migration(3, "aggregate covering index", sql::AGGREGATE_INDEX),
     ])
 }
 

@@ -1,12 +1,12 @@
-//! The query API: serves what the parsers stored over gRPC, and the live
-//! dashboard page.
+//! The query API: serves what the parsers stored over gRPC and, on the same
+//! port, over REST, with the live dashboard page.
 #![forbid(unsafe_code)]
 
 mod convert;
 mod dashboard;
-mod dashboard_sse;
 mod fleet;
 mod page;
+pub mod rest;
 mod service;
 
 pub use fleet::{BadFleetUrl, FleetArgs, FleetSource};
@@ -18,10 +18,11 @@ use std::{net::SocketAddr, sync::Arc};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::service::{Routes, RoutesBuilder};
+use tonic::service::RoutesBuilder;
 use tributary::{
     grpc,
     proto::query_server::QueryServer,
+    rest::Transcode,
     store::{self, Store},
 };
 
@@ -88,18 +89,18 @@ impl App {
 
     /// Serves until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        // gRPC and REST answer through the one service, so the dashboard's
+        // stream reports the same fleet on both.
         let query = QueryService::new(self.store.clone(), shutdown.clone()).with_fleet(self.fleet);
-        let mut routes = RoutesBuilder::default();
-        routes.add_service(QueryServer::new(query.clone()));
+        let mut routes = RoutesBuilder::from(http_routes(rest::transcoder(query.clone())));
+        routes.add_service(QueryServer::new(query));
         grpc::add_standard_services_advertising(
             &mut routes,
             &[grpc::service_name::<QueryServer<QueryService>>()],
             &self.advertise,
         )
         .await;
-        // The dashboard page shares the port with gRPC, as in `tributary up`.
-        let routes = Routes::from(routes.routes().into_axum_router().merge(page_routes(query)));
-        let served = grpc::serve(self.listener, routes, shutdown).await;
+        let served = grpc::serve(self.listener, routes.routes(), shutdown).await;
         self.store.close().await;
         Ok(served?)
     }
@@ -110,8 +111,14 @@ pub fn service(store: Arc<dyn Store>, shutdown: CancellationToken) -> QueryServe
     QueryServer::new(QueryService::new(store, shutdown))
 }
 
-/// The dashboard page, its assets and (until the REST face lands, see
-/// `dashboard_sse`) its event stream, over `query`.
-pub fn page_routes(query: QueryService) -> axum::Router {
-    page::routes().merge(dashboard_sse::routes(query))
+/// Everything the api serves over plain HTTP beside gRPC, on the same port:
+/// the REST face of `rest` (Query's routes; `tributary up` adds Ingest's),
+/// the OpenAPI document, and the dashboard page at `/` with its assets under
+/// [`ASSETS_PREFIX`]. Both the stand-alone api and `tributary up` serve
+/// exactly this, so a page or route added here appears in both.
+pub fn http_routes<T>(rest: T) -> axum::Router
+where
+    T: Transcode + Clone + Send + Sync + 'static,
+{
+    tributary::rest::router(rest).merge(page::routes())
 }

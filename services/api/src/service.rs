@@ -80,8 +80,8 @@ const LATENCY_WINDOW_MICROS: i64 = 10_000_000;
 /// A time range from optional bounds: `[from, to)` in µs, open ends as the
 /// extremes. An inverted range is the caller's mistake.
 fn range(
-    from: Option<prost_types::Timestamp>,
-    to: Option<prost_types::Timestamp>,
+    from: Option<pbjson_types::Timestamp>,
+    to: Option<pbjson_types::Timestamp>,
 ) -> Result<(i64, i64), Status> {
     let from = from.as_ref().map_or(i64::MIN, clock::to_micros);
     let to = to.as_ref().map_or(i64::MAX, clock::to_micros);

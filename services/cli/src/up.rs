@@ -8,7 +8,7 @@ use std::{net::SocketAddr, path::PathBuf, sync::Arc};
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::service::{Routes, RoutesBuilder};
+use tonic::service::RoutesBuilder;
 use tributary::{
     clock::SystemClock,
     grpc,
@@ -109,15 +109,25 @@ impl App {
     /// drain, and the queue and store close.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
-        let mut routes = RoutesBuilder::default();
+        // gRPC and REST answer through the one Query service, so the
+        // dashboard's stream reports the same fleet on both.
+        let query =
+            QueryService::new(self.store.clone(), shutdown.clone()).with_fleet(self.fleet.clone());
+        let rest = tributary::rest::Either(
+            tributary_api::rest::transcoder(query.clone()),
+            tributary_ingest::rest(
+                self.queue.clone(),
+                self.config.limits.clone(),
+                shutdown.clone(),
+            ),
+        );
+        let mut routes = RoutesBuilder::from(tributary_api::http_routes(rest));
         routes.add_service(tributary_ingest::service(
             self.queue.clone(),
             self.config.limits.clone(),
             shutdown.clone(),
         ));
-        let query =
-            QueryService::new(self.store.clone(), shutdown.clone()).with_fleet(self.fleet.clone());
-        routes.add_service(QueryServer::new(query.clone()));
+        routes.add_service(QueryServer::new(query));
         routes.add_service(tributary_coordinator::service(
             Arc::new(SystemClock),
             shutdown.clone(),
@@ -131,14 +141,11 @@ impl App {
             ],
         )
         .await;
-        // The dashboard page shares the one port with every gRPC service.
-        let routes = Routes::from(
-            routes
-                .routes()
-                .into_axum_router()
-                .merge(tributary_api::page_routes(query)),
-        );
-        let server = tokio::spawn(grpc::serve(self.listener, routes, shutdown.clone()));
+        let server = tokio::spawn(grpc::serve(
+            self.listener,
+            routes.routes(),
+            shutdown.clone(),
+        ));
 
         // Workers stop on their own token, cancelled only after the server
         // has begun draining, so they can ack their last batch.

@@ -21,7 +21,10 @@ pub async fn serve(
     fleet: Fleet,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
-    let mut routes = tonic::service::RoutesBuilder::default();
+    let rest = tributary::rest::fleet(FleetService {
+        fleet: fleet.clone(),
+    });
+    let mut routes = tonic::service::RoutesBuilder::from(tributary::rest::router(rest));
     routes.add_service(FleetServer::new(FleetService { fleet }));
     grpc::add_standard_services(
         &mut routes,

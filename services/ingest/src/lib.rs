@@ -21,6 +21,7 @@ use tributary::{
     grpc,
     proto::ingest_server::IngestServer,
     queue::{self, Queue},
+    rest::Transcode,
 };
 
 /// A built ingest server: its queue is open and its port is bound.
@@ -50,7 +51,8 @@ impl App {
 
     /// Serves until `shutdown` is cancelled, then drains and closes the queue.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let mut routes = RoutesBuilder::default();
+        let rest = rest(self.queue.clone(), self.limits.clone(), shutdown.clone());
+        let mut routes = RoutesBuilder::from(tributary::rest::router(rest));
         routes.add_service(service(
             self.queue.clone(),
             self.limits.clone(),
@@ -78,4 +80,14 @@ pub fn service(
     IngestServer::new(IngestService::new(queue, limits, shutdown))
         .max_decoding_message_size(max)
         .max_encoding_message_size(usize::MAX)
+}
+
+/// The REST transcoder of Ingest's annotated methods (`POST /v1/records`)
+/// over `queue`, answered by the same handlers as gRPC.
+pub fn rest(
+    queue: Arc<dyn Queue>,
+    limits: Limits,
+    shutdown: CancellationToken,
+) -> impl Transcode + Clone + Send + Sync + 'static {
+    tributary::rest::ingest(IngestService::new(queue, limits, shutdown))
 }

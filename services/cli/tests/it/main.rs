@@ -9,6 +9,8 @@ mod dashboard;
 mod end_to_end;
 mod fleet;
 mod mesh;
+mod notebook;
 mod peers;
+mod rest;
 mod support;
 mod workloads;
