@@ -31,6 +31,9 @@ fi
 step "services (PostgreSQL 127.0.0.1:5432, NATS JetStream 127.0.0.1:4222)"
 tributary_ensure_services
 
+step "browser (Debian chromium, playwright-core in tests/browser)"
+scripts/browser.sh
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -42,6 +42,7 @@ PROTO_FILES = [
     "tributary/v1/record.proto",
     "tributary/v1/ingest.proto",
     "tributary/v1/coordinator.proto",
+    "tributary/v1/fleet.proto",  # query.proto's dashboard carries the fleet status
     "tributary/v1/query.proto",
 ]
 BATCH_SIZE = 100

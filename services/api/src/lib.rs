@@ -1,11 +1,16 @@
 //! The query API: serves what the parsers stored over gRPC and, on the same
-//! port, over REST.
+//! port, over REST, with the live dashboard page.
 #![forbid(unsafe_code)]
 
 mod convert;
+mod dashboard;
+mod fleet;
+mod page;
 pub mod rest;
 mod service;
 
+pub use fleet::{BadFleetUrl, FleetArgs, FleetSource};
+pub use page::ASSETS_PREFIX;
 pub use service::QueryService;
 
 use std::{net::SocketAddr, sync::Arc};
@@ -41,12 +46,15 @@ pub struct Config {
     pub advertise: Vec<String>,
     #[command(flatten)]
     pub tls: tributary::tls::ServerTlsArgs,
+    #[command(flatten)]
+    pub fleet: FleetArgs,
 }
 
 /// A built query API: store open, port bound.
 pub struct App {
     listener: TcpListener,
     store: Arc<dyn Store>,
+    fleet: FleetSource,
     advertise: Vec<String>,
     tls: Option<tributary::tls::ServerTls>,
 }
@@ -63,6 +71,7 @@ impl App {
             );
         }
         let tls = config.tls.load()?;
+        let fleet = config.fleet.source()?;
         let store = store::open(&config.store)
             .await
             .context("opening the store")?;
@@ -72,6 +81,7 @@ impl App {
         Ok(Self {
             listener,
             store,
+            fleet,
             advertise: config.advertise,
             tls,
         })
@@ -84,9 +94,11 @@ impl App {
 
     /// Serves until `shutdown`.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let rest = rest::transcoder(self.store.clone(), shutdown.clone());
-        let mut routes = RoutesBuilder::from(http_routes(rest));
-        routes.add_service(service(self.store.clone(), shutdown.clone()));
+        // gRPC and REST answer through the one service, so the dashboard's
+        // stream reports the same fleet on both.
+        let query = QueryService::new(self.store.clone(), shutdown.clone()).with_fleet(self.fleet);
+        let mut routes = RoutesBuilder::from(http_routes(rest::transcoder(query.clone())));
+        routes.add_service(QueryServer::new(query));
         grpc::add_standard_services_advertising(
             &mut routes,
             &[grpc::service_name::<QueryServer<QueryService>>()],
@@ -105,12 +117,13 @@ pub fn service(store: Arc<dyn Store>, shutdown: CancellationToken) -> QueryServe
 }
 
 /// Everything the api serves over plain HTTP beside gRPC, on the same port:
-/// the REST face of `rest` (Query's routes; `tributary up` adds Ingest's) and
-/// the OpenAPI document. Both the stand-alone api and `tributary up` serve
+/// the REST face of `rest` (Query's routes; `tributary up` adds Ingest's),
+/// the OpenAPI document, and the dashboard page at `/` with its assets under
+/// [`ASSETS_PREFIX`]. Both the stand-alone api and `tributary up` serve
 /// exactly this, so a page or route added here appears in both.
 pub fn http_routes<T>(rest: T) -> axum::Router
 where
     T: Transcode + Clone + Send + 'static,
 {
-    tributary::rest::router(rest)
+    tributary::rest::router(rest).merge(page::routes())
 }

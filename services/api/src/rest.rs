@@ -2,17 +2,12 @@
 //! generates from the `google.api.http` annotations, answered by the same
 //! handlers as gRPC.
 
-use std::sync::Arc;
-
-use tokio_util::sync::CancellationToken;
-use tributary::{rest::Transcode, store::Store};
+use tributary::rest::Transcode;
 
 use crate::QueryService;
 
-/// The Query REST transcoder over `store`; watch streams end on `shutdown`.
-pub fn transcoder(
-    store: Arc<dyn Store>,
-    shutdown: CancellationToken,
-) -> impl Transcode + Clone + Send + 'static {
-    tributary::rest::query(QueryService::new(store, shutdown))
+/// The Query REST transcoder answered by `query`, the same service that
+/// answers gRPC.
+pub fn transcoder(query: QueryService) -> impl Transcode + Clone + Send + Sync + 'static {
+    tributary::rest::query(query)
 }

@@ -10,30 +10,48 @@ use tonic::{Request, Response, Status};
 use tributary::{
     clock,
     proto::{
-        AggregateMetricRequest, AggregateMetricResponse, GetLatencyRequest, GetSmsProgressRequest,
-        GetStatsRequest, Latency, ListAveragesRequest, ListAveragesResponse,
+        AggregateMetricRequest, AggregateMetricResponse, Dashboard, GetLatencyRequest,
+        GetSmsProgressRequest, GetStatsRequest, Latency, ListAveragesRequest, ListAveragesResponse,
         ListDeadLettersRequest, ListDeadLettersResponse, ListRecordsRequest, ListRecordsResponse,
-        SmsProgress, Stats, WatchStatsRequest, query_server::Query,
+        SmsProgress, Stats, WatchDashboardRequest, WatchStatsRequest, query_server::Query,
     },
     store::{AggregateQuery, AverageFilter, RecordFilter, Store},
 };
 
-use crate::convert;
+use crate::{convert, dashboard, fleet::FleetSource};
 
 /// Page size when a request gives none, and the most a page may hold.
 const DEFAULT_LIMIT: u32 = 100;
 const MAX_LIMIT: u32 = 1000;
 
-/// The Query service over one store.
+/// The Query service over one store. Cloning is cheap: a watch stream's
+/// task holds its own clone and reads through the same handlers.
+#[derive(Clone)]
 pub struct QueryService {
     store: Arc<dyn Store>,
+    fleet: FleetSource,
     shutdown: CancellationToken,
 }
 
 impl QueryService {
     /// A service reading `store`; watch streams end on `shutdown`.
     pub fn new(store: Arc<dyn Store>, shutdown: CancellationToken) -> Self {
-        Self { store, shutdown }
+        Self {
+            store,
+            fleet: FleetSource::none(),
+            shutdown,
+        }
+    }
+
+    /// The dashboard reports the fleet status from `fleet`.
+    pub fn with_fleet(mut self, fleet: FleetSource) -> Self {
+        self.fleet = fleet;
+        self
+    }
+
+    /// Where the fleet status comes from.
+    pub fn fleet(&self) -> &FleetSource {
+        &self.fleet
     }
 }
 
@@ -76,6 +94,7 @@ fn range(
 #[tonic::async_trait]
 impl Query for QueryService {
     type WatchStatsStream = Pin<Box<dyn Stream<Item = Result<Stats, Status>> + Send>>;
+    type WatchDashboardStream = Pin<Box<dyn Stream<Item = Result<Dashboard, Status>> + Send>>;
 
     async fn get_stats(&self, _: Request<GetStatsRequest>) -> Result<Response<Stats>, Status> {
         Ok(Response::new(convert::stats(self.store.counts().await?)))
@@ -230,5 +249,20 @@ impl Query for QueryService {
         let parser = group(request.into_inner().parser, "sms_sender");
         let rows = self.store.sms_progress(&parser).await?;
         Ok(Response::new(convert::sms_progress(rows)))
+    }
+
+    async fn watch_dashboard(
+        &self,
+        request: Request<WatchDashboardRequest>,
+    ) -> Result<Response<Self::WatchDashboardStream>, Status> {
+        let plan = dashboard::Plan::new(request.into_inner())?;
+        let (tx, rx) = mpsc::channel(1);
+        tokio::spawn(dashboard::run(
+            self.clone(),
+            plan,
+            tx,
+            self.shutdown.clone(),
+        ));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }

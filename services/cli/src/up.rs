@@ -22,7 +22,7 @@ use tributary::{
     store::{self, Store},
     tls::{ServerTls, ServerTlsArgs},
 };
-use tributary_api::QueryService;
+use tributary_api::{FleetSource, QueryService};
 use tributary_coordinator::CoordinatorService;
 use tributary_ingest::IngestService;
 use tributary_parser::parsers::ParserSpec;
@@ -70,6 +70,8 @@ pub struct Config {
     pub tls_ca: Option<PathBuf>,
     #[command(flatten)]
     pub auth: RequireTokenArgs,
+    #[command(flatten)]
+    pub fleet: tributary_api::FleetArgs,
 }
 
 /// The name this process's own clients check its certificate under.
@@ -85,6 +87,7 @@ pub struct App {
     token: Option<BearerToken>,
     /// How this process's own parsers and producers reach its listener.
     own_tls: Option<ClientTls>,
+    fleet: FleetSource,
     config: Config,
 }
 
@@ -94,6 +97,7 @@ impl App {
         config.limits.validate()?;
         config.tuning.tuning()?;
         config.workloads.validate()?;
+        let fleet = config.fleet.source()?;
         let parsers = config
             .parsers
             .iter()
@@ -126,6 +130,7 @@ impl App {
             tls,
             token,
             own_tls,
+            fleet,
             config,
         })
     }
@@ -139,8 +144,12 @@ impl App {
     /// drain, and the queue and store close.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let addr = self.local_addr();
+        // gRPC and REST answer through the one Query service, so the
+        // dashboard's stream reports the same fleet on both.
+        let query =
+            QueryService::new(self.store.clone(), shutdown.clone()).with_fleet(self.fleet.clone());
         let rest = tributary::rest::Either(
-            tributary_api::rest::transcoder(self.store.clone(), shutdown.clone()),
+            tributary_api::rest::transcoder(query.clone()),
             tributary_ingest::rest(
                 self.queue.clone(),
                 self.config.limits.clone(),
@@ -155,7 +164,7 @@ impl App {
             self.token.clone(),
             shutdown.clone(),
         ));
-        routes.add_service(tributary_api::service(self.store.clone(), shutdown.clone()));
+        routes.add_service(QueryServer::new(query));
         routes.add_service(tributary_coordinator::service(
             Arc::new(SystemClock),
             shutdown.clone(),

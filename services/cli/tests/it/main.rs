@@ -6,6 +6,7 @@ mod bad_input;
 mod cluster;
 mod compose;
 mod crash;
+mod dashboard;
 mod end_to_end;
 mod fleet;
 mod mesh;

@@ -353,6 +353,31 @@ async fn every_annotated_method_answers_over_rest_as_over_grpc() {
         );
     }
 
+    // The dashboard's stream, as the page reads it: canonical JSON per event.
+    rest.called
+        .insert(("get".into(), "/v1/dashboard:watch".into()));
+    let events = sse_events(
+        &rest.client,
+        &format!("{}/v1/dashboard:watch?intervalMs=100", rest.base),
+        2,
+    )
+    .await;
+    for event in &events {
+        assert_eq!(event["sensorWindowMs"], 60_000, "{event}");
+        assert_eq!(
+            event["fleet"]["state"], "FLEET_REPORT_STATE_NOT_CONFIGURED",
+            "{event}"
+        );
+        let metrics: Vec<&str> = event["metrics"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["metric"].as_str().unwrap())
+            .collect();
+        assert_eq!(metrics, ["temperature", "humidity", "pressure"], "{event}");
+        assert!(event["readAt"].is_string(), "{event}");
+    }
+
     // Every route of the OpenAPI document that `up` serves was called.
     let openapi: Value = rest
         .client
