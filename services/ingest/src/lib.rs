@@ -88,6 +88,6 @@ pub fn rest(
     queue: Arc<dyn Queue>,
     limits: Limits,
     shutdown: CancellationToken,
-) -> impl Transcode + Clone + Send + Sync + 'static {
+) -> impl Transcode + Clone + Send + 'static {
     tributary::rest::ingest(IngestService::new(queue, limits, shutdown))
 }
