@@ -136,10 +136,7 @@ where
 /// it as the interceptor guards the gRPC service: the transcoder calls the
 /// handlers directly, so without the guard a token-protected server would
 /// take `POST /v1/records` from anyone.
-pub fn ingest<S>(
-    service: S,
-    bearer: RequireBearer,
-) -> impl Transcode + Clone + Send + Sync + 'static
+pub fn ingest<S>(service: S, bearer: RequireBearer) -> impl Transcode + Clone + Send + 'static
 where
     S: proto::ingest_server::Ingest,
 {

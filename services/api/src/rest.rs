@@ -8,6 +8,6 @@ use crate::QueryService;
 
 /// The Query REST transcoder answered by `query`, the same service that
 /// answers gRPC.
-pub fn transcoder(query: QueryService) -> impl Transcode + Clone + Send + Sync + 'static {
+pub fn transcoder(query: QueryService) -> impl Transcode + Clone + Send + 'static {
     tributary::rest::query(query)
 }
