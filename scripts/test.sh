@@ -12,21 +12,13 @@ fi
 step() { printf '==> %s\n' "$*"; }
 
 step "tools (target/tools/venv)"
-# Exports TRIBUTARY_GRPCURL, TRIBUTARY_PYTHON, TRIBUTARY_ENVOY and
-# TRIBUTARY_COMPOSE; defines tributary_ensure_services.
+# Exports TRIBUTARY_GRPCURL, TRIBUTARY_PYTHON, TRIBUTARY_ENVOY,
+# TRIBUTARY_COMPOSE and TRIBUTARY_PROMTOOL (the metrics and alert-rule
+# checker); defines tributary_ensure_services.
 source scripts/tools.sh
-printf '    %s\n' "TRIBUTARY_PROMTOOL=$TRIBUTARY_PROMTOOL"
 printf '    %s\n' "TRIBUTARY_PYTHON=$TRIBUTARY_PYTHON" "TRIBUTARY_GRPCURL=$TRIBUTARY_GRPCURL" \
-    "TRIBUTARY_ENVOY=$TRIBUTARY_ENVOY" "TRIBUTARY_COMPOSE=$TRIBUTARY_COMPOSE"
-
-step "promtool (checks deploy/prometheus/alerts.yml)"
-# Debian's prometheus package ships promtool; only installed when missing.
-if ! command -v promtool >/dev/null 2>&1; then
-    sudo=()
-    if [[ "$(id -u)" != 0 ]]; then sudo=(sudo); fi
-    "${sudo[@]}" apt-get update -q
-    "${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus
-fi
+    "TRIBUTARY_ENVOY=$TRIBUTARY_ENVOY" "TRIBUTARY_COMPOSE=$TRIBUTARY_COMPOSE" \
+    "TRIBUTARY_PROMTOOL=$TRIBUTARY_PROMTOOL"
 
 step "services (PostgreSQL 127.0.0.1:5432, NATS JetStream 127.0.0.1:4222)"
 tributary_ensure_services

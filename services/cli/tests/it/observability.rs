@@ -256,7 +256,7 @@ fn dechunk(mut body: &str) -> String {
 
 /// Runs `promtool check metrics` on `text`, failing with its complaints.
 async fn promtool_check(what: &str, text: &str) {
-    let promtool = std::env::var("TRIBUTARY_PROMTOOL").unwrap_or_else(|_| "promtool".into());
+    let promtool = crate::support::tool("TRIBUTARY_PROMTOOL");
     let mut child = Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
