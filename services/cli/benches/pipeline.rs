@@ -4,6 +4,8 @@
 //! Run: `cargo bench -p tributary-cli --bench pipeline` (add `-- --records N`
 //! to change the bulk run's size; default 1,000,000).
 
+mod support;
+
 use std::{
     path::Path,
     pin::Pin,
@@ -122,22 +124,7 @@ async fn bulk(url: &str, count: u64) -> (f64, f64) {
     let started = Instant::now();
     publish(url, "bulk", count, None).await;
     let acked = started.elapsed();
-    let mut query = QueryClient::connect(url.to_owned()).await.unwrap();
-    loop {
-        let stats = query
-            .get_stats(GetStatsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if stats
-            .parsers
-            .iter()
-            .any(|p| p.parser == "raw" && p.stored >= count)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::wait_stored(url, "raw", count).await;
     let stored = started.elapsed();
     (
         count as f64 / acked.as_secs_f64(),

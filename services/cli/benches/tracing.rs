@@ -9,17 +9,14 @@
 //! within each round, so that load from elsewhere on the machine falls on
 //! all of them alike.
 
-use std::{
-    path::Path,
-    process::Stdio,
-    time::{Duration, Instant},
-};
+mod support;
+
+use std::{path::Path, process::Stdio, time::Instant};
 
 use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
 };
-use tributary::proto::{GetStatsRequest, query_client::QueryClient};
 
 const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
@@ -164,22 +161,7 @@ async fn run(dir: &Path, name: &str, records: u64, env: &[(&str, &str)]) -> f64 
         "{}",
         String::from_utf8_lossy(&send.stderr)
     );
-    let mut query = QueryClient::connect(url).await.unwrap();
-    loop {
-        let stats = query
-            .get_stats(GetStatsRequest {})
-            .await
-            .unwrap()
-            .into_inner();
-        if stats
-            .parsers
-            .iter()
-            .any(|p| p.parser == "raw" && p.stored >= records)
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    support::wait_stored(&url, "raw", records).await;
     let rate = records as f64 / started.elapsed().as_secs_f64();
     mesh.kill().await.unwrap();
     let _ = std::fs::remove_dir_all(&data);

@@ -14,7 +14,9 @@ use tokio::{
 
 use tributary::proto::{PublishBatchRequest, Record, ingest_client::IngestClient};
 
-use crate::support::{BIN, Mesh, rows_of, send, send_command, spawn_listening, tool, wait_stored};
+use crate::support::{
+    BIN, Mesh, rows_of, send, send_command, send_summary, spawn_listening, tool, wait_stored,
+};
 
 /// The Python receiver, and the file it appends spans to.
 struct Receiver {
@@ -191,17 +193,11 @@ async fn spans_of_three_processes_reach_a_real_otlp_receiver_as_one_trace() {
 }
 
 async fn send_traced(url: &str, endpoint: &str, source: &str) -> Value {
-    let output = send_command(url, &["--count", "1", "--kind", "text", "--source", source])
-        .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint)
-        .output()
-        .await
-        .expect("tributary send runs");
-    assert!(
-        output.status.success(),
-        "send failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("send --json prints one JSON object")
+    send_summary(
+        send_command(url, &["--count", "1", "--kind", "text", "--source", source])
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint),
+    )
+    .await
 }
 
 /// `GET /metrics` over HTTP/1.1. Written out rather than pulling an HTTP
@@ -256,7 +252,7 @@ fn dechunk(mut body: &str) -> String {
 
 /// Runs `promtool check metrics` on `text`, failing with its complaints.
 async fn promtool_check(what: &str, text: &str) {
-    let promtool = crate::support::tool("TRIBUTARY_PROMTOOL");
+    let promtool = tool("TRIBUTARY_PROMTOOL");
     let mut child = Command::new(&promtool)
         .args(["check", "metrics"])
         .stdin(Stdio::piped())

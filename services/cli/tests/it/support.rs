@@ -138,10 +138,13 @@ pub async fn rows_of(data_dir: &Path, parser: &str, source: &str) -> (i64, i64, 
 
 /// Runs `tributary send --json` to completion and returns its summary.
 pub async fn send(url: &str, args: &[&str]) -> serde_json::Value {
-    let output = send_command(url, args)
-        .output()
-        .await
-        .expect("tributary send runs");
+    send_summary(&mut send_command(url, args)).await
+}
+
+/// Runs a [`send_command`] (with whatever the caller added) to completion
+/// and returns its summary.
+pub async fn send_summary(command: &mut Command) -> serde_json::Value {
+    let output = command.output().await.expect("tributary send runs");
     assert!(
         output.status.success(),
         "send failed: {}",
