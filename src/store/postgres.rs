@@ -22,7 +22,6 @@ use std::{
 use async_trait::async_trait;
 use sqlx::{
     PgPool, Row,
-    migrate::{Migration, MigrationType, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
@@ -140,7 +139,7 @@ impl PostgresStore {
         loop {
             // Replicas starting together all migrate: sqlx takes an advisory
             // lock, so exactly one applies each migration.
-            match migrator().run(&pool).await {
+            match sql::migrator(INIT).run(&pool).await {
                 Ok(()) => break,
                 Err(e) if tokio::time::Instant::now() + wait < deadline => {
                     tracing::warn!(error = %e, "PostgreSQL not ready; retrying");
@@ -152,23 +151,6 @@ impl PostgresStore {
         }
         Ok(Self { pool })
     }
-}
-
-fn migrator() -> Migrator {
-    let migration = |version, name: &str, sql: &'static str| {
-        Migration::new(
-            version,
-            name.to_owned().into(),
-            MigrationType::Simple,
-            sqlx::SqlSafeStr::into_sql_str(sql),
-            false,
-        )
-    };
-    Migrator::with_migrations(vec![
-        migration(1, "init", INIT),
-        migration(2, "workloads", sql::WORKLOAD_TABLES),
-        migration(3, "aggregate covering index", sql::AGGREGATE_INDEX),
-    ])
 }
 
 /// Writes the facts of the records whose keys were new in this transaction.

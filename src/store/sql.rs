@@ -282,3 +282,23 @@ macro_rules! workload_reads {
     };
 }
 pub(crate) use workload_reads;
+
+/// The store's migrations; `init` is the backend's own first schema, the
+/// later steps are the same SQL on both backends.
+pub(super) fn migrator(init: &'static str) -> sqlx::migrate::Migrator {
+    use sqlx::migrate::{Migration, MigrationType, Migrator};
+    let migration = |version, name: &str, sql: &'static str| {
+        Migration::new(
+            version,
+            name.to_owned().into(),
+            MigrationType::Simple,
+            sqlx::SqlSafeStr::into_sql_str(sql),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(1, "init", init),
+        migration(2, "workloads", WORKLOAD_TABLES),
+        migration(3, "aggregate covering index", AGGREGATE_INDEX),
+    ])
+}

@@ -11,10 +11,7 @@ use std::{
 
 use async_trait::async_trait;
 use sqlx::{
-    QueryBuilder, Row, Sqlite, SqlitePool,
-    migrate::{Migration, MigrationType, Migrator},
-    query_builder::Separated,
-    sqlite::SqlitePoolOptions,
+    QueryBuilder, Row, Sqlite, SqlitePool, query_builder::Separated, sqlite::SqlitePoolOptions,
 };
 
 use super::{
@@ -76,7 +73,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
-        migrator()
+        sql::migrator(INIT)
             .run(&writer)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -87,23 +84,6 @@ impl SqliteStore {
             .map_err(unavailable)?;
         Ok(Self { writer, reader })
     }
-}
-
-fn migrator() -> Migrator {
-    let migration = |version, name: &str, sql: &'static str| {
-        Migration::new(
-            version,
-            name.to_owned().into(),
-            MigrationType::Simple,
-            sqlx::SqlSafeStr::into_sql_str(sql),
-            false,
-        )
-    };
-    Migrator::with_migrations(vec![
-        migration(1, "init", INIT),
-        migration(2, "workloads", sql::WORKLOAD_TABLES),
-        migration(3, "aggregate covering index", sql::AGGREGATE_INDEX),
-    ])
 }
 
 /// Rows per fact INSERT: at most 8 bound values each, under SQLite's limit.
