@@ -29,6 +29,19 @@ pub const QUEUE_DELIVERIES: &str = "tributary_queue_deliveries_total";
 pub const QUEUE_REDELIVERIES: &str = "tributary_queue_redeliveries_total";
 /// Messages published and not yet acknowledged by a group, by `group`.
 pub const QUEUE_LAG: &str = "tributary_queue_lag_messages";
+/// Messages a policy dropped before the group acked them, by `group` and
+/// `reason` (age, size, expired, deleted).
+pub const QUEUE_DROPPED: &str = "tributary_queue_dropped_messages_total";
+/// Consumer groups (or their lanes of a kind) expired for idleness.
+pub const QUEUE_GROUPS_EXPIRED: &str = "tributary_queue_groups_expired_total";
+/// Messages the embedded queue retains.
+pub const QUEUE_RETAINED_MESSAGES: &str = "tributary_queue_retained_messages";
+/// Bytes of the bodies the embedded queue retains (on disk).
+pub const QUEUE_RETAINED_BYTES: &str = "tributary_queue_retained_bytes";
+/// Bytes of bodies the embedded queue caches in memory.
+pub const QUEUE_CACHED_BYTES: &str = "tributary_queue_cached_bytes";
+/// Ack ids refused on Pull streams, by `code`.
+pub const QUEUE_ACKS_REFUSED: &str = "tributary_queue_acks_refused_total";
 /// Records dead-lettered, by `parser`.
 pub const PARSER_DEAD_LETTERS: &str = "tributary_parser_dead_letters_total";
 /// Parse time of one batch, by `parser`.
@@ -98,6 +111,32 @@ fn describe() {
     describe_gauge!(
         QUEUE_LAG,
         "Messages published but not yet acknowledged by the parser group."
+    );
+    describe_counter!(
+        QUEUE_DROPPED,
+        "Queue messages dropped by retention, expiry or deletion before their group acked them."
+    );
+    describe_counter!(
+        QUEUE_GROUPS_EXPIRED,
+        "Consumer groups (or their lanes of one kind) expired for idleness."
+    );
+    describe_gauge!(
+        QUEUE_RETAINED_MESSAGES,
+        "Messages the embedded queue retains."
+    );
+    describe_gauge!(
+        QUEUE_RETAINED_BYTES,
+        Unit::Bytes,
+        "Bytes of message bodies the embedded queue retains on disk."
+    );
+    describe_gauge!(
+        QUEUE_CACHED_BYTES,
+        Unit::Bytes,
+        "Bytes of message bodies the embedded queue caches in memory (capped)."
+    );
+    describe_counter!(
+        QUEUE_ACKS_REFUSED,
+        "Ack ids refused on Pull streams: malformed, foreign or another group's."
     );
     describe_counter!(
         PARSER_DEAD_LETTERS,

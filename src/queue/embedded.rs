@@ -2,19 +2,29 @@
 //! so a publish is acknowledged only after its transaction is on disk and
 //! survives a `kill -9` (and, with FULL, a power cut).
 //!
-//! The file holds the message log, each consumer group's acks and the
-//! per-source ranges of keys already seen (the dedupe index). Delivery state
-//! (what is in flight, deadlines, attempt counts) lives in memory: after a
-//! restart every unacked message is delivered again, which idempotent storage
-//! makes harmless, and attempt counts start over.
+//! The file holds the message log, each consumer group's kinds and acks, the
+//! failures charged to deliveries, each lane's high-water mark of delivered
+//! ids, and the per-source ranges of keys already seen (the dedupe index).
+//! Who holds what right now lives in memory, in the [`ledger`], which also
+//! argues the delivery promises; this file is its I/O: it persists what the
+//! ledger says must be durable, waiting for it where a delivery depends on
+//! it.
 //!
 //! One writer task owns the SQLite connection and commits whatever has queued
 //! up since its last commit in one transaction (group commit), so concurrent
 //! publishers share the cost of a sync.
+//!
+//! **Retention and expiry** (URL options, see [`Settings`]): messages older
+//! than `max_age`, or the oldest beyond `max_bytes`, are dropped; a group's
+//! lane of a kind with no live subscriber for `group_ttl` expires. What a
+//! policy drops that a group had not acked is logged per group and counted
+//! in `tributary_queue_dropped_messages_total{group,reason}`.
+
+mod ledger;
 
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    path::Path,
+    collections::HashMap,
+    path::{Path, PathBuf},
     str::FromStr,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
@@ -30,9 +40,14 @@ use tokio::{
     time::Instant,
 };
 
-use super::{Batch, Message, Published, Queue, QueueError, SubscribeOptions, Subscription};
+use self::ledger::{Change, Ledger, Loaded, MemberId, Meta, Outcome};
+use super::{
+    Batch, GroupInfo, Message, Published, Queue, QueueError, SubscribeOptions, Subscription,
+};
 use crate::{
+    clock,
     kind::KindSet,
+    metrics,
     proto::{RecordBatch, RecordKind},
 };
 
@@ -45,6 +60,10 @@ const BODY_CACHE_BYTES: usize = 64 << 20;
 /// are seconds long, so a 20 ms sweep is precise enough and costs nothing
 /// when little is in flight.
 const SWEEP_EVERY: Duration = Duration::from_millis(20);
+
+/// How often retention and group expiry run: their limits are hours and
+/// gigabytes, so once a second is plenty.
+const RETAIN_EVERY: Duration = Duration::from_secs(1);
 
 /// The most operations one transaction takes, so that a flood of publishes
 /// still gets acknowledged in steady steps.
@@ -69,11 +88,110 @@ CREATE TABLE IF NOT EXISTS acks (
     PRIMARY KEY (grp, msg_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS acks_by_msg ON acks (msg_id);
+CREATE TABLE IF NOT EXISTS attempts (
+    grp TEXT NOT NULL,
+    msg_id INTEGER NOT NULL,
+    nacks INTEGER NOT NULL,
+    strikes INTEGER NOT NULL,
+    alone INTEGER NOT NULL,
+    PRIMARY KEY (grp, msg_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS attempts_by_msg ON attempts (msg_id);
+CREATE TABLE IF NOT EXISTS marks (
+    grp TEXT NOT NULL,
+    kind INTEGER NOT NULL,
+    mark INTEGER NOT NULL,
+    PRIMARY KEY (grp, kind)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS sources (
     source TEXT PRIMARY KEY,
     ranges BLOB NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value INTEGER NOT NULL
+) WITHOUT ROWID;
 ";
+
+/// Retention and expiry of the embedded queue, from its URL:
+/// `embedded[:PATH][?max_age=SECONDS&max_bytes=BYTES&group_ttl=SECONDS&cache_bytes=BYTES]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// The queue file.
+    pub path: PathBuf,
+    /// Messages older than this are dropped (default 7 days, as JetStream's
+    /// stream here).
+    pub max_age: Duration,
+    /// Past this many bytes of bodies, the oldest messages are dropped
+    /// (default 8 GiB).
+    pub max_bytes: u64,
+    /// A group's lane of a kind with no live subscriber this long expires
+    /// (default 7 days: a group idle as long as the retention has lost its
+    /// backlog to age anyway).
+    pub group_ttl: Duration,
+    /// Bytes of message bodies kept in memory for delivery (default 64
+    /// MiB); the rest are read back from the file.
+    pub cache_bytes: usize,
+}
+
+impl Settings {
+    /// The defaults for a queue file at `path`.
+    pub fn new(path: PathBuf) -> Self {
+        Self {
+            path,
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_bytes: 8 << 30,
+            group_ttl: Duration::from_secs(7 * 24 * 3600),
+            cache_bytes: BODY_CACHE_BYTES,
+        }
+    }
+
+    /// Parses `embedded[:PATH][?OPTIONS]`; the file defaults to
+    /// `data_dir/queue.db`.
+    pub fn parse(url: &str, data_dir: &Path) -> Result<Self, QueueError> {
+        let bad = |reason: String| QueueError::BadUrl {
+            url: url.to_owned(),
+            reason,
+        };
+        let (base, query) = url.split_once('?').unwrap_or((url, ""));
+        let path = match base.split_once(':') {
+            None if base == "embedded" => data_dir.join("queue.db"),
+            Some(("embedded", path)) if !path.is_empty() => PathBuf::from(path),
+            _ => {
+                return Err(bad(
+                    "expected `embedded`, `embedded:PATH` or `nats://HOST:PORT`".into(),
+                ));
+            }
+        };
+        let mut settings = Self::new(path);
+        for pair in query.split('&').filter(|p| !p.is_empty()) {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| bad(format!("{pair:?} is not KEY=VALUE")))?;
+            let number = || {
+                value
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| *n > 0)
+                    .ok_or_else(|| bad(format!("{key} must be a positive whole number")))
+            };
+            match key {
+                "max_age" => settings.max_age = Duration::from_secs(number()?),
+                "max_bytes" => settings.max_bytes = number()?,
+                "group_ttl" => settings.group_ttl = Duration::from_secs(number()?),
+                "cache_bytes" => {
+                    settings.cache_bytes = usize::try_from(number()?).unwrap_or(usize::MAX);
+                }
+                other => {
+                    return Err(bad(format!(
+                        "unknown option {other:?} (known: max_age, max_bytes, group_ttl, cache_bytes)"
+                    )));
+                }
+            }
+        }
+        Ok(settings)
+    }
+}
 
 /// The embedded, durable queue. Cheap to share: all handles of one process
 /// must share one instance, since the file has a single writer.
@@ -88,46 +206,15 @@ struct Inner {
     writer: mpsc::UnboundedSender<Write>,
     reader: SqlitePool,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// A random number made with the file: ack ids name it, so an id from
+    /// another queue file is refused.
+    store_id: u64,
+    settings: Settings,
 }
 
-#[derive(Default)]
 struct State {
-    /// Messages not yet acked by every group that wants them.
-    log: BTreeMap<u64, Meta>,
-    groups: HashMap<String, Group>,
-    cached_bytes: usize,
+    ledger: Ledger,
     closed: bool,
-}
-
-struct Meta {
-    kind: RecordKind,
-    received_at: i64,
-    traceparent: Option<Arc<str>>,
-    body: Option<Arc<[u8]>>,
-}
-
-struct Group {
-    kinds: KindSet,
-    /// Log ids below the cursor are either pending or acked by this group.
-    cursor: u64,
-    /// Delivered at least once (or due for redelivery) and not acked.
-    pending: BTreeMap<u64, Pending>,
-    /// The pending ids that may be delivered now, lowest first.
-    ready: BTreeSet<u64>,
-    /// Acks at or above the cursor, loaded at start-up: skipped when the
-    /// cursor reaches them.
-    acked_ahead: HashSet<u64>,
-}
-
-struct Pending {
-    attempt: u32,
-    state: PendingState,
-}
-
-enum PendingState {
-    Ready,
-    InFlight { deadline: Instant, hold: Duration },
-    Delayed { until: Instant },
 }
 
 enum Write {
@@ -135,16 +222,11 @@ enum Write {
         batches: Vec<Batch>,
         reply: oneshot::Sender<Result<Vec<Published>, QueueError>>,
     },
-    Ack {
-        group: String,
-        id: u64,
-    },
-    Delete {
-        id: u64,
-    },
-    Group {
-        name: String,
-        kinds: KindSet,
+    Change(Change),
+    /// Changes a delivery waits for.
+    Durable {
+        changes: Vec<Change>,
+        reply: oneshot::Sender<Result<(), QueueError>>,
     },
     Close {
         reply: oneshot::Sender<()>,
@@ -152,8 +234,15 @@ enum Write {
 }
 
 impl EmbeddedQueue {
-    /// Opens (creating if needed) the queue file at `path`.
+    /// Opens (creating if needed) the queue file at `path`, with the
+    /// default retention.
     pub async fn open(path: &Path) -> Result<Self, QueueError> {
+        Self::open_with(Settings::new(path.to_owned())).await
+    }
+
+    /// Opens (creating if needed) the queue file `settings` name.
+    pub async fn open_with(settings: Settings) -> Result<Self, QueueError> {
+        let path = &settings.path;
         let options = crate::sqlite::options(path).map_err(|e| {
             QueueError::Unavailable(format!("cannot create {}: {e}", path.display()))
         })?;
@@ -164,29 +253,70 @@ impl EmbeddedQueue {
             .execute(&mut conn)
             .await
             .map_err(unavailable)?;
+        let store_id = store_id(&mut conn).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
             .await
             .map_err(unavailable)?;
 
-        let (state, dedupe, doomed) = load(&mut conn).await?;
+        let (ledger, dedupe, changes) = load(&mut conn, settings.cache_bytes).await?;
         let (writer, rx) = mpsc::unbounded_channel();
-        for id in doomed {
-            // Acked by every group before the last stop but not yet deleted.
-            let _ = writer.send(Write::Delete { id });
+        for change in changes {
+            // Strikes of deliveries that were out alone when the process
+            // died, and messages no group wanted any more.
+            let _ = writer.send(Write::Change(change));
         }
         let inner = Arc::new(Inner {
-            state: Mutex::new(state),
+            state: Mutex::new(State {
+                ledger,
+                closed: false,
+            }),
             wake: Notify::new(),
             writer,
             reader,
             tasks: Mutex::new(Vec::new()),
+            store_id,
+            settings,
         });
         let write_task = tokio::spawn(write_loop(inner.clone(), conn, rx, dedupe));
         let sweep_task = tokio::spawn(sweep_loop(Arc::downgrade(&inner)));
         inner.tasks().extend([write_task, sweep_task]);
         Ok(Self { inner })
+    }
+
+    /// Checks that `ack_id` is one of this queue's and names `group`.
+    fn own(&self, group: &str, ack_id: &str) -> Result<u64, QueueError> {
+        let (store, id, named) = parse_ack_id(ack_id)?;
+        if store != self.inner.store_id {
+            return Err(QueueError::Invalid(format!(
+                "ack id {ack_id:?} is not from this queue"
+            )));
+        }
+        if named != group {
+            return Err(QueueError::Denied(format!(
+                "ack id {ack_id:?} belongs to consumer group {named:?}, not to {group:?}"
+            )));
+        }
+        Ok(id)
+    }
+
+    /// Applies `op` to the ledger under the lock and queues what it
+    /// changed for the writer.
+    fn apply<T>(
+        &self,
+        op: impl FnOnce(&mut Ledger, &mut Vec<Change>) -> T,
+    ) -> Result<T, QueueError> {
+        let mut changes = Vec::new();
+        let out = {
+            let mut state = self.inner.state();
+            if state.closed {
+                return Err(closed());
+            }
+            op(&mut state.ledger, &mut changes)
+        };
+        self.inner.persist(changes);
+        Ok(out)
     }
 }
 
@@ -214,105 +344,62 @@ impl Queue for EmbeddedQueue {
                 "the consumer group name is empty".into(),
             ));
         }
-        {
-            let mut state = self.inner.state();
-            if state.closed {
-                return Err(closed());
-            }
-            let changed = match state.groups.get_mut(&options.group) {
-                Some(group) if group.kinds == options.kinds => false,
-                Some(group) => {
-                    group.kinds = options.kinds;
-                    true
-                }
-                None => {
-                    state
-                        .groups
-                        .insert(options.group.clone(), Group::new(options.kinds));
-                    true
-                }
-            };
-            if changed {
-                self.inner
-                    .writer
-                    .send(Write::Group {
-                        name: options.group.clone(),
-                        kinds: options.kinds,
-                    })
-                    .map_err(|_| closed())?;
-            }
-        }
+        let member =
+            self.apply(|ledger, changes| ledger.subscribe(&options.group, options.kinds, changes))?;
+        // Redeliveries already pending may be for this subscriber.
+        self.inner.wake.notify_waiters();
         Ok(Box::new(EmbeddedSubscription {
             inner: self.inner.clone(),
             group: options.group,
+            member,
             hold: options.ack_deadline,
         }))
     }
 
-    async fn ack(&self, ack_id: &str) -> Result<(), QueueError> {
-        let (id, group) = parse_ack_id(ack_id)?;
-        let mut state = self.inner.state();
-        let Some(g) = state.groups.get_mut(group) else {
-            return Ok(());
-        };
-        if g.pending.remove(&id).is_none() {
-            // Already acked, or acked before a restart: nothing to do.
-            return Ok(());
-        }
-        g.ready.remove(&id);
-        let _ = self.inner.writer.send(Write::Ack {
-            group: group.to_owned(),
-            id,
-        });
-        if state.done_by_all(id) {
-            state.forget(id);
-            let _ = self.inner.writer.send(Write::Delete { id });
-        }
+    async fn ack(&self, group: &str, ack_id: &str) -> Result<(), QueueError> {
+        let id = self.own(group, ack_id)?;
+        self.apply(|ledger, changes| ledger.ack(group, id, changes))?;
         Ok(())
     }
 
-    async fn nack(&self, ack_id: &str, _error: &str) -> Result<(), QueueError> {
-        let (id, group) = parse_ack_id(ack_id)?;
-        let mut state = self.inner.state();
-        if let Some(p) = state
-            .groups
-            .get_mut(group)
-            .and_then(|g| g.pending.get_mut(&id))
-            && matches!(p.state, PendingState::InFlight { .. })
-        {
-            p.state = PendingState::Delayed {
-                until: Instant::now() + super::nack_backoff(p.attempt),
-            };
-        }
+    async fn nack(&self, group: &str, ack_id: &str, _error: &str) -> Result<(), QueueError> {
+        let id = self.own(group, ack_id)?;
+        self.apply(|ledger, changes| {
+            ledger.nack(group, id, Instant::now(), super::nack_backoff, changes)
+        })?;
         Ok(())
     }
 
-    async fn extend(&self, ack_id: &str) -> Result<(), QueueError> {
-        let (id, group) = parse_ack_id(ack_id)?;
-        let mut state = self.inner.state();
-        if let Some(p) = state
-            .groups
-            .get_mut(group)
-            .and_then(|g| g.pending.get_mut(&id))
-            && let PendingState::InFlight { deadline, hold } = &mut p.state
-        {
-            *deadline = Instant::now() + *hold;
+    async fn extend(&self, group: &str, ack_id: &str) -> Result<(), QueueError> {
+        let id = self.own(group, ack_id)?;
+        self.apply(|ledger, _| ledger.extend(group, id, Instant::now()))?;
+        Ok(())
+    }
+
+    async fn abandon(&self, group: &str, ack_id: &str) -> Result<(), QueueError> {
+        let id = self.own(group, ack_id)?;
+        if self.apply(|ledger, changes| ledger.abandon(group, id, changes))? == Outcome::Done {
+            self.inner.wake.notify_waiters();
         }
         Ok(())
     }
 
     async fn lag(&self, group: &str) -> Result<u64, QueueError> {
-        let state = self.inner.state();
-        let Some(g) = state.groups.get(group) else {
-            return Ok(0);
-        };
-        // Past the cursor: not yet handed out; below it: pending until acked.
-        let ahead = state
-            .log
-            .range(g.cursor..)
-            .filter(|(id, meta)| g.kinds.contains(meta.kind) && !g.acked_ahead.contains(id))
-            .count();
-        Ok((ahead + g.pending.len()) as u64)
+        Ok(self.inner.state().ledger.lag(group))
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupInfo>, QueueError> {
+        Ok(self.inner.state().ledger.groups(Instant::now()))
+    }
+
+    async fn delete_group(&self, group: &str) -> Result<Option<u64>, QueueError> {
+        let dropped = self.apply(|ledger, changes| ledger.delete_group(group, changes))?;
+        if let Some(lost) = dropped {
+            tracing::warn!(%group, lost, "consumer group deleted by an operator");
+            metrics::counter!(metrics::QUEUE_DROPPED, "group" => group.to_owned(), "reason" => "deleted")
+                .increment(lost);
+        }
+        Ok(dropped)
     }
 
     async fn close(&self) {
@@ -339,6 +426,7 @@ impl Drop for EmbeddedQueue {
 struct EmbeddedSubscription {
     inner: Arc<Inner>,
     group: String,
+    member: MemberId,
     hold: Duration,
 }
 
@@ -351,104 +439,109 @@ impl Subscription for EmbeddedSubscription {
             // Registered before looking, so a wake between the look and the
             // wait is not lost.
             notified.as_mut().enable();
-            let claim = self.inner.claim(&self.group, self.hold)?;
-            if let Some(claim) = claim {
-                match self.inner.load(&self.group, claim).await? {
-                    Some(message) => return Ok(message),
-                    None => continue,
+            let mut changes = Vec::new();
+            let claim = {
+                let mut state = self.inner.state();
+                if state.closed {
+                    return Err(closed());
+                }
+                if !state.ledger.has_group(&self.group) {
+                    return Err(QueueError::Unavailable(format!(
+                        "consumer group {:?} was deleted",
+                        self.group
+                    )));
+                }
+                state.ledger.claim(
+                    &self.group,
+                    self.member,
+                    Instant::now(),
+                    self.hold,
+                    &mut changes,
+                )
+            };
+            let Some(claim) = claim else {
+                self.inner.persist(changes);
+                notified.await;
+                continue;
+            };
+            let id = claim.id;
+            if claim.alone {
+                tracing::debug!(group = %self.group, id, attempt = claim.attempt, "a suspect goes out alone");
+            }
+            let sent = match self.inner.persist_before_delivery(changes).await {
+                Ok(()) => self.inner.load(&self.group, claim).await,
+                Err(e) => Err(e),
+            };
+            match sent {
+                Ok(Some(message)) => return Ok(message),
+                // Dropped by retention meanwhile.
+                Ok(None) => continue,
+                Err(e) => {
+                    self.inner.state().ledger.unclaim(&self.group, id);
+                    return Err(e);
                 }
             }
-            notified.await;
         }
     }
 }
 
-/// A message taken for delivery, before its body is decoded.
-struct Claim {
-    id: u64,
-    attempt: u32,
-    kind: RecordKind,
-    received_at: i64,
-    traceparent: Option<Arc<str>>,
-    body: Option<Arc<[u8]>>,
+impl Drop for EmbeddedSubscription {
+    /// What the subscriber held goes back at once, not at its deadline.
+    fn drop(&mut self) {
+        let mut changes = Vec::new();
+        {
+            let mut state = self.inner.state();
+            state
+                .ledger
+                .leave(&self.group, self.member, Instant::now(), &mut changes);
+        }
+        self.inner.persist(changes);
+        self.inner.wake.notify_waiters();
+    }
 }
 
 impl Inner {
     fn state(&self) -> MutexGuard<'_, State> {
-        self.state
-            .lock()
-            .expect("queue state lock is never poisoned: no panics under it")
+        // A panic under this lock would be a bug in the ledger, which has no
+        // panicking paths; recover the state rather than fail every call.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn tasks(&self) -> MutexGuard<'_, Vec<JoinHandle<()>>> {
-        self.tasks.lock().expect("task list lock is never poisoned")
+        self.tasks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Takes the next deliverable message of `group`: a redelivery first,
-    /// then the next unseen message of the group's kinds.
-    fn claim(&self, group: &str, hold: Duration) -> Result<Option<Claim>, QueueError> {
-        let mut state = self.state();
-        if state.closed {
-            return Err(closed());
+    /// Queues changes for the writer without waiting: losing them in a crash
+    /// costs a redelivery, never a record.
+    fn persist(&self, changes: Vec<Change>) {
+        for change in changes {
+            let _ = self.writer.send(Write::Change(change));
         }
-        let State { log, groups, .. } = &mut *state;
-        let g = groups
-            .get_mut(group)
-            .ok_or_else(|| QueueError::Invalid(format!("unknown consumer group {group:?}")))?;
-        let id = match g.ready.pop_first() {
-            Some(id) => id,
-            None => {
-                let next = log
-                    .range(g.cursor..)
-                    .find(|(id, meta)| g.kinds.contains(meta.kind) && !g.acked_ahead.contains(id))
-                    .map(|(id, _)| *id);
-                match next {
-                    Some(id) => {
-                        g.cursor = id + 1;
-                        g.pending.insert(
-                            id,
-                            Pending {
-                                attempt: 0,
-                                state: PendingState::Ready,
-                            },
-                        );
-                        id
-                    }
-                    None => {
-                        if let Some((last, _)) = log.last_key_value() {
-                            g.cursor = g.cursor.max(last + 1);
-                        }
-                        return Ok(None);
-                    }
-                }
-            }
-        };
-        let pending = g
-            .pending
-            .get_mut(&id)
-            .expect("every ready id is pending: both change under one lock");
-        pending.attempt += 1;
-        pending.state = PendingState::InFlight {
-            deadline: Instant::now() + hold,
-            hold,
-        };
-        let meta = log
-            .get(&id)
-            .expect("a pending message stays in the log until every group acks it");
-        Ok(Some(Claim {
-            id,
-            attempt: pending.attempt,
-            kind: meta.kind,
-            received_at: meta.received_at,
-            traceparent: meta.traceparent.clone(),
-            body: meta.body.clone(),
-        }))
+    }
+
+    /// Persists `changes`, waiting for those a delivery depends on (a lane's
+    /// mark, a suspect going out alone) to be durable.
+    async fn persist_before_delivery(&self, changes: Vec<Change>) -> Result<(), QueueError> {
+        let (durable, later): (Vec<Change>, Vec<Change>) =
+            changes.into_iter().partition(Change::before_delivery);
+        self.persist(later);
+        if durable.is_empty() {
+            return Ok(());
+        }
+        let (reply, done) = oneshot::channel();
+        self.writer
+            .send(Write::Durable {
+                changes: durable,
+                reply,
+            })
+            .map_err(|_| closed())?;
+        done.await.map_err(|_| closed())?
     }
 
     /// Decodes a claimed message, reading its body from the file when it is
     /// not cached. `None` when the message was deleted meanwhile.
-    async fn load(&self, group: &str, claim: Claim) -> Result<Option<Message>, QueueError> {
-        let body = match claim.body {
+    async fn load(&self, group: &str, claim: ledger::Claim) -> Result<Option<Message>, QueueError> {
+        let body = match claim.meta.body {
             Some(body) => body,
             None => {
                 let row = sqlx::query("SELECT body FROM messages WHERE id = ?")
@@ -466,85 +559,81 @@ impl Inner {
             QueueError::Unavailable(format!("message {} is corrupt: {e}", claim.id))
         })?;
         Ok(Some(Message {
-            ack_id: format!("{}:{group}", claim.id),
-            kind: claim.kind,
+            ack_id: format!("{:016x}:{}:{group}", self.store_id, claim.id),
+            kind: claim.meta.kind,
             records: batch.records,
             attempt: claim.attempt,
-            received_at: claim.received_at,
-            traceparent: claim.traceparent.map(|t| t.to_string()),
+            received_at: claim.meta.received_at,
+            traceparent: claim.meta.traceparent.map(|t| t.to_string()),
         }))
     }
 }
 
-impl State {
-    /// Whether every group that wants message `id` has acked it.
-    fn done_by_all(&self, id: u64) -> bool {
-        let Some(meta) = self.log.get(&id) else {
-            return false;
-        };
-        let mut wanted = false;
-        for g in self.groups.values().filter(|g| g.kinds.contains(meta.kind)) {
-            wanted = true;
-            let acked =
-                (id < g.cursor && !g.pending.contains_key(&id)) || g.acked_ahead.contains(&id);
-            if !acked {
-                return false;
-            }
-        }
-        wanted
-    }
-
-    /// Drops a fully acked message from memory.
-    fn forget(&mut self, id: u64) {
-        if let Some(meta) = self.log.remove(&id)
-            && let Some(body) = meta.body
-        {
-            self.cached_bytes -= body.len();
-        }
-        for g in self.groups.values_mut() {
-            g.acked_ahead.remove(&id);
-        }
-    }
-}
-
-impl Group {
-    fn new(kinds: KindSet) -> Self {
-        Self {
-            kinds,
-            cursor: 0,
-            pending: BTreeMap::new(),
-            ready: BTreeSet::new(),
-            acked_ahead: HashSet::new(),
-        }
-    }
-}
-
-/// Moves deliveries whose deadline or back-off has passed back to ready.
+/// Moves deliveries whose deadline or back-off has passed back to ready,
+/// and applies retention and group expiry.
 async fn sweep_loop(inner: std::sync::Weak<Inner>) {
     let mut tick = tokio::time::interval(SWEEP_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_retain = Instant::now();
     loop {
         tick.tick().await;
         let Some(inner) = inner.upgrade() else { return };
         let now = Instant::now();
-        let mut woke = false;
-        for g in inner.state().groups.values_mut() {
-            for (id, p) in g.pending.iter_mut() {
-                let due = match p.state {
-                    PendingState::InFlight { deadline, .. } => deadline <= now,
-                    PendingState::Delayed { until } => until <= now,
-                    PendingState::Ready => false,
-                };
-                if due {
-                    p.state = PendingState::Ready;
-                    g.ready.insert(*id);
-                    woke = true;
-                }
-            }
+        let mut changes = Vec::new();
+        let woke = inner.state().ledger.sweep(now, &mut changes);
+        if now.duration_since(last_retain) >= RETAIN_EVERY {
+            last_retain = now;
+            retain(&inner, now, &mut changes);
         }
+        inner.persist(changes);
         if woke {
             inner.wake.notify_waiters();
         }
+    }
+}
+
+/// Applies retention and expiry; logs and counts what they dropped.
+fn retain(inner: &Inner, now: Instant, changes: &mut Vec<Change>) {
+    let settings = &inner.settings;
+    let (dropped, expired) = {
+        let mut state = inner.state();
+        let dropped = state.ledger.retain(
+            clock::now_micros(),
+            settings.max_age,
+            settings.max_bytes,
+            changes,
+        );
+        let expired = state.ledger.expire(now, settings.group_ttl, changes);
+        let (messages, bytes, cached) = state.ledger.size();
+        metrics::gauge!(metrics::QUEUE_RETAINED_MESSAGES).set(messages as f64);
+        metrics::gauge!(metrics::QUEUE_RETAINED_BYTES).set(bytes as f64);
+        metrics::gauge!(metrics::QUEUE_CACHED_BYTES).set(cached as f64);
+        (dropped, expired)
+    };
+    let mut lost: HashMap<(String, &'static str), u64> = HashMap::new();
+    if let (Some(first), Some(last)) = (dropped.first(), dropped.last()) {
+        tracing::debug!(
+            first = first.id,
+            last = last.id,
+            "retention dropped messages"
+        );
+    }
+    for drop in dropped {
+        for group in drop.groups {
+            *lost.entry((group, drop.reason.as_str())).or_default() += 1;
+        }
+    }
+    for ((group, reason), lost) in lost {
+        tracing::warn!(%group, lost, reason, "retention dropped messages the group had not acked");
+        metrics::counter!(metrics::QUEUE_DROPPED, "group" => group, "reason" => reason)
+            .increment(lost);
+    }
+    for (group, kinds, lost) in expired {
+        let kinds: Vec<&str> = kinds.into_iter().map(crate::kind::name).collect();
+        tracing::warn!(%group, ?kinds, lost, ttl_secs = settings.group_ttl.as_secs(), "idle consumer group lanes expired");
+        metrics::counter!(metrics::QUEUE_GROUPS_EXPIRED).increment(1);
+        metrics::counter!(metrics::QUEUE_DROPPED, "group" => group, "reason" => "expired")
+            .increment(lost);
     }
 }
 
@@ -572,10 +661,7 @@ async fn write_loop(
                 {
                     let mut state = inner.state();
                     for (id, meta) in committed.messages {
-                        if let Some(body) = &meta.body {
-                            state.cached_bytes += body.len();
-                        }
-                        state.log.insert(id, meta);
+                        state.ledger.append(id, meta);
                     }
                 }
                 inner.wake.notify_waiters();
@@ -585,8 +671,11 @@ async fn write_loop(
                             let outcome = committed.outcomes.remove(&index).unwrap_or_default();
                             let _ = reply.send(Ok(outcome));
                         }
+                        Write::Durable { reply, .. } => {
+                            let _ = reply.send(Ok(()));
+                        }
                         Write::Close { reply } => close = Some(reply),
-                        _ => {}
+                        Write::Change(_) => {}
                     }
                 }
             }
@@ -597,10 +686,14 @@ async fn write_loop(
                         Write::Publish { reply, .. } => {
                             let _ = reply.send(Err(QueueError::Unavailable(e.to_string())));
                         }
+                        Write::Durable { reply, .. } => {
+                            let _ = reply.send(Err(QueueError::Unavailable(e.to_string())));
+                        }
                         Write::Close { reply } => close = Some(reply),
                         // Lost acks only cause redeliveries, which storage
-                        // absorbs; lost deletes are redone at start-up.
-                        _ => {}
+                        // absorbs; lost deletes are redone at start-up; lost
+                        // attempt counts only make a delivery look younger.
+                        Write::Change(_) => {}
                     }
                 }
             }
@@ -632,7 +725,6 @@ async fn commit(
         sources: HashMap::new(),
         outcomes: HashMap::new(),
     };
-    let mut cached = 0usize;
     for (index, op) in ops.iter_mut().enumerate() {
         match op {
             Write::Publish { batches, .. } => {
@@ -643,14 +735,16 @@ async fn commit(
                     for record in batch.records {
                         // Looked up before inserting so that the source name
                         // is cloned once per commit, not once per record.
-                        if !committed.sources.contains_key(&record.source) {
-                            let known = dedupe.get(&record.source).cloned().unwrap_or_default();
-                            committed.sources.insert(record.source.clone(), known);
-                        }
-                        let seen = committed
-                            .sources
-                            .get_mut(&record.source)
-                            .expect("inserted just above");
+                        let seen = match committed.sources.get_mut(&record.source) {
+                            Some(seen) => seen,
+                            None => {
+                                let known = dedupe.get(&record.source).cloned().unwrap_or_default();
+                                committed
+                                    .sources
+                                    .entry(record.source.clone())
+                                    .or_insert(known)
+                            }
+                        };
                         if seen.contains(&record.seq) {
                             published.duplicates += 1;
                         } else {
@@ -672,17 +766,16 @@ async fn commit(
                         .bind(&*body)
                         .execute(&mut *tx)
                         .await?;
-                        let keep = cached + body.len() <= BODY_CACHE_BYTES;
-                        if keep {
-                            cached += body.len();
-                        }
                         committed.messages.push((
                             result.last_insert_rowid() as u64,
                             Meta {
                                 kind: batch.kind,
                                 received_at: batch.received_at,
                                 traceparent: batch.traceparent.map(Arc::from),
-                                body: keep.then_some(body),
+                                size: body.len(),
+                                // The ledger keeps it only while its cache
+                                // has room.
+                                body: Some(body),
                             },
                         ));
                     }
@@ -690,31 +783,11 @@ async fn commit(
                 }
                 committed.outcomes.insert(index, outcomes);
             }
-            Write::Ack { group, id } => {
-                sqlx::query("INSERT OR IGNORE INTO acks (grp, msg_id) VALUES (?, ?)")
-                    .bind(&*group)
-                    .bind(*id as i64)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Write::Delete { id } => {
-                sqlx::query("DELETE FROM messages WHERE id = ?")
-                    .bind(*id as i64)
-                    .execute(&mut *tx)
-                    .await?;
-                sqlx::query("DELETE FROM acks WHERE msg_id = ?")
-                    .bind(*id as i64)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-            Write::Group { name, kinds } => {
-                sqlx::query(
-                    "INSERT INTO groups (name, kinds) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET kinds = excluded.kinds",
-                )
-                .bind(&*name)
-                .bind(i64::from(kinds.bits()))
-                .execute(&mut *tx)
-                .await?;
+            Write::Change(change) => apply_change(&mut tx, change).await?,
+            Write::Durable { changes, .. } => {
+                for change in changes.iter() {
+                    apply_change(&mut tx, change).await?;
+                }
             }
             Write::Close { .. } => {}
         }
@@ -732,54 +805,188 @@ async fn commit(
     Ok(committed)
 }
 
-/// Reads the log index, the groups with their acks and the dedupe index.
-/// Also returns the messages every interested group had acked, to delete.
-async fn load(
-    conn: &mut SqliteConnection,
-) -> Result<(State, HashMap<String, RangeInclusiveSet<u64>>, Vec<u64>), QueueError> {
-    let mut state = State::default();
-    let rows = sqlx::query("SELECT id, kind, received_at, traceparent FROM messages ORDER BY id")
-        .fetch_all(&mut *conn)
+async fn apply_change(conn: &mut SqliteConnection, change: &Change) -> Result<(), sqlx::Error> {
+    match change {
+        Change::Group { name, kinds } => {
+            sqlx::query(
+                "INSERT INTO groups (name, kinds) VALUES (?, ?) ON CONFLICT (name) DO UPDATE SET kinds = excluded.kinds",
+            )
+            .bind(name)
+            .bind(i64::from(kinds.bits()))
+            .execute(&mut *conn)
+            .await?;
+        }
+        Change::DropGroup { name } => {
+            for sql in [
+                "DELETE FROM groups WHERE name = ?",
+                "DELETE FROM acks WHERE grp = ?",
+                "DELETE FROM attempts WHERE grp = ?",
+                "DELETE FROM marks WHERE grp = ?",
+            ] {
+                sqlx::query(sql).bind(name).execute(&mut *conn).await?;
+            }
+        }
+        Change::DropLane { group, kind } => {
+            for sql in [
+                "DELETE FROM marks WHERE grp = ? AND kind = ?",
+                "DELETE FROM acks WHERE grp = ? AND msg_id IN (SELECT id FROM messages WHERE kind = ?)",
+                "DELETE FROM attempts WHERE grp = ? AND msg_id IN (SELECT id FROM messages WHERE kind = ?)",
+            ] {
+                sqlx::query(sql)
+                    .bind(group)
+                    .bind(*kind as i32)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Change::Ack { group, id } => {
+            sqlx::query("INSERT OR IGNORE INTO acks (grp, msg_id) VALUES (?, ?)")
+                .bind(group)
+                .bind(*id as i64)
+                .execute(&mut *conn)
+                .await?;
+            sqlx::query("DELETE FROM attempts WHERE grp = ? AND msg_id = ?")
+                .bind(group)
+                .bind(*id as i64)
+                .execute(&mut *conn)
+                .await?;
+        }
+        Change::Delete { id } => {
+            for sql in [
+                "DELETE FROM messages WHERE id = ?",
+                "DELETE FROM acks WHERE msg_id = ?",
+                "DELETE FROM attempts WHERE msg_id = ?",
+            ] {
+                sqlx::query(sql)
+                    .bind(*id as i64)
+                    .execute(&mut *conn)
+                    .await?;
+            }
+        }
+        Change::Attempts {
+            group,
+            id,
+            nacks,
+            strikes,
+            alone,
+        } => {
+            sqlx::query(
+                "INSERT INTO attempts (grp, msg_id, nacks, strikes, alone) VALUES (?, ?, ?, ?, ?) \
+                 ON CONFLICT (grp, msg_id) DO UPDATE SET nacks = excluded.nacks, strikes = excluded.strikes, alone = excluded.alone",
+            )
+            .bind(group)
+            .bind(*id as i64)
+            .bind(i64::from(*nacks))
+            .bind(i64::from(*strikes))
+            .bind(*alone)
+            .execute(&mut *conn)
+            .await?;
+        }
+        Change::Mark { group, kind, mark } => {
+            sqlx::query(
+                "INSERT INTO marks (grp, kind, mark) VALUES (?, ?, ?) \
+                 ON CONFLICT (grp, kind) DO UPDATE SET mark = max(mark, excluded.mark)",
+            )
+            .bind(group)
+            .bind(*kind as i32)
+            .bind(*mark as i64)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// This file's random id, made on first open.
+async fn store_id(conn: &mut SqliteConnection) -> Result<u64, QueueError> {
+    let fresh = rand::random::<u64>() >> 1;
+    sqlx::query("INSERT OR IGNORE INTO meta (key, value) VALUES ('store_id', ?)")
+        .bind(fresh as i64)
+        .execute(&mut *conn)
         .await
         .map_err(unavailable)?;
+    let id: i64 = sqlx::query_scalar("SELECT value FROM meta WHERE key = 'store_id'")
+        .fetch_one(&mut *conn)
+        .await
+        .map_err(unavailable)?;
+    Ok(id as u64)
+}
+
+/// Rebuilds the ledger and the dedupe index from the file. Also returns
+/// the changes start-up itself makes: strikes for deliveries that were out
+/// alone, and deletes of messages no group wants.
+async fn load(
+    conn: &mut SqliteConnection,
+    cache_bytes: usize,
+) -> Result<(Ledger, HashMap<String, RangeInclusiveSet<u64>>, Vec<Change>), QueueError> {
+    let mut ledger = Ledger::new(cache_bytes);
+    let rows = sqlx::query(
+        "SELECT id, kind, received_at, traceparent, length(body) FROM messages ORDER BY id",
+    )
+    .fetch_all(&mut *conn)
+    .await
+    .map_err(unavailable)?;
     for row in rows {
         let kind = RecordKind::try_from(row.get::<i32, _>(1)).unwrap_or(RecordKind::Unspecified);
-        state.log.insert(
+        ledger.append(
             row.get::<i64, _>(0) as u64,
             Meta {
                 kind,
                 received_at: row.get(2),
                 traceparent: row.get::<Option<String>, _>(3).map(Arc::from),
                 body: None,
+                size: row.get::<i64, _>(4).max(0) as usize,
             },
         );
     }
+    let mut groups: HashMap<String, Loaded> = HashMap::new();
     for row in sqlx::query("SELECT name, kinds FROM groups")
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?
     {
         let kinds = KindSet::from_bits(row.get::<i64, _>(1) as u8);
-        state.groups.insert(row.get(0), Group::new(kinds));
+        groups.entry(row.get(0)).or_default().kinds = Some(kinds);
     }
     for row in sqlx::query("SELECT grp, msg_id FROM acks")
         .fetch_all(&mut *conn)
         .await
         .map_err(unavailable)?
     {
-        if let Some(g) = state.groups.get_mut(row.get::<&str, _>(0)) {
-            g.acked_ahead.insert(row.get::<i64, _>(1) as u64);
+        if let Some(g) = groups.get_mut(row.get::<&str, _>(0)) {
+            g.acked.insert(row.get::<i64, _>(1) as u64);
         }
     }
-    let doomed: Vec<u64> = state
-        .log
-        .keys()
-        .copied()
-        .filter(|id| state.done_by_all(*id))
-        .collect();
-    for id in &doomed {
-        state.forget(*id);
+    for row in sqlx::query("SELECT grp, kind, mark FROM marks")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?
+    {
+        if let Some(g) = groups.get_mut(row.get::<&str, _>(0)) {
+            g.marks
+                .insert(row.get::<i32, _>(1), row.get::<i64, _>(2) as u64);
+        }
     }
+    for row in sqlx::query("SELECT grp, msg_id, nacks, strikes, alone FROM attempts")
+        .fetch_all(&mut *conn)
+        .await
+        .map_err(unavailable)?
+    {
+        if let Some(g) = groups.get_mut(row.get::<&str, _>(0)) {
+            let count = |i: usize| u32::try_from(row.get::<i64, _>(i)).unwrap_or(u32::MAX);
+            g.attempts.insert(
+                row.get::<i64, _>(1) as u64,
+                (count(2), count(3), row.get::<bool, _>(4)),
+            );
+        }
+    }
+    let mut changes = Vec::new();
+    for (name, loaded) in groups {
+        changes.extend(ledger.restore(&name, loaded, Instant::now()));
+    }
+    let doomed = ledger.unwanted();
+    ledger.forget(&doomed);
+    changes.extend(doomed.into_iter().map(|id| Change::Delete { id }));
     let mut dedupe = HashMap::new();
     for row in sqlx::query("SELECT source, ranges FROM sources")
         .fetch_all(&mut *conn)
@@ -788,7 +995,7 @@ async fn load(
     {
         dedupe.insert(row.get(0), decode_ranges(row.get(1)));
     }
-    Ok((state, dedupe, doomed))
+    Ok((ledger, dedupe, changes))
 }
 
 /// Ranges as consecutive little-endian (start, end) pairs of u64.
@@ -804,19 +1011,30 @@ fn encode_ranges(ranges: &RangeInclusiveSet<u64>) -> Vec<u8> {
 fn decode_ranges(bytes: &[u8]) -> RangeInclusiveSet<u64> {
     let mut set = RangeInclusiveSet::new();
     for pair in bytes.chunks_exact(16) {
-        let start = u64::from_le_bytes(pair[..8].try_into().expect("chunk of 16 has 8 bytes"));
-        let end = u64::from_le_bytes(pair[8..].try_into().expect("chunk of 16 has 8 bytes"));
-        set.insert(start..=end);
+        let mut start = [0u8; 8];
+        let mut end = [0u8; 8];
+        start.copy_from_slice(&pair[..8]);
+        end.copy_from_slice(&pair[8..]);
+        let (start, end) = (u64::from_le_bytes(start), u64::from_le_bytes(end));
+        if start <= end {
+            set.insert(start..=end);
+        }
     }
     set
 }
 
-fn parse_ack_id(ack_id: &str) -> Result<(u64, &str), QueueError> {
-    ack_id
-        .split_once(':')
-        .and_then(|(id, group)| Some((u64::from_str(id).ok()?, group)))
-        .filter(|(_, group)| !group.is_empty())
-        .ok_or_else(|| QueueError::Invalid(format!("malformed ack id {ack_id:?}")))
+/// Splits `STORE:ID:GROUP` (the store id in hex).
+fn parse_ack_id(ack_id: &str) -> Result<(u64, u64, &str), QueueError> {
+    let mut parts = ack_id.splitn(3, ':');
+    let store = parts.next().and_then(|s| u64::from_str_radix(s, 16).ok());
+    let id = parts.next().and_then(|s| u64::from_str(s).ok());
+    match (store, id, parts.next()) {
+        (Some(store), Some(id), Some(group)) if !group.is_empty() => Ok((store, id, group)),
+        _ => Err(QueueError::Invalid(format!(
+            "malformed ack id {:?}",
+            ack_id.chars().take(80).collect::<String>()
+        ))),
+    }
 }
 
 fn unavailable(e: sqlx::Error) -> QueueError {

@@ -23,7 +23,7 @@ pub(crate) fn batch(kind: RecordKind, records: Vec<Record>) -> Batch {
     Batch {
         kind,
         records,
-        received_at: 42,
+        received_at: crate::clock::now_micros(),
         traceparent: None,
     }
 }

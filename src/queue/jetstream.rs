@@ -63,10 +63,11 @@ use prost::Message as _;
 use xxhash_rust::xxh3::Xxh3;
 
 use super::{
-    Batch, Message, Published, Queue, QueueError, SubscribeOptions, Subscription, nack_backoff,
+    Batch, GroupInfo, Message, Published, Queue, QueueError, SubscribeOptions, Subscription,
+    nack_backoff,
 };
 use crate::{
-    kind,
+    kind::{self, KindSet},
     proto::{Record, RecordBatch, RecordKind},
 };
 
@@ -100,6 +101,9 @@ pub struct Settings {
     pub max_age: Duration,
     /// How long a message id is remembered for dedupe.
     pub duplicate_window: Duration,
+    /// How long a group's consumer may have no subscriber before JetStream
+    /// deletes it (`inactive_threshold`).
+    pub group_ttl: Duration,
 }
 
 impl Settings {
@@ -118,6 +122,7 @@ impl Settings {
             stream: "TRIBUTARY".into(),
             max_age: Duration::from_secs(7 * 24 * 3600),
             duplicate_window: Duration::from_secs(120),
+            group_ttl: Duration::from_secs(7 * 24 * 3600),
         };
         for pair in query.split('&').filter(|p| !p.is_empty()) {
             let (key, value) = pair
@@ -146,9 +151,10 @@ impl Settings {
                 }
                 "max_age" => settings.max_age = seconds()?,
                 "duplicate_window" => settings.duplicate_window = seconds()?,
+                "group_ttl" => settings.group_ttl = seconds()?,
                 other => {
                     return Err(bad(format!(
-                        "unknown option {other:?} (known: stream, max_age, duplicate_window)"
+                        "unknown option {other:?} (known: stream, max_age, duplicate_window, group_ttl)"
                     )));
                 }
             }
@@ -164,13 +170,20 @@ impl Settings {
     }
 }
 
+impl JetStreamQueue {
+    async fn stream(&self) -> Result<jetstream::stream::Stream, QueueError> {
+        self.js
+            .get_stream(&self.settings.stream)
+            .await
+            .map_err(|e| QueueError::Unavailable(format!("opening stream: {e}")))
+    }
+}
+
 /// The JetStream-backed queue.
 pub struct JetStreamQueue {
     client: async_nats::Client,
     js: Context,
     settings: Settings,
-    /// Prefix every ack id of this stream starts with.
-    ack_prefix: String,
 }
 
 impl JetStreamQueue {
@@ -212,40 +225,77 @@ impl JetStreamQueue {
         })
         .await
         .map_err(|e| QueueError::Unavailable(format!("creating stream: {e}")))?;
-        let ack_prefix = format!("$JS.ACK.{}.", settings.stream);
         Ok(Self {
             client,
             js,
             settings,
-            ack_prefix,
         })
     }
 
     /// Checks that `ack_id` is a reply subject of this queue's stream, so that
-    /// a client cannot make a server publish to an arbitrary subject.
-    fn reply_subject(&self, ack_id: &str) -> Result<String, QueueError> {
-        let ours = ack_id.starts_with(&self.ack_prefix)
-            || ack_id
-                .split('.')
-                .nth(4)
-                .is_some_and(|s| s == self.settings.stream && ack_id.starts_with("$JS.ACK."));
+    /// a client cannot make a server publish to an arbitrary subject, and
+    /// that it names one of `group`'s consumers, so that a group cannot ack
+    /// another's deliveries.
+    fn reply_subject(&self, group: &str, ack_id: &str) -> Result<String, QueueError> {
+        let shown: String = ack_id.chars().take(120).collect();
         let clean = !ack_id.contains([' ', '\t', '\r', '\n', '*', '>']);
-        if ours && clean {
-            Ok(ack_id.to_owned())
-        } else {
-            Err(QueueError::Invalid(format!(
-                "{ack_id:?} is not an ack id of this queue"
-            )))
+        let (stream, consumer) = match reply_parts(ack_id) {
+            Some(parts) if clean => parts,
+            _ => {
+                return Err(QueueError::Invalid(format!(
+                    "{shown:?} is not an ack id of this queue"
+                )));
+            }
+        };
+        if stream != self.settings.stream {
+            return Err(QueueError::Invalid(format!(
+                "{shown:?} is not an ack id of this queue"
+            )));
         }
+        let ours = kind::ALL
+            .into_iter()
+            .any(|k| consumer == consumer_name(group, k));
+        if !ours {
+            return Err(QueueError::Denied(format!(
+                "ack id {shown:?} belongs to consumer {consumer:?}, not to group {group:?}"
+            )));
+        }
+        Ok(ack_id.to_owned())
     }
 
-    async fn reply(&self, ack_id: &str, body: impl Into<Bytes>) -> Result<(), QueueError> {
-        let subject = self.reply_subject(ack_id)?;
+    async fn reply(
+        &self,
+        group: &str,
+        ack_id: &str,
+        body: impl Into<Bytes>,
+    ) -> Result<(), QueueError> {
+        let subject = self.reply_subject(group, ack_id)?;
         self.client
             .publish(subject, body.into())
             .await
             .map_err(|e| QueueError::Unavailable(e.to_string()))
     }
+}
+
+/// The durable consumer of `group` for `kind`.
+fn consumer_name(group: &str, kind: RecordKind) -> String {
+    format!("{group}_{}", kind::name(kind))
+}
+
+/// The stream and consumer a JetStream reply subject names:
+/// `$JS.ACK.<stream>.<consumer>.…` (9 tokens), or with a domain and account
+/// hash after `$JS.ACK.` (11 or more).
+fn reply_parts(ack_id: &str) -> Option<(&str, &str)> {
+    let tokens: Vec<&str> = ack_id.split('.').collect();
+    if tokens.first() != Some(&"$JS") || tokens.get(1) != Some(&"ACK") {
+        return None;
+    }
+    let at = match tokens.len() {
+        9 => 2,
+        n if n >= 11 => 4,
+        _ => return None,
+    };
+    Some((tokens.get(at)?, tokens.get(at + 1)?))
 }
 
 /// The delivery count carried in a JetStream reply subject:
@@ -358,16 +408,12 @@ impl Queue for JetStreamQueue {
     }
 
     async fn lag(&self, group: &str) -> Result<u64, QueueError> {
-        let stream = self
-            .js
-            .get_stream(&self.settings.stream)
-            .await
-            .map_err(|e| QueueError::Unavailable(format!("opening stream: {e}")))?;
+        let stream = self.stream().await?;
         // A group is one durable consumer per kind (see `subscribe`); those
         // not created yet have no lag.
         let mut lag = 0;
         for kind in kind::ALL {
-            let name = format!("{group}_{}", kind::name(kind));
+            let name = consumer_name(group, kind);
             if let Ok(info) = stream.consumer_info(&name).await {
                 lag += info.num_pending + info.num_ack_pending as u64;
             }
@@ -389,14 +435,10 @@ impl Queue for JetStreamQueue {
                 "consumer group {group:?} must be letters, digits, `_` or `-`"
             )));
         }
-        let stream = self
-            .js
-            .get_stream(&self.settings.stream)
-            .await
-            .map_err(|e| QueueError::Unavailable(format!("opening stream: {e}")))?;
+        let stream = self.stream().await?;
         let mut messages = SelectAll::new();
         for kind in options.kinds.kinds() {
-            let name = format!("{group}_{}", kind::name(kind));
+            let name = consumer_name(group, kind);
             let config = pull::Config {
                 durable_name: Some(name.clone()),
                 filter_subject: self.settings.subject(kind),
@@ -405,6 +447,8 @@ impl Queue for JetStreamQueue {
                 ack_wait: options.ack_deadline,
                 max_deliver: -1,
                 max_ack_pending: MAX_ACK_PENDING,
+                // An idle group expires, as the embedded queue's does.
+                inactive_threshold: self.settings.group_ttl,
                 ..Default::default()
             };
             // Creating with an existing name updates the editable fields
@@ -425,19 +469,79 @@ impl Queue for JetStreamQueue {
         Ok(Box::new(JetStreamSubscription { messages }))
     }
 
-    async fn ack(&self, ack_id: &str) -> Result<(), QueueError> {
-        self.reply(ack_id, "+ACK").await
+    async fn ack(&self, group: &str, ack_id: &str) -> Result<(), QueueError> {
+        self.reply(group, ack_id, "+ACK").await
     }
 
-    async fn nack(&self, ack_id: &str, _error: &str) -> Result<(), QueueError> {
+    async fn nack(&self, group: &str, ack_id: &str, _error: &str) -> Result<(), QueueError> {
         let attempt = delivered(ack_id).unwrap_or(1);
         let delay = nack_backoff(attempt).as_nanos();
-        self.reply(ack_id, format!("-NAK {{\"delay\":{delay}}}"))
+        self.reply(group, ack_id, format!("-NAK {{\"delay\":{delay}}}"))
             .await
     }
 
-    async fn extend(&self, ack_id: &str) -> Result<(), QueueError> {
-        self.reply(ack_id, "+WPI").await
+    async fn extend(&self, group: &str, ack_id: &str) -> Result<(), QueueError> {
+        self.reply(group, ack_id, "+WPI").await
+    }
+
+    /// JetStream counts every delivery, so this is a plain nack without
+    /// delay: the message goes to another subscriber now rather than after
+    /// `ack_wait`.
+    async fn abandon(&self, group: &str, ack_id: &str) -> Result<(), QueueError> {
+        self.reply(group, ack_id, "-NAK").await
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupInfo>, QueueError> {
+        let stream = self.stream().await?;
+        let mut names = stream.consumer_names();
+        // Per group: its kinds, waiting pulls and lag.
+        let mut groups: BTreeMap<String, (Vec<RecordKind>, usize, u64)> = BTreeMap::new();
+        while let Some(name) = names.next().await {
+            let name =
+                name.map_err(|e| QueueError::Unavailable(format!("listing consumers: {e}")))?;
+            let Some((group, kind)) = kind::ALL.into_iter().find_map(|k| {
+                name.strip_suffix(&format!("_{}", kind::name(k)))
+                    .map(|g| (g.to_owned(), k))
+            }) else {
+                continue;
+            };
+            let info = stream
+                .consumer_info(&name)
+                .await
+                .map_err(|e| QueueError::Unavailable(format!("reading consumer {name}: {e}")))?;
+            let entry = groups.entry(group).or_default();
+            entry.0.push(kind);
+            entry.1 += info.num_waiting;
+            entry.2 += info.num_pending + info.num_ack_pending as u64;
+        }
+        Ok(groups
+            .into_iter()
+            .map(|(name, (kinds, members, lag))| GroupInfo {
+                name,
+                kinds: KindSet::of(kinds),
+                members,
+                lag,
+                idle: Duration::ZERO,
+            })
+            .collect())
+    }
+
+    async fn delete_group(&self, group: &str) -> Result<Option<u64>, QueueError> {
+        let stream = self.stream().await?;
+        let mut found = None;
+        for kind in kind::ALL {
+            let name = consumer_name(group, kind);
+            let Ok(info) = stream.consumer_info(&name).await else {
+                continue;
+            };
+            let lost = info.num_pending + info.num_ack_pending as u64;
+            stream
+                .delete_consumer(&name)
+                .await
+                .map_err(|e| QueueError::Unavailable(format!("deleting consumer {name}: {e}")))?;
+            *found.get_or_insert(0) += lost;
+        }
+        Ok(found)
     }
 
     async fn close(&self) {

@@ -9,6 +9,8 @@
 //! Nothing above this trait knows which backend is in use; [`open`] picks one
 //! from a URL.
 
+#[cfg(test)]
+mod conformance;
 pub mod embedded;
 #[cfg(test)]
 mod fixtures;
@@ -32,6 +34,9 @@ pub enum QueueError {
     /// The request names something the queue does not know or accept.
     #[error("invalid queue request: {0}")]
     Invalid(String),
+    /// The request names a delivery of another consumer group.
+    #[error("refused: {0}")]
+    Denied(String),
     /// The queue URL is malformed or names an unknown backend.
     #[error("bad queue URL {url:?}: {reason}")]
     BadUrl {
@@ -92,7 +97,25 @@ pub struct SubscribeOptions {
     pub ack_deadline: Duration,
 }
 
-/// A stream of messages for one subscriber of a consumer group.
+/// What an operator sees of a consumer group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// The group's name: its parser type.
+    pub name: String,
+    /// The kinds it reads: the union of its live subscribers' kinds and of
+    /// the kinds whose last subscriber left less than the group TTL ago.
+    pub kinds: KindSet,
+    /// Live subscribers (on this server, for the embedded queue; waiting
+    /// pulls, for JetStream).
+    pub members: usize,
+    /// Messages it wants and has not acked, delivered or not.
+    pub lag: u64,
+    /// How long since its last subscriber left; zero while one is live.
+    pub idle: Duration,
+}
+
+/// A stream of messages for one subscriber of a consumer group. Dropping it
+/// leaves the group: what it held and had not acked goes back at once.
 #[async_trait]
 pub trait Subscription: Send {
     /// Waits for the next message. The message counts as delivered (its
@@ -118,46 +141,54 @@ pub trait Queue: Send + Sync {
         options: SubscribeOptions,
     ) -> Result<Box<dyn Subscription>, QueueError>;
 
-    /// The message is processed: never deliver it to this group again.
-    async fn ack(&self, ack_id: &str) -> Result<(), QueueError>;
+    /// The message is processed: never deliver it to `group` again.
+    ///
+    /// Every method taking an `ack_id` checks that it is one of this queue's
+    /// and belongs to `group` (the caller's subscription): another group's
+    /// id is [`QueueError::Denied`], a malformed or foreign one
+    /// [`QueueError::Invalid`], and neither changes anything. An id that is
+    /// the group's but no longer pending (acked already, say) is a no-op.
+    async fn ack(&self, group: &str, ack_id: &str) -> Result<(), QueueError>;
 
     /// The message failed with `error`: deliver it again after a back-off
     /// that grows with the attempt count.
-    async fn nack(&self, ack_id: &str, error: &str) -> Result<(), QueueError>;
+    async fn nack(&self, group: &str, ack_id: &str, error: &str) -> Result<(), QueueError>;
 
     /// The message is still being worked on: restart its deadline.
-    async fn extend(&self, ack_id: &str) -> Result<(), QueueError>;
+    async fn extend(&self, group: &str, ack_id: &str) -> Result<(), QueueError>;
+
+    /// The subscriber holding the message went away without a verdict:
+    /// deliver it again now. The backend decides what it charges.
+    async fn abandon(&self, group: &str, ack_id: &str) -> Result<(), QueueError>;
 
     /// Messages published and not yet acknowledged by `group` (delivered or
     /// not), for the lag metric. A group that never subscribed has none.
     async fn lag(&self, group: &str) -> Result<u64, QueueError>;
+
+    /// Every consumer group, by name.
+    async fn groups(&self) -> Result<Vec<GroupInfo>, QueueError>;
+
+    /// Deletes a consumer group: what it had not acked is no longer kept
+    /// for it. Returns how many messages it still wanted, or `None` when
+    /// there is no such group.
+    async fn delete_group(&self, group: &str) -> Result<Option<u64>, QueueError>;
 
     /// Flushes what is buffered and stops background work.
     async fn close(&self);
 }
 
 /// Opens the queue a URL names: `embedded` (a queue file in `data_dir`),
-/// `embedded:PATH` (that file) or `nats://HOST:PORT[?stream=NAME…]`
+/// `embedded:PATH` (that file), either with retention options (see
+/// [`embedded::Settings`]), or `nats://HOST:PORT[?stream=NAME…]`
 /// (JetStream; see [`jetstream`]).
 pub async fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn Queue>, QueueError> {
-    let bad = |reason: &str| QueueError::BadUrl {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
     if url.starts_with("nats://") {
         return Ok(Arc::new(jetstream::JetStreamQueue::open(url).await?));
     }
-    match url.split_once(':') {
-        None if url == "embedded" => Ok(Arc::new(
-            embedded::EmbeddedQueue::open(&data_dir.join("queue.db")).await?,
-        )),
-        Some(("embedded", path)) if !path.is_empty() => Ok(Arc::new(
-            embedded::EmbeddedQueue::open(Path::new(path)).await?,
-        )),
-        _ => Err(bad(
-            "expected `embedded`, `embedded:PATH` or `nats://HOST:PORT`",
-        )),
-    }
+    let settings = embedded::Settings::parse(url, data_dir)?;
+    Ok(Arc::new(
+        embedded::EmbeddedQueue::open_with(settings).await?,
+    ))
 }
 
 /// How long a nacked message waits before its next delivery: 100 ms after the
@@ -176,6 +207,7 @@ impl From<QueueError> for tonic::Status {
                 tonic::Status::unavailable("the queue is unavailable; retry later")
             }
             QueueError::Invalid(reason) => tonic::Status::invalid_argument(reason),
+            QueueError::Denied(reason) => tonic::Status::permission_denied(reason),
             QueueError::BadUrl { .. } => {
                 tracing::error!(error = %e, "queue misconfigured");
                 tonic::Status::internal("the queue is misconfigured")

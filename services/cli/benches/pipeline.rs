@@ -288,6 +288,20 @@ impl Ingest for AckOnly {
     ) -> Result<Response<Self::PullStream>, Status> {
         Err(Status::unimplemented("ceiling server"))
     }
+
+    async fn list_groups(
+        &self,
+        _: Request<tributary::proto::ListGroupsRequest>,
+    ) -> Result<Response<tributary::proto::ListGroupsResponse>, Status> {
+        Err(Status::unimplemented("ceiling server"))
+    }
+
+    async fn delete_group(
+        &self,
+        _: Request<tributary::proto::DeleteGroupRequest>,
+    ) -> Result<Response<tributary::proto::DeleteGroupResponse>, Status> {
+        Err(Status::unimplemented("ceiling server"))
+    }
 }
 
 async fn tonic_bidi_ceiling(count: u64) -> f64 {

@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 mod fleet;
+mod groups;
 mod health;
 mod monitor;
 mod send;
@@ -64,6 +65,9 @@ enum Command {
     /// The worker fleet (W2): collect samples from crashing HTTP workers.
     #[command(subcommand)]
     Fleet(fleet::Command),
+    /// The queue's consumer groups: list them, or delete one.
+    #[command(subcommand)]
+    Groups(groups::Command),
 }
 
 /// Shown after every command's flags: the standard variables we read.
@@ -120,6 +124,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Generate(command) => tributary_generator::run(command, shutdown).await,
         Command::Monitor(config) => monitor::run(config, shutdown).await,
         Command::Fleet(command) => fleet::run(command, shutdown).await,
+        Command::Groups(command) => groups::run(command).await,
     }
 }
 
@@ -137,6 +142,7 @@ impl Command {
             Command::Monitor(_) => "tributary-monitor",
             Command::Health(_) => "tributary-health",
             Command::Fleet(_) => "tributary-fleet",
+            Command::Groups(_) => "tributary-groups",
         }
     }
 }

@@ -37,6 +37,14 @@ pub struct Config {
     /// Directory for the queue file (queue.db) and the store (tributary.db).
     #[arg(long, env = "TRIBUTARY_DATA_DIR", default_value = "tributary-data")]
     pub data_dir: PathBuf,
+    /// The embedded queue and its retention: `embedded` (queue.db in
+    /// --data-dir) or `embedded:PATH`, optionally with
+    /// `?max_age=SECONDS` (default 604800, 7 days), `max_bytes=BYTES`
+    /// (default 8589934592, 8 GiB) and `group_ttl=SECONDS` (default 604800).
+    /// Older or excess messages, and consumer groups with no subscriber for
+    /// `group_ttl`, are dropped, logged and counted.
+    #[arg(long, env = "TRIBUTARY_QUEUE", default_value = "embedded")]
+    pub queue: String,
     /// A parser to run: a type name (`raw`, `uppercase`, `average`, `probe`,
     /// `sensor`, `sms_sender`) or a JSON spec with a `type`, its options and
     /// optionally a `group`. Repeat the flag, or separate with `;`. The
@@ -111,7 +119,11 @@ impl App {
             Some(_) => Some(own_client_tls(&config)?),
             None => None,
         };
-        let queue = queue::open("embedded", &config.data_dir)
+        anyhow::ensure!(
+            config.queue.starts_with("embedded"),
+            "--queue must be an embedded queue (`embedded[:PATH][?OPTIONS]`); for JetStream run the services separately"
+        );
+        let queue = queue::open(&config.queue, &config.data_dir)
             .await
             .context("opening the embedded queue")?;
         let store_url = format!(

@@ -10,6 +10,10 @@ pub struct Config {
     pub listen: SocketAddr,
     /// The queue: `embedded` (a file in --data-dir), `embedded:PATH`, or
     /// NATS JetStream as `nats://HOST:PORT[?stream=NAME&max_age=SECONDS]`.
+    /// The embedded queue takes `?max_age=SECONDS` (default 604800, 7 days),
+    /// `max_bytes=BYTES` (default 8589934592, 8 GiB) and `group_ttl=SECONDS`
+    /// (default 604800): older or excess messages, and groups with no
+    /// subscriber for that long, are dropped, logged and counted.
     #[arg(long, env = "TRIBUTARY_QUEUE", default_value = "embedded")]
     pub queue: String,
     /// Directory for the embedded queue's file.
@@ -49,6 +53,10 @@ pub struct Limits {
     /// choose.
     #[arg(long, env = "TRIBUTARY_MAX_OUTSTANDING", default_value_t = 10_000)]
     pub max_outstanding: u32,
+    /// Most records any Pull subscriber may hold unacknowledged, whatever
+    /// it asks for: a larger `max_outstanding` gets this.
+    #[arg(long, env = "TRIBUTARY_MAX_OUTSTANDING_CAP", default_value_t = 100_000)]
+    pub max_outstanding_cap: u32,
 }
 
 impl Default for Limits {
@@ -60,6 +68,7 @@ impl Default for Limits {
             max_attempts: 5,
             ack_deadline_ms: 30_000,
             max_outstanding: 10_000,
+            max_outstanding_cap: 100_000,
         }
     }
 }
@@ -72,6 +81,12 @@ impl Limits {
             "--publish-window must be at least 1"
         );
         anyhow::ensure!(self.max_attempts > 0, "--max-attempts must be at least 1");
+        anyhow::ensure!(
+            self.max_outstanding_cap >= self.max_outstanding,
+            "--max-outstanding-cap ({}) cannot be below --max-outstanding ({})",
+            self.max_outstanding_cap,
+            self.max_outstanding
+        );
         anyhow::ensure!(
             self.ack_deadline_ms >= 100,
             "--ack-deadline-ms must be at least 100"

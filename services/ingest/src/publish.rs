@@ -159,7 +159,7 @@ async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -
 
 /// A gRPC code number as the label Prometheus users expect:
 /// `invalid_argument`, `resource_exhausted`, `unavailable`.
-fn code_label(code: i32) -> String {
+pub(crate) fn code_label(code: i32) -> String {
     let name = format!("{:?}", Code::from(code));
     let mut label = String::with_capacity(name.len() + 4);
     for (i, c) in name.chars().enumerate() {

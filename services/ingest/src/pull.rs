@@ -22,8 +22,8 @@ use tributary::{
     clock, grpc,
     kind::{self, KindSet},
     metrics,
-    proto::{Delivery, PullRequest, PullResponse, RecordKind},
-    queue::{Queue, SubscribeOptions, Subscription},
+    proto::{AckRefusal, Delivery, PullRequest, PullResponse, RecordKind},
+    queue::{Queue, QueueError, SubscribeOptions, Subscription},
     trace_context,
 };
 
@@ -31,11 +31,29 @@ use crate::IngestService;
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<PullResponse, Status>> + Send>>;
 
+/// Longest consumer group name accepted, in bytes: a group name is kept in
+/// memory, in the queue file and in metric labels.
+pub(crate) const MAX_GROUP_BYTES: usize = 200;
+
+/// Longest ack id echoed back in a refusal.
+const SHOWN_ACK_ID_CHARS: usize = 200;
+
 /// What this stream has delivered and not yet seen acked or nacked.
 #[derive(Default)]
 struct Credit {
     held: HashMap<String, u32>,
     records: u64,
+}
+
+impl Credit {
+    /// Counts a delivery once, however often the same message is delivered
+    /// to this stream again.
+    fn hold(&mut self, ack_id: String, records: u32) {
+        if let Some(before) = self.held.insert(ack_id, records) {
+            self.records -= u64::from(before);
+        }
+        self.records += u64::from(records);
+    }
 }
 
 struct Shared {
@@ -75,8 +93,10 @@ pub async fn stream(
         .subscribe
         .clone()
         .ok_or_else(|| Status::invalid_argument("the first PullRequest must carry `subscribe`"))?;
-    if subscription.parser.is_empty() {
-        return Err(Status::invalid_argument("subscribe.parser is empty"));
+    if subscription.parser.is_empty() || subscription.parser.len() > MAX_GROUP_BYTES {
+        return Err(Status::invalid_argument(format!(
+            "subscribe.parser must be 1 to {MAX_GROUP_BYTES} bytes"
+        )));
     }
     let mut kinds = Vec::with_capacity(subscription.kinds.len());
     for raw in &subscription.kinds {
@@ -92,7 +112,7 @@ pub async fn stream(
     let limits = &service.limits;
     let max_outstanding = match subscription.max_outstanding {
         0 => limits.max_outstanding,
-        n => n,
+        n => n.min(limits.max_outstanding_cap),
     };
     let deadline = match subscription.ack_deadline_ms {
         0 => limits.ack_deadline(),
@@ -112,13 +132,20 @@ pub async fn stream(
         credit: Mutex::new(Credit::default()),
         freed: Notify::new(),
     });
-    apply(&service.queue, &shared, first).await;
+    let group = subscription.parser.clone();
     let (tx, rx) = mpsc::channel(4);
+    let refusals = apply(&service.queue, &group, &shared, first).await;
+    if !refusals.is_empty() {
+        let _ = tx.try_send(Ok(PullResponse {
+            deliveries: Vec::new(),
+            refusals,
+        }));
+    }
     let fetcher = tokio::spawn(fetch(
         subscription.parser.clone(),
         queue_sub,
         shared.clone(),
-        tx,
+        tx.clone(),
         u64::from(max_outstanding),
         service.limits.max_attempts,
     ));
@@ -130,9 +157,10 @@ pub async fn stream(
     ));
     tokio::spawn(read(
         service,
+        group,
         inbound,
         shared,
-        fetcher,
+        Stream_ { fetcher, tx },
         watching.drop_guard(),
     ));
     Ok(Box::pin(ReceiverStream::new(rx)))
@@ -168,13 +196,9 @@ async fn fetch(
                 return;
             }
         };
-        {
-            let mut credit = shared.credit();
-            credit.records += message.records.len() as u64;
-            credit
-                .held
-                .insert(message.ack_id.clone(), message.records.len() as u32);
-        }
+        shared
+            .credit()
+            .hold(message.ack_id.clone(), message.records.len() as u32);
         deliveries.increment(1);
         if message.attempt > 1 {
             redeliveries.increment(1);
@@ -202,6 +226,7 @@ async fn fetch(
         };
         let response = PullResponse {
             deliveries: vec![delivery],
+            refusals: Vec::new(),
         };
         if tx.send(Ok(response)).await.is_err() {
             return;
@@ -229,27 +254,46 @@ async fn watch_lag(queue: Arc<dyn Queue>, group: String, done: CancellationToken
     }
 }
 
+/// The sending side of a Pull stream: the fetcher, and the reader's own
+/// handle for refusals. The response stream ends when both are gone.
+struct Stream_ {
+    fetcher: tokio::task::JoinHandle<()>,
+    tx: mpsc::Sender<Result<PullResponse, Status>>,
+}
+
 /// Applies what the parser sends until it hangs up or the server shuts down,
-/// then hands back whatever it still held.
+/// then hands back at once whatever it still held.
 async fn read(
     service: IngestService,
+    group: String,
     mut inbound: Streaming<PullRequest>,
     shared: Arc<Shared>,
-    fetcher: tokio::task::JoinHandle<()>,
+    sending: Stream_,
     _lag_watch: DropGuard,
 ) {
-    let mut fetcher = Some(fetcher);
+    let Stream_ { fetcher, tx } = sending;
+    let mut sending = Some((fetcher, tx));
     loop {
         tokio::select! {
-            () = service.shutdown.cancelled(), if fetcher.is_some() => {
+            () = service.shutdown.cancelled(), if sending.is_some() => {
                 // Stop delivering and end the response stream; keep taking
                 // acks for what the parser is finishing.
-                if let Some(f) = fetcher.take() {
-                    f.abort();
+                if let Some((fetcher, _tx)) = sending.take() {
+                    fetcher.abort();
                 }
             }
             message = inbound.message() => match message {
-                Ok(Some(request)) => apply(&service.queue, &shared, request).await,
+                Ok(Some(request)) => {
+                    let refusals = apply(&service.queue, &group, &shared, request).await;
+                    if let Some((_, tx)) = &sending
+                        && !refusals.is_empty()
+                    {
+                        let response = PullResponse { deliveries: Vec::new(), refusals };
+                        if tx.send(Ok(response)).await.is_err() {
+                            break;
+                        }
+                    }
+                }
                 Ok(None) => break,
                 Err(status) => {
                     tracing::debug!(%status, "pull stream broke");
@@ -258,37 +302,65 @@ async fn read(
             },
         }
     }
-    if let Some(f) = fetcher {
-        f.abort();
+    if let Some((fetcher, _tx)) = sending {
+        fetcher.abort();
+        // Wait until the fetcher (and its subscription) is gone, so that
+        // the queue sees the subscriber leave before the hand-backs below.
+        let _ = fetcher.await;
     }
     let held: Vec<String> = shared.credit().held.drain().map(|(id, _)| id).collect();
     for ack_id in held {
-        if let Err(e) = service
-            .queue
-            .nack(&ack_id, "the subscriber went away")
-            .await
-        {
+        if let Err(e) = service.queue.abandon(&group, &ack_id).await {
             tracing::debug!(error = %e, "could not hand back a delivery; its deadline will");
         }
     }
 }
 
-async fn apply(queue: &Arc<dyn Queue>, shared: &Shared, request: PullRequest) {
-    for ack_id in &request.ack_ids {
-        if let Err(e) = queue.ack(ack_id).await {
-            tracing::warn!(error = %e, %ack_id, "ack failed");
+/// Applies a request's acks, nacks and extensions for `group`; returns
+/// those the queue refused.
+async fn apply(
+    queue: &Arc<dyn Queue>,
+    group: &str,
+    shared: &Shared,
+    request: PullRequest,
+) -> Vec<AckRefusal> {
+    let mut refusals = Vec::new();
+    for ack_id in request.ack_ids {
+        match queue.ack(group, &ack_id).await {
+            Ok(()) => shared.release(&ack_id),
+            Err(e) => refuse(&mut refusals, ack_id, e),
         }
-        shared.release(ack_id);
     }
-    for nack in &request.nacks {
-        if let Err(e) = queue.nack(&nack.ack_id, &nack.error).await {
-            tracing::warn!(error = %e, ack_id = %nack.ack_id, "nack failed");
+    for nack in request.nacks {
+        match queue.nack(group, &nack.ack_id, &nack.error).await {
+            Ok(()) => shared.release(&nack.ack_id),
+            Err(e) => refuse(&mut refusals, nack.ack_id, e),
         }
-        shared.release(&nack.ack_id);
     }
-    for ack_id in &request.extend_ack_ids {
-        if let Err(e) = queue.extend(ack_id).await {
-            tracing::warn!(error = %e, %ack_id, "extend failed");
+    for ack_id in request.extend_ack_ids {
+        if let Err(e) = queue.extend(group, &ack_id).await {
+            refuse(&mut refusals, ack_id, e);
         }
+    }
+    refusals
+}
+
+/// Records a refused ack id; a queue that could not answer is logged, not
+/// blamed on the id.
+fn refuse(refusals: &mut Vec<AckRefusal>, ack_id: String, error: QueueError) {
+    let status = Status::from(error);
+    if matches!(
+        status.code(),
+        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
+    ) {
+        metrics::counter!(metrics::QUEUE_ACKS_REFUSED, "code" => crate::publish::code_label(status.code() as i32))
+            .increment(1);
+        refusals.push(AckRefusal {
+            ack_id: ack_id.chars().take(SHOWN_ACK_ID_CHARS).collect(),
+            code: status.code() as i32,
+            reason: status.message().to_owned(),
+        });
+    } else {
+        tracing::warn!(%status, "ack, nack or extend failed; the deadline will redeliver");
     }
 }

@@ -8,8 +8,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tributary::{
     proto::{
-        PublishBatchRequest, PublishBatchResponse, PublishRequest, PublishResponse, PullRequest,
-        PullResponse, ingest_server::Ingest,
+        ConsumerGroup, DeleteGroupRequest, DeleteGroupResponse, ListGroupsRequest,
+        ListGroupsResponse, PublishBatchRequest, PublishBatchResponse, PublishRequest,
+        PublishResponse, PullRequest, PullResponse, ingest_server::Ingest,
     },
     queue::Queue,
 };
@@ -79,5 +80,41 @@ impl Ingest for IngestService {
     ) -> Result<Response<Self::PullStream>, Status> {
         let stream = pull::stream(self.clone(), request.into_inner()).await?;
         Ok(Response::new(stream))
+    }
+
+    async fn list_groups(
+        &self,
+        _request: Request<ListGroupsRequest>,
+    ) -> Result<Response<ListGroupsResponse>, Status> {
+        let groups = self.queue.groups().await?;
+        Ok(Response::new(ListGroupsResponse {
+            groups: groups
+                .into_iter()
+                .map(|g| ConsumerGroup {
+                    name: g.name,
+                    kinds: g.kinds.kinds().map(|k| k as i32).collect(),
+                    members: u32::try_from(g.members).unwrap_or(u32::MAX),
+                    lag: g.lag,
+                    idle_seconds: g.idle.as_secs(),
+                })
+                .collect(),
+        }))
+    }
+
+    async fn delete_group(
+        &self,
+        request: Request<DeleteGroupRequest>,
+    ) -> Result<Response<DeleteGroupResponse>, Status> {
+        let group = request.into_inner().group;
+        if group.is_empty() || group.len() > pull::MAX_GROUP_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "group must be 1 to {} bytes",
+                pull::MAX_GROUP_BYTES
+            )));
+        }
+        match self.queue.delete_group(&group).await? {
+            Some(dropped) => Ok(Response::new(DeleteGroupResponse { dropped })),
+            None => Err(Status::not_found(format!("no consumer group {group:?}"))),
+        }
     }
 }

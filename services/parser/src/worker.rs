@@ -181,6 +181,9 @@ impl Worker {
                 }
                 message = deliveries.message() => match message {
                     Ok(Some(response)) => {
+                        for refusal in &response.refusals {
+                            tracing::warn!(ack_id = %refusal.ack_id, code = refusal.code, reason = %refusal.reason, "the server refused an ack");
+                        }
                         for delivery in response.deliveries {
                             records += delivery.records.len();
                             let span = delivery_span(&self.name, &delivery);

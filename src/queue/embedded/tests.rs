@@ -10,6 +10,22 @@ async fn open(dir: &tempfile::TempDir) -> EmbeddedQueue {
     EmbeddedQueue::open(&dir.path().join("q.db")).await.unwrap()
 }
 
+async fn open_with(dir: &tempfile::TempDir, options: &str) -> EmbeddedQueue {
+    let settings = Settings::parse(&format!("embedded?{options}"), dir.path()).unwrap();
+    EmbeddedQueue::open_with(settings).await.unwrap()
+}
+
+async fn publish_text(queue: &EmbeddedQueue, source: &str, seq: u64) {
+    queue
+        .publish(vec![batch(RecordKind::Text, vec![text(source, seq)])])
+        .await
+        .unwrap();
+}
+
+fn retained(queue: &EmbeddedQueue) -> usize {
+    queue.inner.state().ledger.size().0
+}
+
 #[tokio::test]
 async fn delivers_acks_and_forgets() {
     let dir = tempfile::tempdir().unwrap();
@@ -33,15 +49,10 @@ async fn delivers_acks_and_forgets() {
         }]
     );
     let msg = next(&mut sub).await;
-    assert_eq!(
-        (msg.attempt, msg.records.len(), msg.received_at),
-        (1, 3, 42)
-    );
-    queue.ack(&msg.ack_id).await.unwrap();
-    assert!(
-        queue.inner.state().log.is_empty(),
-        "acked by its only group"
-    );
+    assert_eq!((msg.attempt, msg.records.len()), (1, 3));
+    assert!(crate::clock::now_micros() - msg.received_at < 60_000_000);
+    queue.ack("raw", &msg.ack_id).await.unwrap();
+    assert_eq!(retained(&queue), 0, "acked by its only group");
 }
 
 #[tokio::test]
@@ -90,7 +101,7 @@ async fn dedupes_keys_across_a_restart() {
 }
 
 #[tokio::test]
-async fn unacked_messages_survive_a_crash() {
+async fn unacked_messages_survive_a_crash_and_come_back_one_at_a_time() {
     let dir = tempfile::tempdir().unwrap();
     {
         let queue = open(&dir).await;
@@ -98,24 +109,16 @@ async fn unacked_messages_survive_a_crash() {
             .subscribe(options("raw", KindSet::ALL, 30_000))
             .await
             .unwrap();
-        queue
-            .publish(vec![batch(RecordKind::Text, vec![text("a", 0)])])
-            .await
-            .unwrap();
-        queue
-            .publish(vec![batch(RecordKind::Text, vec![text("a", 1)])])
-            .await
-            .unwrap();
+        publish_text(&queue, "a", 0).await;
+        publish_text(&queue, "a", 1).await;
         let first = next(&mut sub).await;
-        queue.ack(&first.ack_id).await.unwrap();
+        queue.ack("raw", &first.ack_id).await.unwrap();
         let _held = next(&mut sub).await;
         // Dropped without close: no orderly flush of anything in memory.
         // The ack above went to the writer; wait for it to be committed by
         // publishing once more and awaiting that commit.
-        queue
-            .publish(vec![batch(RecordKind::Text, vec![text("c", 0)])])
-            .await
-            .unwrap();
+        publish_text(&queue, "c", 0).await;
+        std::mem::forget(sub);
     }
     let queue = open(&dir).await;
     let mut sub = queue
@@ -126,45 +129,144 @@ async fn unacked_messages_survive_a_crash() {
     for _ in 0..2 {
         let msg = next(&mut sub).await;
         seen.extend(msg.records.iter().map(|r| (r.source.clone(), r.seq)));
-        assert_eq!(msg.attempt, 1, "attempt counts start over after a restart");
+        assert_eq!(
+            msg.attempt, 1,
+            "a crash while out with others charges nothing"
+        );
+        // Suspects of a crash go out alone: nothing else until the verdict.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(100), sub.next())
+                .await
+                .is_err()
+        );
+        queue.ack("raw", &msg.ack_id).await.unwrap();
     }
     seen.sort();
     assert_eq!(seen, vec![("a".to_string(), 1), ("c".to_string(), 0)]);
 }
 
 #[tokio::test]
+async fn a_record_that_crashes_the_process_is_charged_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir).await;
+    publish_text(&queue, "poison", 0).await;
+    publish_text(&queue, "fine", 0).await;
+    queue.close().await;
+    // Each run delivers the first suspect and "crashes" (the queue is
+    // dropped without close) before any verdict.
+    let mut attempts = Vec::new();
+    for _ in 0..4 {
+        let queue = open(&dir).await;
+        let mut sub = queue
+            .subscribe(options("raw", KindSet::ALL, 30_000))
+            .await
+            .unwrap();
+        let msg = next(&mut sub).await;
+        assert_eq!(msg.records[0].source, "poison");
+        attempts.push(msg.attempt);
+        std::mem::forget(sub);
+        drop(queue);
+    }
+    // The first run was a plain delivery with its neighbour in the window;
+    // from then on it goes out alone and each crash is its own strike.
+    assert_eq!(attempts, vec![1, 1, 2, 3]);
+    let queue = open(&dir).await;
+    let mut sub = queue
+        .subscribe(options("raw", KindSet::ALL, 30_000))
+        .await
+        .unwrap();
+    let poison = next(&mut sub).await;
+    assert_eq!(poison.attempt, 4);
+    queue.ack("raw", &poison.ack_id).await.unwrap();
+    let fine = next(&mut sub).await;
+    assert_eq!(
+        (fine.records[0].source.as_str(), fine.attempt),
+        ("fine", 1),
+        "its neighbour is never charged"
+    );
+}
+
+#[tokio::test]
+async fn a_subscriber_that_keeps_crashing_condemns_only_the_poison() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir).await;
+    for seq in 0..10 {
+        queue
+            .publish(vec![batch(
+                RecordKind::Text,
+                vec![text(if seq == 4 { "poison" } else { "ok" }, seq)],
+            )])
+            .await
+            .unwrap();
+    }
+    let max_attempts = 3;
+    let mut acked = 0;
+    let mut dead = Vec::new();
+    // A worker takes everything it can, then dies (drops its subscription)
+    // whenever it holds the poison; otherwise it acks all it holds.
+    for _ in 0..60 {
+        if retained(&queue) == 0 {
+            break;
+        }
+        let mut sub = queue
+            .subscribe(options("w", KindSet::ALL, 30_000))
+            .await
+            .unwrap();
+        let mut held = vec![next(&mut sub).await];
+        while let Ok(Ok(msg)) = tokio::time::timeout(Duration::from_millis(100), sub.next()).await {
+            held.push(msg);
+        }
+        for msg in &held {
+            if msg.attempt > max_attempts {
+                dead.push(msg.records[0].source.clone());
+                queue.ack("w", &msg.ack_id).await.unwrap();
+            }
+        }
+        if held
+            .iter()
+            .any(|m| m.records[0].source == "poison" && m.attempt <= max_attempts)
+        {
+            drop(sub);
+            continue;
+        }
+        for msg in held.iter().filter(|m| m.attempt <= max_attempts) {
+            queue.ack("w", &msg.ack_id).await.unwrap();
+            acked += 1;
+        }
+    }
+    assert_eq!(dead, vec!["poison".to_string()]);
+    assert_eq!(acked, 9);
+    assert_eq!(retained(&queue), 0);
+}
+
+#[tokio::test]
 async fn redelivers_after_the_deadline_and_after_a_nack() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open(&dir).await;
-    // Paused only once the file is open: the connection pool's timeouts
-    // would otherwise fire while SQLite works on its own thread.
-    tokio::time::pause();
     let mut sub = queue
-        .subscribe(options("raw", KindSet::ALL, 1_000))
+        .subscribe(options("raw", KindSet::ALL, 500))
         .await
         .unwrap();
-    queue
-        .publish(vec![batch(RecordKind::Text, vec![text("a", 0)])])
-        .await
-        .unwrap();
+    publish_text(&queue, "a", 0).await;
     let first = next(&mut sub).await;
     let started = Instant::now();
+    // Past its deadline it comes back uncharged: it was not out alone.
     let second = next(&mut sub).await;
-    assert_eq!(second.attempt, 2);
+    assert_eq!((second.attempt, &second.ack_id), (1, &first.ack_id));
     assert!(
-        started.elapsed() >= Duration::from_millis(900),
+        started.elapsed() >= Duration::from_millis(400),
         "not before the deadline"
     );
-    queue.nack(&second.ack_id, "boom").await.unwrap();
+    // It went out alone this time: a second time-out is its own strike.
     let third = next(&mut sub).await;
-    assert_eq!(
-        (third.attempt, third.ack_id.as_str()),
-        (3, first.ack_id.as_str())
-    );
-    queue.extend(&third.ack_id).await.unwrap();
-    queue.ack(&third.ack_id).await.unwrap();
+    assert_eq!(third.attempt, 2);
+    queue.nack("raw", &third.ack_id, "boom").await.unwrap();
+    let fourth = next(&mut sub).await;
+    assert_eq!(fourth.attempt, 3, "a nack is charged");
+    queue.extend("raw", &fourth.ack_id).await.unwrap();
+    queue.ack("raw", &fourth.ack_id).await.unwrap();
     assert!(
-        tokio::time::timeout(Duration::from_secs(5), sub.next())
+        tokio::time::timeout(Duration::from_secs(1), sub.next())
             .await
             .is_err(),
         "an acked message is not delivered again"
@@ -211,10 +313,11 @@ async fn groups_each_get_everything_and_members_share() {
     );
     let only = next(&mut upper).await;
     assert_eq!(only.kind, RecordKind::Text);
-    for ack in [&one.ack_id, &two.ack_id, &only.ack_id] {
-        queue.ack(ack).await.unwrap();
+    for ack in [&one.ack_id, &two.ack_id] {
+        queue.ack("raw", ack).await.unwrap();
     }
-    assert!(queue.inner.state().log.is_empty());
+    queue.ack("uppercase", &only.ack_id).await.unwrap();
+    assert_eq!(retained(&queue), 0);
     assert!(
         tokio::time::timeout(Duration::from_millis(200), upper.next())
             .await
@@ -224,14 +327,242 @@ async fn groups_each_get_everything_and_members_share() {
 }
 
 #[tokio::test]
-async fn rejects_malformed_ack_ids() {
+async fn rejects_malformed_and_foreign_ack_ids() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open(&dir).await;
-    for bad in ["", "x:raw", "5:", "5"] {
+    for bad in ["", "x:raw", "5:", "5", "zz:1:raw", "1:x:raw", "1:2:"] {
         assert!(
-            matches!(queue.ack(bad).await, Err(QueueError::Invalid(_))),
+            matches!(queue.ack("raw", bad).await, Err(QueueError::Invalid(_))),
             "{bad:?}"
         );
+    }
+    let other = tempfile::tempdir().unwrap();
+    let elsewhere = open(&other).await;
+    let mut sub = elsewhere
+        .subscribe(options("raw", KindSet::ALL, 30_000))
+        .await
+        .unwrap();
+    publish_text(&elsewhere, "a", 0).await;
+    let foreign = next(&mut sub).await;
+    assert!(matches!(
+        queue.ack("raw", &foreign.ack_id).await,
+        Err(QueueError::Invalid(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_forged_ack_is_refused_and_the_delivery_stays_its_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir).await;
+    let mut victim = queue
+        .subscribe(options("victim", KindSet::ALL, 1_000))
+        .await
+        .unwrap();
+    let _evil = queue
+        .subscribe(options("evil", KindSet::of([RecordKind::Probe]), 1_000))
+        .await
+        .unwrap();
+    publish_text(&queue, "a", 0).await;
+    let held = next(&mut victim).await;
+    for op in 0..3 {
+        let refused = match op {
+            0 => queue.ack("evil", &held.ack_id).await,
+            1 => queue.nack("evil", &held.ack_id, "x").await,
+            _ => queue.extend("evil", &held.ack_id).await,
+        };
+        assert!(matches!(refused, Err(QueueError::Denied(_))), "{refused:?}");
+    }
+    // A forged id naming evil's own group for victim's message changes
+    // nothing either: it is not pending there.
+    let forged = held.ack_id.replace(":victim", ":evil");
+    queue.ack("evil", &forged).await.unwrap();
+    assert_eq!(retained(&queue), 1);
+    // The victim's delivery is still its own: it comes back at its deadline.
+    let again = next(&mut victim).await;
+    assert_eq!(again.records[0].source, "a");
+    queue.ack("victim", &again.ack_id).await.unwrap();
+    assert_eq!(retained(&queue), 0);
+}
+
+#[tokio::test]
+async fn regrouping_never_deletes_what_a_group_still_holds() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir).await;
+    let mut g1 = queue
+        .subscribe(options("g1", KindSet::of([RecordKind::Sms]), 30_000))
+        .await
+        .unwrap();
+    let mut g2 = queue
+        .subscribe(options("g2", KindSet::of([RecordKind::Sms]), 30_000))
+        .await
+        .unwrap();
+    let sms = Record {
+        source: "s".into(),
+        payload: Some(Payload::Sms(Default::default())),
+        ..Default::default()
+    };
+    queue
+        .publish(vec![batch(RecordKind::Sms, vec![sms])])
+        .await
+        .unwrap();
+    let held = next(&mut g1).await;
+    let _probe_only = queue
+        .subscribe(options("g1", KindSet::of([RecordKind::Probe]), 30_000))
+        .await
+        .unwrap();
+    let theirs = next(&mut g2).await;
+    queue.ack("g2", &theirs.ack_id).await.unwrap();
+    assert_eq!(retained(&queue), 1, "still pending in g1");
+    queue.nack("g1", &held.ack_id, "later").await.unwrap();
+    // The queue still serves: publishing works and g1 gets its SMS back.
+    publish_text(&queue, "t", 0).await;
+    let back = next(&mut g1).await;
+    assert_eq!(back.ack_id, held.ack_id);
+    queue.ack("g1", &back.ack_id).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_closed_subscription_hands_back_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir).await;
+    let mut first = queue
+        .subscribe(options("raw", KindSet::ALL, 3_600_000))
+        .await
+        .unwrap();
+    let mut replica = queue
+        .subscribe(options("raw", KindSet::ALL, 3_600_000))
+        .await
+        .unwrap();
+    publish_text(&queue, "a", 0).await;
+    let held = next(&mut first).await;
+    drop(first);
+    // Well within the hour-long deadline.
+    let again = tokio::time::timeout(Duration::from_secs(2), replica.next())
+        .await
+        .expect("handed back at once")
+        .unwrap();
+    assert_eq!((again.ack_id, again.attempt), (held.ack_id, 1));
+}
+
+#[tokio::test]
+async fn the_body_cache_honours_its_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open_with(&dir, "cache_bytes=100000").await;
+    let _idle = queue
+        .subscribe(options("idle", KindSet::ALL, 30_000))
+        .await
+        .unwrap();
+    for seq in 0..50 {
+        let record = Record {
+            source: "big".into(),
+            seq,
+            payload: Some(Payload::Text(crate::proto::Text {
+                body: "x".repeat(10_000),
+            })),
+            ..Default::default()
+        };
+        queue
+            .publish(vec![batch(RecordKind::Text, vec![record])])
+            .await
+            .unwrap();
+    }
+    let (messages, bytes, cached) = queue.inner.state().ledger.size();
+    assert_eq!(messages, 50);
+    assert!(bytes > 500_000, "{bytes}");
+    assert!(
+        cached <= 100_000,
+        "cached {cached} bytes over a cap of 100000"
+    );
+}
+
+#[tokio::test]
+async fn retention_by_size_drops_the_oldest_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open_with(&dir, "max_bytes=1000").await;
+    let mut sub = queue
+        .subscribe(options("slow", KindSet::ALL, 30_000))
+        .await
+        .unwrap();
+    for seq in 0..100 {
+        publish_text(&queue, "r", seq).await;
+    }
+    // The sweep applies retention once a second.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while queue.inner.state().ledger.size().1 > 1000 {
+        assert!(Instant::now() < deadline, "retention never ran");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = next(&mut sub).await;
+    assert!(first.records[0].seq > 0, "the oldest went first");
+    assert!(queue.lag("slow").await.unwrap() < 100);
+}
+
+#[tokio::test]
+async fn groups_are_listed_and_deleted_and_a_deleted_group_frees_its_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir).await;
+    let sub = queue
+        .subscribe(options("typo", KindSet::of([RecordKind::Text]), 30_000))
+        .await
+        .unwrap();
+    drop(sub);
+    for seq in 0..5 {
+        publish_text(&queue, "x", seq).await;
+    }
+    let groups = queue.groups().await.unwrap();
+    assert_eq!(groups.len(), 1);
+    assert_eq!(
+        (groups[0].name.as_str(), groups[0].members, groups[0].lag),
+        ("typo", 0, 5)
+    );
+    assert_eq!(queue.delete_group("typo").await.unwrap(), Some(5));
+    assert_eq!(queue.delete_group("typo").await.unwrap(), None);
+    assert!(queue.groups().await.unwrap().is_empty());
+    // No group reads text now: the messages are kept for groups to come.
+    assert_eq!(retained(&queue), 5);
+    // After a restart the group stays gone.
+    queue.close().await;
+    let queue = open(&dir).await;
+    assert!(queue.groups().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn an_idle_group_expires_after_its_ttl() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open_with(&dir, "group_ttl=1").await;
+    let mut live = queue
+        .subscribe(options("live", KindSet::ALL, 30_000))
+        .await
+        .unwrap();
+    drop(
+        queue
+            .subscribe(options("gone", KindSet::ALL, 30_000))
+            .await
+            .unwrap(),
+    );
+    publish_text(&queue, "a", 0).await;
+    let msg = next(&mut live).await;
+    queue.ack("live", &msg.ack_id).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let names: Vec<String> = queue
+            .groups()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|g| g.name)
+            .collect();
+        if names == vec!["live".to_string()] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "still {names:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Its backlog no longer pins the message.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while retained(&queue) > 0 {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
@@ -241,6 +572,38 @@ fn ranges_round_trip() {
     set.insert(0..=99);
     set.insert(200..=200);
     assert_eq!(decode_ranges(&encode_ranges(&set)), set);
+}
+
+#[test]
+fn urls_are_checked() {
+    let dir = Path::new("d");
+    let s = Settings::parse("embedded?max_age=60&max_bytes=1000&group_ttl=5", dir).unwrap();
+    assert_eq!(
+        (s.path.as_path(), s.max_age, s.max_bytes, s.group_ttl),
+        (
+            Path::new("d/queue.db"),
+            Duration::from_secs(60),
+            1000,
+            Duration::from_secs(5)
+        )
+    );
+    assert_eq!(
+        Settings::parse("embedded:/x/q.db", dir).unwrap().path,
+        PathBuf::from("/x/q.db")
+    );
+    for bad in [
+        "embedded:",
+        "embeded",
+        "embedded?max_age=0",
+        "embedded?max_age=x",
+        "embedded?nope=1",
+        "embedded?max_age",
+    ] {
+        assert!(
+            matches!(Settings::parse(bad, dir), Err(QueueError::BadUrl { .. })),
+            "{bad}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -257,15 +620,19 @@ async fn lag_counts_what_a_group_has_not_acked() {
         .await
         .unwrap();
     for seq in 0..3 {
-        queue
-            .publish(vec![batch(RecordKind::Text, vec![text("lag", seq)])])
-            .await
-            .unwrap();
+        publish_text(&queue, "lag", seq).await;
     }
     assert_eq!(queue.lag("raw").await.unwrap(), 3);
     // Delivered but unacked still counts; acked does not.
     let first = next(&mut sub).await;
     assert_eq!(queue.lag("raw").await.unwrap(), 3);
-    queue.ack(&first.ack_id).await.unwrap();
+    queue.ack("raw", &first.ack_id).await.unwrap();
     assert_eq!(queue.lag("raw").await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn conformance() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir).await;
+    crate::queue::conformance::run(&queue).await;
 }

@@ -100,11 +100,12 @@ async fn delivers_to_every_group_and_dedupes_republished_batches() {
     assert_eq!(first[0].accepted, 3);
     let again = queue.publish(vec![texts("a", 0..3)]).await.unwrap();
     assert_eq!((again[0].accepted, again[0].duplicates), (0, 3));
-    for sub in [&mut raw, &mut upper] {
+    for (group, sub) in [("raw", &mut raw), ("uppercase", &mut upper)] {
         let message = next(sub).await;
         assert_eq!(message.records.len(), 3);
-        assert_eq!((message.attempt, message.received_at), (1, 42));
-        queue.ack(&message.ack_id).await.unwrap();
+        assert_eq!(message.attempt, 1);
+        assert!(crate::clock::now_micros() - message.received_at < 60_000_000);
+        queue.ack(group, &message.ack_id).await.unwrap();
     }
     // Nothing else: the republished copy was never appended.
     let more = tokio::time::timeout(Duration::from_millis(500), raw.next()).await;
@@ -123,11 +124,11 @@ async fn any_handle_acks_and_nacks_redeliver() {
         .unwrap();
     queue.publish(vec![texts("a", 0..2)]).await.unwrap();
     let first = next(&mut sub).await;
-    other.nack(&first.ack_id, "boom").await.unwrap();
+    other.nack("raw", &first.ack_id, "boom").await.unwrap();
     let second = next(&mut sub).await;
     assert_eq!(second.attempt, 2);
     assert_eq!(second.records, first.records);
-    other.ack(&second.ack_id).await.unwrap();
+    other.ack("raw", &second.ack_id).await.unwrap();
     other.close().await;
     let more = tokio::time::timeout(Duration::from_millis(700), sub.next()).await;
     assert!(
@@ -148,7 +149,7 @@ async fn unacked_messages_come_back_after_the_deadline() {
     let first = next(&mut sub).await;
     let again = next(&mut sub).await;
     assert_eq!((first.attempt, again.attempt), (1, 2));
-    queue.ack(&again.ack_id).await.unwrap();
+    queue.ack("raw", &again.ack_id).await.unwrap();
     drop_stream(&queue).await;
 }
 
@@ -176,7 +177,7 @@ async fn subscribers_of_one_group_split_the_messages() {
         for r in &message.records {
             assert!(seen.insert(r.seq), "seq {} delivered twice", r.seq);
         }
-        queue.ack(&message.ack_id).await.unwrap();
+        queue.ack("raw", &message.ack_id).await.unwrap();
     }
     assert_eq!(deliveries, 40);
     drop_stream(&queue).await;
@@ -187,10 +188,31 @@ async fn foreign_ack_ids_are_refused() {
     let queue = open(&testkit::unique_name("T")).await;
     for bad in ["orders.new", "$JS.ACK.OTHER.c.1.1.1.1.0", "$JS.ACK.>"] {
         assert!(
-            matches!(queue.ack(bad).await, Err(QueueError::Invalid(_))),
+            matches!(queue.ack("raw", bad).await, Err(QueueError::Invalid(_))),
             "{bad}"
         );
     }
+    drop_stream(&queue).await;
+}
+
+#[test]
+fn reply_subjects_name_their_stream_and_consumer() {
+    assert_eq!(
+        reply_parts("$JS.ACK.T.raw_text.1.2.3.4.0"),
+        Some(("T", "raw_text"))
+    );
+    assert_eq!(
+        reply_parts("$JS.ACK.dom.acc.T.raw_text.1.2.3.4.0.tok"),
+        Some(("T", "raw_text"))
+    );
+    assert_eq!(reply_parts("$JS.ACK.T.raw_text"), None);
+    assert_eq!(reply_parts("_INBOX.T.raw_text.1.2.3.4.0.x"), None);
+}
+
+#[tokio::test]
+async fn conformance() {
+    let queue = open(&testkit::unique_name("CONF")).await;
+    crate::queue::conformance::run(&queue).await;
     drop_stream(&queue).await;
 }
 
@@ -215,7 +237,7 @@ async fn lag_counts_what_a_group_has_not_acked() {
         .await
         .unwrap();
     let first = next(&mut sub).await;
-    queue.ack(&first.ack_id).await.unwrap();
+    queue.ack("raw", &first.ack_id).await.unwrap();
     // The ack reaches the server asynchronously; wait for its count.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {

@@ -13,6 +13,7 @@ mod mesh;
 mod notebook;
 mod observability;
 mod peers;
+mod queue;
 mod rest;
 mod support;
 mod tls;
