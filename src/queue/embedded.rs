@@ -20,6 +20,7 @@
 //! policy drops that a group had not acked is logged per group and counted
 //! in `tributary_queue_dropped_messages_total{group,reason}`.
 
+mod dedupe;
 mod ledger;
 
 use std::{
@@ -32,7 +33,6 @@ use std::{
 
 use async_trait::async_trait;
 use prost::Message as _;
-use rangemap::RangeInclusiveSet;
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool, sqlite::SqlitePoolOptions};
 use tokio::{
     sync::{Notify, mpsc, oneshot},
@@ -40,7 +40,10 @@ use tokio::{
     time::Instant,
 };
 
-use self::ledger::{Change, Ledger, Loaded, MemberId, Meta, Outcome};
+use self::{
+    dedupe::{Added, Dedupe},
+    ledger::{Change, Ledger, Loaded, MemberId, Meta, Outcome},
+};
 use super::{
     Batch, GroupInfo, Message, Published, Queue, QueueError, SubscribeOptions, Subscription,
 };
@@ -64,6 +67,10 @@ const SWEEP_EVERY: Duration = Duration::from_millis(20);
 /// How often retention and group expiry run: their limits are hours and
 /// gigabytes, so once a second is plenty.
 const RETAIN_EVERY: Duration = Duration::from_secs(1);
+
+/// How often (at most) sources silent past the dedupe window are
+/// forgotten; a quarter of the window when that is shorter.
+const DEDUPE_EXPIRY_EVERY: Duration = Duration::from_secs(60);
 
 /// The most operations one transaction takes, so that a flood of publishes
 /// still gets acknowledged in steady steps.
@@ -107,6 +114,13 @@ CREATE TABLE IF NOT EXISTS sources (
     source TEXT PRIMARY KEY,
     ranges BLOB NOT NULL
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS seen (
+    source TEXT NOT NULL,
+    start INTEGER NOT NULL,
+    end_ INTEGER NOT NULL,
+    touched INTEGER NOT NULL,
+    PRIMARY KEY (source, start)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value INTEGER NOT NULL
@@ -114,7 +128,7 @@ CREATE TABLE IF NOT EXISTS meta (
 ";
 
 /// Retention and expiry of the embedded queue, from its URL:
-/// `embedded[:PATH][?max_age=SECONDS&max_bytes=BYTES&group_ttl=SECONDS&cache_bytes=BYTES]`.
+/// `embedded[:PATH][?max_age=SECONDS&max_bytes=BYTES&group_ttl=SECONDS&dedupe_window=SECONDS&cache_bytes=BYTES]`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// The queue file.
@@ -132,6 +146,9 @@ pub struct Settings {
     /// Bytes of message bodies kept in memory for delivery (default 64
     /// MiB); the rest are read back from the file.
     pub cache_bytes: usize,
+    /// A source silent this long has its dedupe keys forgotten (default 7
+    /// days; see [`dedupe`] for the rule).
+    pub dedupe_window: Duration,
 }
 
 impl Settings {
@@ -143,6 +160,7 @@ impl Settings {
             max_bytes: 8 << 30,
             group_ttl: Duration::from_secs(7 * 24 * 3600),
             cache_bytes: BODY_CACHE_BYTES,
+            dedupe_window: Duration::from_secs(7 * 24 * 3600),
         }
     }
 
@@ -179,12 +197,13 @@ impl Settings {
                 "max_age" => settings.max_age = Duration::from_secs(number()?),
                 "max_bytes" => settings.max_bytes = number()?,
                 "group_ttl" => settings.group_ttl = Duration::from_secs(number()?),
+                "dedupe_window" => settings.dedupe_window = Duration::from_secs(number()?),
                 "cache_bytes" => {
                     settings.cache_bytes = usize::try_from(number()?).unwrap_or(usize::MAX);
                 }
                 other => {
                     return Err(bad(format!(
-                        "unknown option {other:?} (known: max_age, max_bytes, group_ttl, cache_bytes)"
+                        "unknown option {other:?} (known: max_age, max_bytes, group_ttl, dedupe_window, cache_bytes)"
                     )));
                 }
             }
@@ -642,10 +661,25 @@ async fn write_loop(
     inner: Arc<Inner>,
     mut conn: SqliteConnection,
     mut rx: mpsc::UnboundedReceiver<Write>,
-    mut dedupe: HashMap<String, RangeInclusiveSet<u64>>,
+    mut dedupe: Dedupe,
 ) {
     let mut ops = Vec::new();
+    let mut last_expiry = Instant::now();
     while let Some(first) = rx.recv().await {
+        let window = inner.settings.dedupe_window;
+        if last_expiry.elapsed() >= (window / 4).min(DEDUPE_EXPIRY_EVERY) {
+            last_expiry = Instant::now();
+            let horizon = clock::now_micros()
+                .saturating_sub(i64::try_from(window.as_micros()).unwrap_or(i64::MAX));
+            match dedupe.expire(&mut conn, horizon).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(
+                    sources = n,
+                    "forgot the keys of sources silent past the dedupe window"
+                ),
+                Err(e) => tracing::warn!(error = %e, "could not expire dedupe keys; will retry"),
+            }
+        }
         ops.push(first);
         while ops.len() < MAX_OPS_PER_COMMIT {
             match rx.try_recv() {
@@ -653,11 +687,10 @@ async fn write_loop(
                 Err(_) => break,
             }
         }
-        let result = commit(&mut conn, &mut ops, &dedupe).await;
+        let result = commit(&mut conn, &mut ops, &mut dedupe).await;
         let mut close = None;
         match result {
             Ok(mut committed) => {
-                dedupe.extend(committed.sources);
                 {
                     let mut state = inner.state();
                     for (id, meta) in committed.messages {
@@ -709,20 +742,36 @@ async fn write_loop(
 /// What one transaction made durable.
 struct Committed {
     messages: Vec<(u64, Meta)>,
-    sources: HashMap<String, RangeInclusiveSet<u64>>,
     /// Outcomes of each publish, by its index among the committed writes.
     outcomes: HashMap<usize, Vec<Published>>,
 }
 
+/// Commits `ops` in one transaction. The dedupe index takes the new keys
+/// at once and gives them back if the transaction fails.
 async fn commit(
     conn: &mut SqliteConnection,
     ops: &mut [Write],
-    dedupe: &HashMap<String, RangeInclusiveSet<u64>>,
+    dedupe: &mut Dedupe,
+) -> Result<Committed, sqlx::Error> {
+    let mut added = Added::default();
+    match commit_with(conn, ops, dedupe, &mut added).await {
+        Ok(committed) => Ok(committed),
+        Err(e) => {
+            dedupe.undo(added);
+            Err(e)
+        }
+    }
+}
+
+async fn commit_with(
+    conn: &mut SqliteConnection,
+    ops: &mut [Write],
+    dedupe: &mut Dedupe,
+    added: &mut Added,
 ) -> Result<Committed, sqlx::Error> {
     let mut tx = conn.begin().await?;
     let mut committed = Committed {
         messages: Vec::new(),
-        sources: HashMap::new(),
         outcomes: HashMap::new(),
     };
     for (index, op) in ops.iter_mut().enumerate() {
@@ -733,24 +782,11 @@ async fn commit(
                     let mut published = Published::default();
                     let mut fresh = Vec::with_capacity(batch.records.len());
                     for record in batch.records {
-                        // Looked up before inserting so that the source name
-                        // is cloned once per commit, not once per record.
-                        let seen = match committed.sources.get_mut(&record.source) {
-                            Some(seen) => seen,
-                            None => {
-                                let known = dedupe.get(&record.source).cloned().unwrap_or_default();
-                                committed
-                                    .sources
-                                    .entry(record.source.clone())
-                                    .or_insert(known)
-                            }
-                        };
-                        if seen.contains(&record.seq) {
-                            published.duplicates += 1;
-                        } else {
-                            seen.insert(record.seq..=record.seq);
+                        if dedupe.add(&record.source, record.seq, added) {
                             published.accepted += 1;
                             fresh.push(record);
+                        } else {
+                            published.duplicates += 1;
                         }
                     }
                     if !fresh.is_empty() {
@@ -792,15 +828,7 @@ async fn commit(
             Write::Close { .. } => {}
         }
     }
-    for (source, ranges) in &committed.sources {
-        sqlx::query(
-            "INSERT INTO sources (source, ranges) VALUES (?, ?) ON CONFLICT (source) DO UPDATE SET ranges = excluded.ranges",
-        )
-        .bind(source)
-        .bind(encode_ranges(ranges))
-        .execute(&mut *tx)
-        .await?;
-    }
+    dedupe.persist(&mut tx, added, clock::now_micros()).await?;
     tx.commit().await?;
     Ok(committed)
 }
@@ -918,7 +946,7 @@ async fn store_id(conn: &mut SqliteConnection) -> Result<u64, QueueError> {
 async fn load(
     conn: &mut SqliteConnection,
     cache_bytes: usize,
-) -> Result<(Ledger, HashMap<String, RangeInclusiveSet<u64>>, Vec<Change>), QueueError> {
+) -> Result<(Ledger, Dedupe, Vec<Change>), QueueError> {
     let mut ledger = Ledger::new(cache_bytes);
     let rows = sqlx::query(
         "SELECT id, kind, received_at, traceparent, length(body) FROM messages ORDER BY id",
@@ -987,40 +1015,8 @@ async fn load(
     let doomed = ledger.unwanted();
     ledger.forget(&doomed);
     changes.extend(doomed.into_iter().map(|id| Change::Delete { id }));
-    let mut dedupe = HashMap::new();
-    for row in sqlx::query("SELECT source, ranges FROM sources")
-        .fetch_all(&mut *conn)
-        .await
-        .map_err(unavailable)?
-    {
-        dedupe.insert(row.get(0), decode_ranges(row.get(1)));
-    }
+    let dedupe = Dedupe::load(conn).await.map_err(unavailable)?;
     Ok((ledger, dedupe, changes))
-}
-
-/// Ranges as consecutive little-endian (start, end) pairs of u64.
-fn encode_ranges(ranges: &RangeInclusiveSet<u64>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16);
-    for range in ranges.iter() {
-        out.extend_from_slice(&range.start().to_le_bytes());
-        out.extend_from_slice(&range.end().to_le_bytes());
-    }
-    out
-}
-
-fn decode_ranges(bytes: &[u8]) -> RangeInclusiveSet<u64> {
-    let mut set = RangeInclusiveSet::new();
-    for pair in bytes.chunks_exact(16) {
-        let mut start = [0u8; 8];
-        let mut end = [0u8; 8];
-        start.copy_from_slice(&pair[..8]);
-        end.copy_from_slice(&pair[8..]);
-        let (start, end) = (u64::from_le_bytes(start), u64::from_le_bytes(end));
-        if start <= end {
-            set.insert(start..=end);
-        }
-    }
-    set
 }
 
 /// Splits `STORE:ID:GROUP` (the store id in hex).

@@ -566,12 +566,113 @@ async fn an_idle_group_expires_after_its_ttl() {
     }
 }
 
-#[test]
-fn ranges_round_trip() {
-    let mut set = RangeInclusiveSet::new();
-    set.insert(0..=99);
-    set.insert(200..=200);
-    assert_eq!(decode_ranges(&encode_ranges(&set)), set);
+#[tokio::test]
+async fn gapped_keys_are_stored_as_ranges_that_merge() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir).await;
+    for seq in [0, 2, 4, 1, 3] {
+        publish_text(&queue, "g", seq).await;
+    }
+    queue.close().await;
+    let queue = open(&dir).await;
+    let again = queue
+        .publish(vec![batch(
+            RecordKind::Text,
+            (0..6).map(|i| text("g", i)).collect(),
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        again,
+        vec![Published {
+            accepted: 1,
+            duplicates: 5
+        }]
+    );
+    queue.close().await;
+    let mut conn =
+        SqliteConnection::connect(&format!("sqlite://{}", dir.path().join("q.db").display()))
+            .await
+            .unwrap();
+    let rows: Vec<(i64, i64)> = sqlx::query_as("SELECT start, end_ FROM seen WHERE source = 'g'")
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(rows, vec![(0, 5)], "one row for one range");
+}
+
+#[tokio::test]
+async fn the_older_dedupe_layout_is_converted() {
+    let dir = tempfile::tempdir().unwrap();
+    open(&dir).await.close().await;
+    let mut conn =
+        SqliteConnection::connect(&format!("sqlite://{}", dir.path().join("q.db").display()))
+            .await
+            .unwrap();
+    let mut blob = Vec::new();
+    for (start, end) in [(0u64, 9u64), (20, 20)] {
+        blob.extend_from_slice(&start.to_le_bytes());
+        blob.extend_from_slice(&end.to_le_bytes());
+    }
+    sqlx::query("INSERT INTO sources (source, ranges) VALUES ('old', ?)")
+        .bind(blob)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    conn.close().await.unwrap();
+    let queue = open(&dir).await;
+    let out = queue
+        .publish(vec![batch(
+            RecordKind::Text,
+            vec![text("old", 5), text("old", 20), text("old", 21)],
+        )])
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        vec![Published {
+            accepted: 1,
+            duplicates: 2
+        }]
+    );
+}
+
+#[tokio::test]
+async fn a_silent_sources_keys_are_forgotten_after_the_window() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open_with(&dir, "dedupe_window=1").await;
+    publish_text(&queue, "quiet", 0).await;
+    publish_text(&queue, "busy", 0).await;
+    // Past the window a commit forgets the silent source; one that keeps
+    // publishing, even only duplicates, keeps its keys.
+    let mut conn = SqliteConnection::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("queue.db").display()
+    ))
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let busy = queue
+            .publish(vec![batch(RecordKind::Text, vec![text("busy", 0)])])
+            .await
+            .unwrap();
+        assert_eq!(busy[0].duplicates, 1, "a live source keeps its keys");
+        let quiet: i64 = sqlx::query_scalar("SELECT count(*) FROM seen WHERE source = 'quiet'")
+            .fetch_one(&mut conn)
+            .await
+            .unwrap();
+        if quiet == 0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never forgotten");
+    }
+    let quiet = queue
+        .publish(vec![batch(RecordKind::Text, vec![text("quiet", 0)])])
+        .await
+        .unwrap();
+    assert_eq!(quiet[0].accepted, 1);
 }
 
 #[test]

@@ -201,26 +201,19 @@ async fn jetstream_a_forged_ack_is_refused_and_the_delivery_stays_with_its_group
 }
 
 /// Redelivery to the same stream must not count a delivery's records twice:
-/// after two time-outs and acks, a window of two still holds two.
+/// after a time-out, a redelivery and its ack, a window of two still holds
+/// two deliveries at once.
 #[tokio::test]
 async fn credit_is_released_once_whatever_the_redeliveries() {
     let server = start("embedded", Limits::default()).await;
     let mut puller = Puller::open(&server.url, "g", &[RecordKind::Text], 2, 300).await;
-    publish_each(&server.url, vec![text("c", 0), text("c", 1)]).await;
+    publish_each(&server.url, vec![text("c", 0)]).await;
     let first = puller.delivery().await;
-    let second = puller.delivery().await;
-    // Both time out and come back to this same stream, one at a time.
-    let mut back = Vec::new();
-    for _ in 0..2 {
-        let again = puller.delivery().await;
-        back.push(again.ack_id.clone());
-        puller.ack(&again.ack_id).await;
-    }
-    back.sort();
-    let mut sent = vec![first.ack_id, second.ack_id];
-    sent.sort();
-    assert_eq!(back, sent);
-    publish_each(&server.url, vec![text("c", 2), text("c", 3)]).await;
+    // It times out and comes back to this same stream.
+    let again = puller.delivery().await;
+    assert_eq!(again.ack_id, first.ack_id);
+    puller.ack(&again.ack_id).await;
+    publish_each(&server.url, vec![text("c", 1), text("c", 2)]).await;
     let a = puller.delivery().await;
     let b = puller.delivery().await;
     assert_ne!(a.ack_id, b.ack_id, "two held at once, as the window allows");
