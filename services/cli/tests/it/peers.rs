@@ -102,3 +102,26 @@ async fn a_python_grpcio_client_publishes_and_reads_back() {
     );
     assert!(String::from_utf8_lossy(&output.stdout).contains("peer ok"));
 }
+
+/// The attacks of a hostile grpcio client on the Pull contract (a forged
+/// ack, a regroup, an idle group) all fail, and the server keeps serving.
+#[tokio::test]
+async fn a_hostile_python_grpcio_client_cannot_break_the_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peer/hostile.py");
+    let output = Command::new(tool("TRIBUTARY_PYTHON"))
+        .arg(&script)
+        .arg("--addr")
+        .arg(mesh.addr.to_string())
+        .output()
+        .await
+        .expect("python runs");
+    assert!(
+        output.status.success(),
+        "hostile.py failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(String::from_utf8_lossy(&output.stdout).contains("hostile ok"));
+}
