@@ -421,6 +421,10 @@ impl Queue for EmbeddedQueue {
         Ok(dropped)
     }
 
+    fn healthy(&self) -> bool {
+        !self.inner.writer.is_closed() && !self.inner.state().closed
+    }
+
     async fn close(&self) {
         self.inner.state().closed = true;
         self.inner.wake.notify_waiters();

@@ -544,6 +544,10 @@ impl Queue for JetStreamQueue {
         Ok(found)
     }
 
+    fn healthy(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
     async fn close(&self) {
         if let Err(e) = self.client.flush().await {
             tracing::debug!(error = %e, "flushing NATS on close");

@@ -173,6 +173,12 @@ pub trait Queue: Send + Sync {
     /// there is no such group.
     async fn delete_group(&self, group: &str) -> Result<Option<u64>, QueueError>;
 
+    /// Whether the backend can serve now: its writer is running (embedded)
+    /// or its server connection is up (JetStream). Health reports it.
+    fn healthy(&self) -> bool {
+        true
+    }
+
     /// Flushes what is buffered and stops background work.
     async fn close(&self);
 }

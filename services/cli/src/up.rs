@@ -181,7 +181,7 @@ impl App {
             Arc::new(SystemClock),
             shutdown.clone(),
         ));
-        grpc::add_standard_services(
+        let health = grpc::add_standard_services(
             &mut routes,
             &[
                 grpc::service_name::<IngestServer<IngestService>>(),
@@ -190,6 +190,11 @@ impl App {
             ],
         )
         .await;
+        tokio::spawn(tributary_ingest::watch_health(
+            self.queue.clone(),
+            health,
+            shutdown.clone(),
+        ));
         let server = tokio::spawn(grpc::serve(
             self.listener,
             routes.routes(),

@@ -74,14 +74,51 @@ impl App {
             self.token.clone(),
             shutdown.clone(),
         ));
-        grpc::add_standard_services(
+        let health = grpc::add_standard_services(
             &mut routes,
             &[grpc::service_name::<IngestServer<IngestService>>()],
         )
         .await;
+        tokio::spawn(watch_health(self.queue.clone(), health, shutdown.clone()));
         let served = grpc::serve(self.listener, routes.routes(), self.tls, shutdown).await;
         self.queue.close().await;
         Ok(served?)
+    }
+}
+
+/// How often health looks at the queue.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Keeps the Ingest service's health in step with its queue: NOT_SERVING
+/// while the queue cannot serve (its writer stopped, or JetStream is
+/// unreachable), so that health checks and load balancers route around it.
+pub async fn watch_health(
+    queue: Arc<dyn Queue>,
+    health: tonic_health::server::HealthReporter,
+    shutdown: CancellationToken,
+) {
+    let name = grpc::service_name::<IngestServer<IngestService>>();
+    let mut serving = true;
+    let mut every = tokio::time::interval(HEALTH_EVERY);
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let now = queue.healthy();
+        if now != serving {
+            serving = now;
+            let status = if now {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tracing::error!(
+                    backend = queue.backend(),
+                    "the queue cannot serve; health says NOT_SERVING"
+                );
+                tonic_health::ServingStatus::NotServing
+            };
+            health.set_service_status(name, status).await;
+        }
     }
 }
 

@@ -732,6 +732,21 @@ async fn lag_counts_what_a_group_has_not_acked() {
 }
 
 #[tokio::test]
+async fn a_closed_queue_is_not_healthy_and_refuses_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(&dir).await;
+    assert!(queue.healthy());
+    queue.close().await;
+    assert!(!queue.healthy());
+    assert!(matches!(
+        queue
+            .publish(vec![batch(RecordKind::Text, vec![text("a", 0)])])
+            .await,
+        Err(QueueError::Unavailable(_))
+    ));
+}
+
+#[tokio::test]
 async fn conformance() {
     let dir = tempfile::tempdir().unwrap();
     let queue = open(&dir).await;
