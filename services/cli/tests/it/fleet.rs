@@ -479,6 +479,7 @@ async fn published_samples_are_stored_with_their_worker_id() {
             source: source.clone(),
             limit: 100,
             after_id: 0,
+            max_bytes: 0,
         })
         .await
         .expect("ListRecords answers")
