@@ -69,30 +69,27 @@ pub fn check(record: &Record, max_record_bytes: usize, now: i64) -> Result<Recor
         recent("sent_at", sent_at.seconds, sent_at.nanos, now)?;
     }
     match &record.payload {
-        Some(Payload::RandomNumber(number)) => {
-            if number.tick != 0 {
-                let at = number
-                    .tick
-                    .checked_mul(clock::TICK_MICROS)
-                    .ok_or_else(|| invalid(format!("tick {} is out of range", number.tick)))?;
-                within("tick", &number.tick.to_string(), at, now)?;
-                if !W0_VALUES.contains(&number.value) {
-                    return Err(invalid(format!(
-                        "value {} of a ticked number is outside {}..={}",
-                        number.value,
-                        W0_VALUES.start(),
-                        W0_VALUES.end()
-                    )));
-                }
-            }
-        }
-        Some(Payload::Probe(probe)) => {
-            if probe.number > i64::MAX as u64 {
+        // Without a tick it is a fleet sample: any 64-bit value.
+        Some(Payload::RandomNumber(number)) if number.tick != 0 => {
+            let at = number
+                .tick
+                .checked_mul(clock::TICK_MICROS)
+                .ok_or_else(|| invalid(format!("tick {} is out of range", number.tick)))?;
+            within("tick", &number.tick.to_string(), at, now)?;
+            if !W0_VALUES.contains(&number.value) {
                 return Err(invalid(format!(
-                    "probe number {} is above 2^63-1",
-                    probe.number
+                    "value {} of a ticked number is outside {}..={}",
+                    number.value,
+                    W0_VALUES.start(),
+                    W0_VALUES.end()
                 )));
             }
+        }
+        Some(Payload::Probe(probe)) if probe.number > i64::MAX as u64 => {
+            return Err(invalid(format!(
+                "probe number {} is above 2^63-1",
+                probe.number
+            )));
         }
         Some(Payload::SensorReading(reading)) => {
             if !reading.value.is_finite() {
