@@ -188,7 +188,11 @@ pub fn router() -> axum::Router {
 }
 
 /// Counts open gRPC calls per method, from the request until the response
-/// body ends (a stream's whole life).
+/// body ends (a stream's whole life). REST streams (a server-streaming
+/// method as SSE, NDJSON or a JSON array) count too, labelled by verb and
+/// path (`GET /v1/stats:watch`): a REST answer is a stream when it has no
+/// known length, which only the streaming routes, whose paths take no
+/// parameters, give; so the labels stay few.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OpenStreamsLayer;
 
@@ -225,9 +229,15 @@ where
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         let guard = grpc.then(|| OpenGuard::new(request.uri().path()));
+        let rest = (!grpc).then(|| format!("{} {}", request.method(), request.uri().path()));
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
+            let streaming = response.status().is_success()
+                && http_body::Body::size_hint(response.body())
+                    .exact()
+                    .is_none();
+            let guard = guard.or_else(|| rest.filter(|_| streaming).map(|m| OpenGuard::new(&m)));
             Ok(match guard {
                 Some(guard) => response.map(|body| tonic::body::Body::new(Guarded { body, guard })),
                 None => response,

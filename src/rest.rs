@@ -13,7 +13,15 @@
 
 use std::sync::Arc;
 
-use axum::{Router, http::header, response::IntoResponse, routing::get};
+use axum::{
+    Router,
+    body::Body,
+    extract::Request,
+    http::{Method, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
 use rest_over_grpc::{serving::RestService, transcoding::TranscodeResponse};
 
 use crate::bearer::RequireBearer;
@@ -77,7 +85,9 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
 /// The REST routes of `transcoder`, plus the OpenAPI document. Anything the
-/// transcoder does not know is answered 404 with a JSON error body.
+/// transcoder does not know is answered 404 with a JSON error body. `HEAD`
+/// is answered wherever `GET` is, and a number the JSON mapping cannot take
+/// gets a message that says so.
 pub fn router<T>(transcoder: T) -> Router
 where
     T: Transcode + Clone + Send + 'static,
@@ -85,6 +95,70 @@ where
     Router::new()
         .route(OPENAPI_PATH, get(openapi))
         .fallback_service(RestService::new(transcoder).with_max_body_bytes(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(clear_number_errors))
+        .layer(middleware::from_fn(head_as_get))
+}
+
+/// `HEAD` as `GET` without the body (RFC 9110 §9.3.2): the transcoder
+/// routes only the verbs of the annotations. A stream's body is dropped
+/// unread, which ends the stream.
+async fn head_as_get(mut request: Request, next: Next) -> Response {
+    if request.method() != Method::HEAD {
+        return next.run(request).await;
+    }
+    *request.method_mut() = Method::GET;
+    let (parts, _) = next.run(request).await.into_parts();
+    Response::from_parts(parts, Body::empty())
+}
+
+/// What pbjson says when a number does not fit its field (`limit=1e12`):
+/// serde's message for its untagged number-or-string helper.
+const OPAQUE_NUMBER_ERROR: &str = "did not match any variant of untagged enum";
+
+/// The longest error body inspected; the transcoder's errors are a line.
+const MAX_ERROR_BODY: usize = 16 << 10;
+
+/// Replaces the opaque serde message of a number that does not fit its
+/// field with one that names the numeric query parameters and the ranges.
+async fn clear_number_errors(request: Request, next: Next) -> Response {
+    let query = request.uri().query().map(str::to_owned);
+    let response = next.run(request).await;
+    if response.status() != StatusCode::BAD_REQUEST {
+        return response;
+    }
+    let (parts, body) = response.into_parts();
+    let Ok(bytes) = axum::body::to_bytes(body, MAX_ERROR_BODY).await else {
+        return Response::from_parts(parts, Body::empty());
+    };
+    if !String::from_utf8_lossy(&bytes).contains(OPAQUE_NUMBER_ERROR) {
+        return Response::from_parts(parts, Body::from(bytes));
+    }
+    let numeric: Vec<String> = query
+        .iter()
+        .flat_map(|q| q.split('&'))
+        .filter(|pair| {
+            pair.split_once('=')
+                .is_some_and(|(_, v)| !v.is_empty() && v.parse::<f64>().is_ok())
+        })
+        .take(8)
+        .map(|pair| pair.chars().take(64).collect())
+        .collect();
+    let at = if numeric.is_empty() {
+        "a number in the request".to_owned()
+    } else {
+        format!("a number among {}", numeric.join(", "))
+    };
+    let message = format!(
+        "{at} is out of range for its field, or not an integer where one is \
+         expected: 32-bit fields take 0..=4294967295 (unsigned) or \
+         -2147483648..=2147483647, 64-bit fields take 64-bit integers \
+         (see {OPENAPI_PATH} for each field's type)"
+    );
+    let body =
+        serde_json::json!({ "code": tonic::Code::InvalidArgument as i32, "message": message });
+    let mut parts = parts;
+    parts.headers.remove(header::CONTENT_LENGTH);
+    Response::from_parts(parts, Body::from(body.to_string()))
 }
 
 async fn openapi() -> impl IntoResponse {

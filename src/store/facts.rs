@@ -2,8 +2,8 @@
 //! written once and run against each backend by its own tests.
 
 use super::{
-    AggregateQuery, AverageFilter, AverageRow, Fact, NewDeadLetter, NewRecord, RecordFilter,
-    SmsRow, Store, WriteBatch,
+    AggregateQuery, AverageFilter, AverageRow, DeadLetterFilter, Fact, NewDeadLetter, NewRecord,
+    RecordFilter, SmsRow, Store, WriteBatch,
 };
 
 /// A text record with no fact.
@@ -285,10 +285,38 @@ pub async fn reads_back_in_pages_and_keeps_dead_letters(store: &dyn Store) {
         next.iter().map(|r| r.body[0]).collect::<Vec<_>>(),
         vec![7, 9]
     );
-    let dead = store.dead_letters(Some("raw"), 10).await.unwrap();
+    let raw = |after_id, limit| DeadLetterFilter {
+        parser: Some("raw".into()),
+        after_id,
+        limit,
+    };
+    let dead = store.dead_letters(&raw(0, 10)).await.unwrap();
     assert_eq!(
         (dead.len(), dead[0].error.as_str(), dead[0].attempts),
         (1, "boom", 5)
     );
     assert_eq!(store.counts().await.unwrap().dead_letters, 1);
+    // Dead letters page by id like records: the next page starts after the
+    // last id of the one before.
+    let more = WriteBatch {
+        parser: "raw".into(),
+        writer: "w".into(),
+        records: vec![],
+        dead_letters: (10..15)
+            .map(|seq| NewDeadLetter {
+                source: "c".into(),
+                seq,
+                kind: 5,
+                body: vec![seq as u8],
+                error: "boom".into(),
+                attempts: 5,
+            })
+            .collect(),
+    };
+    store.write(&more).await.unwrap();
+    let first = store.dead_letters(&raw(0, 4)).await.unwrap();
+    let rest = store.dead_letters(&raw(first[3].id, 4)).await.unwrap();
+    let bodies: Vec<u8> = first.iter().chain(&rest).map(|d| d.body[0]).collect();
+    assert_eq!(bodies, vec![1, 10, 11, 12, 13, 14]);
+    assert!(first.windows(2).all(|w| w[0].id < w[1].id));
 }

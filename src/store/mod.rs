@@ -155,6 +155,8 @@ pub struct StoredRow {
 /// A dead letter, as read back.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DeadLetterRow {
+    /// The row id: increases with the order of dead-lettering.
+    pub id: i64,
     /// The parser that gave up.
     pub parser: String,
     /// The record as delivered, protobuf-encoded.
@@ -183,6 +185,17 @@ pub struct RecordFilter {
     pub parser: Option<String>,
     /// Only this source's records.
     pub source: Option<String>,
+    /// Only rows with a larger id.
+    pub after_id: i64,
+    /// At most this many rows.
+    pub limit: u32,
+}
+
+/// Which dead letters to read.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct DeadLetterFilter {
+    /// Only this parser's dead letters.
+    pub parser: Option<String>,
     /// Only rows with a larger id.
     pub after_id: i64,
     /// At most this many rows.
@@ -287,11 +300,10 @@ pub trait Store: Send + Sync {
     /// Reads stored records in id order.
     async fn records(&self, filter: &RecordFilter) -> Result<Vec<StoredRow>, StoreError>;
 
-    /// Reads dead letters, oldest first.
+    /// Reads dead letters in id order (oldest first).
     async fn dead_letters(
         &self,
-        parser: Option<&str>,
-        limit: u32,
+        filter: &DeadLetterFilter,
     ) -> Result<Vec<DeadLetterRow>, StoreError>;
 
     /// Combined average partials per window, newest first.

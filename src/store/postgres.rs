@@ -26,9 +26,9 @@ use sqlx::{
 };
 
 use super::{
-    AggregateQuery, AggregateRow, AverageFilter, AverageRow, Counts, DeadLetterRow, Fact,
-    LatencyRow, NewRecord, RecordFilter, SmsRow, Store, StoreError, StoredRow, WriteBatch, Written,
-    sql,
+    AggregateQuery, AggregateRow, AverageFilter, AverageRow, Counts, DeadLetterFilter,
+    DeadLetterRow, Fact, LatencyRow, NewRecord, RecordFilter, SmsRow, Store, StoreError, StoredRow,
+    WriteBatch, Written, sql,
 };
 use crate::clock;
 
@@ -394,26 +394,27 @@ impl Store for PostgresStore {
 
     async fn dead_letters(
         &self,
-        parser: Option<&str>,
-        limit: u32,
+        filter: &DeadLetterFilter,
     ) -> Result<Vec<DeadLetterRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT parser, body, error, attempts, dead_at FROM dead_letters \
-             WHERE ($1::text IS NULL OR parser = $1) ORDER BY id LIMIT $2",
+            "SELECT id, parser, body, error, attempts, dead_at FROM dead_letters \
+             WHERE id > $1 AND ($2::text IS NULL OR parser = $2) ORDER BY id LIMIT $3",
         )
-        .bind(parser)
-        .bind(i64::from(limit))
+        .bind(filter.after_id)
+        .bind(filter.parser.as_deref())
+        .bind(i64::from(filter.limit))
         .fetch_all(&self.pool)
         .await
         .map_err(unavailable)?;
         Ok(rows
             .into_iter()
             .map(|row| DeadLetterRow {
-                parser: row.get(0),
-                body: row.get(1),
-                error: row.get(2),
-                attempts: row.get::<i32, _>(3) as u32,
-                dead_at: row.get(4),
+                id: row.get(0),
+                parser: row.get(1),
+                body: row.get(2),
+                error: row.get(3),
+                attempts: row.get::<i32, _>(4) as u32,
+                dead_at: row.get(5),
             })
             .collect())
     }

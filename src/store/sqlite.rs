@@ -15,9 +15,9 @@ use sqlx::{
 };
 
 use super::{
-    AggregateQuery, AggregateRow, AverageFilter, AverageRow, Counts, DeadLetterRow, Fact,
-    LatencyRow, NewRecord, RecordFilter, SmsRow, Store, StoreError, StoredRow, WriteBatch, Written,
-    sql,
+    AggregateQuery, AggregateRow, AverageFilter, AverageRow, Counts, DeadLetterFilter,
+    DeadLetterRow, Fact, LatencyRow, NewRecord, RecordFilter, SmsRow, Store, StoreError, StoredRow,
+    WriteBatch, Written, sql,
 };
 use crate::clock;
 
@@ -340,27 +340,29 @@ impl Store for SqliteStore {
 
     async fn dead_letters(
         &self,
-        parser: Option<&str>,
-        limit: u32,
+        filter: &DeadLetterFilter,
     ) -> Result<Vec<DeadLetterRow>, StoreError> {
+        let parser = filter.parser.as_deref();
         let rows = sqlx::query(
-            "SELECT parser, body, error, attempts, dead_at FROM dead_letters \
-             WHERE (? IS NULL OR parser = ?) ORDER BY id LIMIT ?",
+            "SELECT id, parser, body, error, attempts, dead_at FROM dead_letters \
+             WHERE id > ? AND (? IS NULL OR parser = ?) ORDER BY id LIMIT ?",
         )
+        .bind(filter.after_id)
         .bind(parser)
         .bind(parser)
-        .bind(i64::from(limit))
+        .bind(i64::from(filter.limit))
         .fetch_all(&self.reader)
         .await
         .map_err(unavailable)?;
         Ok(rows
             .into_iter()
             .map(|row| DeadLetterRow {
-                parser: row.get(0),
-                body: row.get(1),
-                error: row.get(2),
-                attempts: row.get::<i64, _>(3) as u32,
-                dead_at: row.get(4),
+                id: row.get(0),
+                parser: row.get(1),
+                body: row.get(2),
+                error: row.get(3),
+                attempts: row.get::<i64, _>(4) as u32,
+                dead_at: row.get(5),
             })
             .collect())
     }

@@ -36,15 +36,7 @@ pub struct Plan {
 impl Plan {
     /// Applies the defaults and checks the bounds the proto documents.
     pub fn new(request: WatchDashboardRequest) -> Result<Self, Status> {
-        let interval_ms = match request.interval_ms {
-            0 => 1000,
-            ms @ 100..=60_000 => ms,
-            ms => {
-                return Err(Status::invalid_argument(format!(
-                    "interval_ms {ms} is outside 100..=60000"
-                )));
-            }
-        };
+        let interval = crate::service::interval(request.interval_ms)?;
         // ListAverages checks the limit itself; this only picks the default.
         let averages = match request.averages {
             0 => DEFAULT_AVERAGES,
@@ -74,7 +66,7 @@ impl Plan {
             ms => ms,
         };
         Ok(Self {
-            interval: Duration::from_millis(u64::from(interval_ms)),
+            interval,
             averages,
             metrics,
             sensor_window_ms,
@@ -131,10 +123,12 @@ async fn snapshot(service: &QueryService, plan: &Plan) -> Result<Dashboard, Stat
         service.get_sms_progress(Request::new(GetSmsProgressRequest::default())),
         service.fleet().report(),
     );
+    let averages = averages?.into_inner();
     Ok(Dashboard {
         read_at: Some(clock::from_micros(now)),
         latency: Some(latency?.into_inner()),
-        averages: averages?.into_inner().averages,
+        averages: averages.averages,
+        averages_skipped: averages.skipped,
         metrics: metrics?.into_iter().map(|m| m.into_inner()).collect(),
         sensor_window_ms: plan.sensor_window_ms,
         sms: Some(sms?.into_inner()),

@@ -6,6 +6,7 @@ mod convert;
 mod dashboard;
 mod fleet;
 mod page;
+mod paging;
 pub mod rest;
 mod service;
 

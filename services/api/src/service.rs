@@ -15,14 +15,34 @@ use tributary::{
         ListDeadLettersRequest, ListDeadLettersResponse, ListRecordsRequest, ListRecordsResponse,
         SmsProgress, Stats, WatchDashboardRequest, WatchStatsRequest, query_server::Query,
     },
-    store::{AggregateQuery, AverageFilter, RecordFilter, Store},
+    store::{AggregateQuery, AverageFilter, DeadLetterFilter, RecordFilter, Store},
 };
 
-use crate::{convert, dashboard, fleet::FleetSource};
+use crate::{
+    convert, dashboard,
+    fleet::FleetSource,
+    paging::{self, Bounds, DEFAULT_LIMIT, MAX_LIMIT},
+};
 
-/// Page size when a request gives none, and the most a page may hold.
-const DEFAULT_LIMIT: u32 = 100;
-const MAX_LIMIT: u32 = 1000;
+/// The shortest and longest interval between two updates of a watch
+/// stream: a bound below keeps one client from making the server poll the
+/// store in a loop, a bound above keeps a stream from idling for days.
+pub const MIN_INTERVAL_MS: u32 = 100;
+pub const MAX_INTERVAL_MS: u32 = 60_000;
+
+/// A watch stream's interval: 0 means a second; out of bounds is refused.
+pub fn interval(requested: u32) -> Result<Duration, Status> {
+    let ms = match requested {
+        0 => 1000,
+        ms @ MIN_INTERVAL_MS..=MAX_INTERVAL_MS => ms,
+        ms => {
+            return Err(Status::invalid_argument(format!(
+                "interval_ms {ms} is outside {MIN_INTERVAL_MS}..={MAX_INTERVAL_MS}"
+            )));
+        }
+    };
+    Ok(Duration::from_millis(u64::from(ms)))
+}
 
 /// The Query service over one store. Cloning is cheap: a watch stream's
 /// task holds its own clone and reads through the same handlers.
@@ -104,22 +124,20 @@ impl Query for QueryService {
         &self,
         request: Request<WatchStatsRequest>,
     ) -> Result<Response<Self::WatchStatsStream>, Status> {
-        let interval = match request.into_inner().interval_ms {
-            0 => 1000,
-            ms if ms < 100 => {
-                return Err(Status::invalid_argument("interval_ms must be at least 100"));
-            }
-            ms => ms,
-        };
+        let interval = interval(request.into_inner().interval_ms)?;
         let (tx, rx) = mpsc::channel(1);
         let store = self.store.clone();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(u64::from(interval)));
+            let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
             loop {
+                // The task ends as soon as the client goes away, not at its
+                // next tick: with a long interval a closed stream would
+                // otherwise hold its task and buffers for that long.
                 tokio::select! {
                     () = shutdown.cancelled() => return,
+                    () = tx.closed() => return,
                     _ = tick.tick() => {}
                 }
                 let stats = store
@@ -140,27 +158,21 @@ impl Query for QueryService {
         request: Request<ListRecordsRequest>,
     ) -> Result<Response<ListRecordsResponse>, Status> {
         let request = request.into_inner();
-        let limit = limit(request.limit)?;
-        let rows = self
-            .store
-            .records(&RecordFilter {
-                parser: non_empty(request.parser),
-                source: non_empty(request.source),
-                after_id: request.after_id,
+        let bounds = Bounds::new(request.limit, request.max_bytes)?;
+        let parser = non_empty(request.parser);
+        let source = non_empty(request.source);
+        let (rows, next_after_id) = paging::read(bounds, request.after_id, |after_id, limit| {
+            let filter = RecordFilter {
+                parser: parser.clone(),
+                source: source.clone(),
+                after_id,
                 limit,
-            })
-            .await?;
-        let next_after_id = if rows.len() == limit as usize {
-            rows.last().map_or(0, |r| r.id)
-        } else {
-            0
-        };
-        let records = rows
-            .into_iter()
-            .map(convert::stored_record)
-            .collect::<Result<_, _>>()?;
+            };
+            async move { self.store.records(&filter).await }
+        })
+        .await?;
         Ok(Response::new(ListRecordsResponse {
-            records,
+            records: rows.into_iter().map(convert::stored_record).collect(),
             next_after_id,
         }))
     }
@@ -170,14 +182,21 @@ impl Query for QueryService {
         request: Request<ListDeadLettersRequest>,
     ) -> Result<Response<ListDeadLettersResponse>, Status> {
         let request = request.into_inner();
-        let limit = limit(request.limit)?;
+        let bounds = Bounds::new(request.limit, request.max_bytes)?;
         let parser = non_empty(request.parser);
-        let rows = self.store.dead_letters(parser.as_deref(), limit).await?;
-        let dead_letters = rows
-            .into_iter()
-            .map(convert::dead_letter)
-            .collect::<Result<_, _>>()?;
-        Ok(Response::new(ListDeadLettersResponse { dead_letters }))
+        let (rows, next_after_id) = paging::read(bounds, request.after_id, |after_id, limit| {
+            let filter = DeadLetterFilter {
+                parser: parser.clone(),
+                after_id,
+                limit,
+            };
+            async move { self.store.dead_letters(&filter).await }
+        })
+        .await?;
+        Ok(Response::new(ListDeadLettersResponse {
+            dead_letters: rows.into_iter().map(convert::dead_letter).collect(),
+            next_after_id,
+        }))
     }
 
     async fn list_averages(
@@ -195,9 +214,8 @@ impl Query for QueryService {
                 limit: limit(request.limit)?,
             })
             .await?;
-        Ok(Response::new(ListAveragesResponse {
-            averages: rows.into_iter().map(convert::average).collect(),
-        }))
+        let (averages, skipped) = convert::averages(rows);
+        Ok(Response::new(ListAveragesResponse { averages, skipped }))
     }
 
     async fn get_latency(

@@ -70,4 +70,5 @@ pub fn service(
     shutdown: CancellationToken,
 ) -> CoordinatorServer<CoordinatorService> {
     CoordinatorServer::new(CoordinatorService::new(clock, shutdown))
+        .max_decoding_message_size(service::MAX_REQUEST_BYTES)
 }

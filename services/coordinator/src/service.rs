@@ -19,6 +19,18 @@ use tributary::{
 
 use crate::claims::Claims;
 
+/// The longest generator id accepted, in bytes. The coordinator keeps each
+/// id in its membership and beside every grant for the ticks it remembers,
+/// and logs it on join and leave: an unbounded id would let one caller fill
+/// memory and logs. It is the bound on a record's source, which a
+/// generator's id usually becomes part of.
+pub const MAX_GENERATOR_ID_BYTES: usize = 256;
+
+/// The largest Claim request decoded: a request is an id within
+/// [`MAX_GENERATOR_ID_BYTES`] and a few integers, so anything much larger is
+/// refused before it is buffered.
+pub const MAX_REQUEST_BYTES: usize = 4 << 10;
+
 /// The Coordinator service of one incarnation.
 pub struct CoordinatorService {
     claims: Arc<Mutex<Claims>>,
@@ -75,6 +87,12 @@ impl Coordinator for CoordinatorService {
         };
         if first.generator_id.is_empty() {
             return Err(Status::invalid_argument("generator_id is required"));
+        }
+        if first.generator_id.len() > MAX_GENERATOR_ID_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "generator_id is {} bytes long; the limit is {MAX_GENERATOR_ID_BYTES}",
+                first.generator_id.len()
+            )));
         }
         let generator = first.generator_id.clone();
         {

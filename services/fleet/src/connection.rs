@@ -25,9 +25,10 @@ pub enum StreamError {
     /// The worker answered with another status than 200.
     #[error("the worker answered {0}")]
     Status(StatusCode),
-    /// Nothing arrived for the stall timeout: neither the response headers
-    /// nor, later, a byte of the body.
-    #[error("nothing received for {0:?}")]
+    /// No sample arrived for the stall timeout: neither the response
+    /// headers nor, later, a well-formed line. Bytes that make no sample (a
+    /// line dribbled a byte at a time, an endless line, junk) do not count.
+    #[error("no sample received for {0:?}")]
     Stalled(Duration),
     /// The connection broke: reset, closed mid-body, or not HTTP.
     #[error("the connection broke: {0}")]
@@ -51,7 +52,10 @@ pub trait Sink {
 
 /// Asks the worker behind `tcp` for `n` numbers and feeds each parsed line
 /// to `sink` as it arrives. `stall` bounds the wait for the response and
-/// for each piece of the body.
+/// for each sample: the timer restarts on a well-formed line only, so a
+/// worker that keeps the connection busy without producing samples (one byte
+/// a second, megabytes without a newline) is a stall, not a slow worker that
+/// holds its slot forever.
 pub async fn stream(
     tcp: TcpStream,
     addr: SocketAddr,
@@ -82,8 +86,9 @@ pub async fn stream(
     let mut body = response.into_body();
     let mut parser = LineParser::new();
     let mut items = Vec::new();
+    let mut deadline = tokio::time::Instant::now() + stall;
     let result = loop {
-        let frame = match tokio::time::timeout(stall, body.frame()).await {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => break Err(StreamError::Stalled(stall)),
             Ok(None) => {
                 parser.finish(&mut items);
@@ -98,6 +103,9 @@ pub async fn stream(
         if let Ok(data) = frame.into_data() {
             parser.feed(&data, &mut items);
             for item in items.drain(..) {
+                if matches!(item, Item::Sample(_)) {
+                    deadline = tokio::time::Instant::now() + stall;
+                }
                 if !sink.accept(item).await {
                     return Ok(StreamEnd::Stopped);
                 }
@@ -245,6 +253,54 @@ mod tests {
         let result = run(addr, 5, &mut sink).await;
         assert!(matches!(result, Err(StreamError::Stalled(_))), "{result:?}");
         assert!(sink.items.is_empty());
+    }
+
+    /// A worker that answers 200 and then sends `body` forever, one piece
+    /// every 20 ms, never finishing a well-formed line.
+    async fn dribbling(piece: &'static [u8]) -> SocketAddr {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut request = [0u8; 1024];
+            let _ = tokio::io::AsyncReadExt::read(&mut socket, &mut request).await;
+            socket
+                .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .await
+                .unwrap();
+            loop {
+                let chunk = [format!("{:x}\r\n", piece.len()).as_bytes(), piece, b"\r\n"].concat();
+                if socket.write_all(&chunk).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn a_worker_dribbling_bytes_without_samples_is_a_stall() {
+        // One byte at a time, far more often than the 300 ms stall timeout,
+        // of a line that never ends: bytes keep coming, samples never do.
+        let mut sink = Collect::default();
+        let result = run(dribbling(b"7").await, 5, &mut sink).await;
+        assert!(matches!(result, Err(StreamError::Stalled(_))), "{result:?}");
+        assert!(
+            sink.items
+                .iter()
+                .all(|i| matches!(i, Item::Junk(j) if j.reason == JunkReason::TooLong)),
+            "{:?}",
+            sink.items
+        );
+        // Big pieces without a newline: one junk report, then a stall.
+        let mut sink = Collect::default();
+        let result = run(dribbling(&[b'x'; 16 << 10]).await, 5, &mut sink).await;
+        assert!(matches!(result, Err(StreamError::Stalled(_))), "{result:?}");
+        assert_eq!(sink.items.len(), 1, "{:?}", sink.items);
+        // Junk lines only: no sample, so a stall too.
+        let result = run(dribbling(b"hello\n").await, 5, &mut Collect::default()).await;
+        assert!(matches!(result, Err(StreamError::Stalled(_))), "{result:?}");
     }
 
     #[tokio::test]

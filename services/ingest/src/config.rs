@@ -42,6 +42,11 @@ pub struct Limits {
     /// rejected alone with RESOURCE_EXHAUSTED.
     #[arg(long, env = "TRIBUTARY_MAX_RECORD_BYTES", default_value_t = 64 << 10)]
     pub max_record_bytes: usize,
+    /// Most records one request (a Publish batch or a PublishBatch call) may
+    /// carry; a larger request is refused with RESOURCE_EXHAUSTED, so that
+    /// neither its validation nor its answer can grow without bound.
+    #[arg(long, env = "TRIBUTARY_MAX_BATCH_RECORDS", default_value_t = 10_000)]
+    pub max_batch_records: usize,
     /// Deliveries of a batch before its parser dead-letters what still fails.
     #[arg(long, env = "TRIBUTARY_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
@@ -65,6 +70,7 @@ impl Default for Limits {
             publish_window: 20_000,
             max_message_bytes: 4 << 20,
             max_record_bytes: 64 << 10,
+            max_batch_records: 10_000,
             max_attempts: 5,
             ack_deadline_ms: 30_000,
             max_outstanding: 10_000,
@@ -79,6 +85,10 @@ impl Limits {
         anyhow::ensure!(
             self.publish_window > 0,
             "--publish-window must be at least 1"
+        );
+        anyhow::ensure!(
+            self.max_batch_records > 0,
+            "--max-batch-records must be at least 1"
         );
         anyhow::ensure!(self.max_attempts > 0, "--max-attempts must be at least 1");
         anyhow::ensure!(

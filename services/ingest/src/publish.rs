@@ -17,12 +17,57 @@ use tributary::{
 
 use crate::{IngestService, Limits, validate};
 
+/// Final rejections listed one by one in an answer; past these, they are
+/// only counted, so that a batch of bad records cannot make an answer many
+/// times its own size. Retryable ones are always listed: producers resend
+/// exactly those.
+pub const MAX_LISTED_REJECTIONS: usize = 1_000;
+
 /// What became of one request's records.
 #[derive(Debug, Default)]
 pub struct Outcome {
     pub accepted: u32,
     pub duplicates: u32,
     pub rejections: Vec<Rejection>,
+    /// Every record not accepted, listed in `rejections` or not.
+    pub rejected: u32,
+    /// `rejected` by gRPC code, for the metric.
+    by_code: HashMap<i32, u64>,
+}
+
+impl Outcome {
+    fn reject(&mut self, rejection: Rejection) {
+        self.rejected += 1;
+        *self.by_code.entry(rejection.code).or_default() += 1;
+        let retryable = rejection.code == Code::Unavailable as i32;
+        if retryable || self.rejections.len() < MAX_LISTED_REJECTIONS {
+            self.rejections.push(rejection);
+        }
+    }
+}
+
+/// Refuses a request that carries more records than `limits` allow.
+pub fn check_count(records: usize, limits: &Limits) -> Result<(), Status> {
+    if records > limits.max_batch_records {
+        return Err(Status::resource_exhausted(format!(
+            "{records} records in one request; the limit is {}",
+            limits.max_batch_records
+        )));
+    }
+    Ok(())
+}
+
+/// The source as echoed in a rejection: at most [`validate::MAX_SOURCE_BYTES`],
+/// cut at a character boundary, so an over-long source is not sent back whole.
+fn echo(mut source: String) -> String {
+    if source.len() > validate::MAX_SOURCE_BYTES {
+        let mut end = validate::MAX_SOURCE_BYTES;
+        while !source.is_char_boundary(end) {
+            end -= 1;
+        }
+        source.truncate(end);
+    }
+    source
 }
 
 /// Validates `records`, appends the valid ones (one queue message per kind)
@@ -50,12 +95,8 @@ pub async fn accept(
         .instrument(span.clone())
         .await;
     span.record("accepted", outcome.accepted + outcome.duplicates);
-    span.record("rejected", outcome.rejections.len());
-    let mut rejected: HashMap<i32, u64> = HashMap::new();
-    for rejection in &outcome.rejections {
-        *rejected.entry(rejection.code).or_default() += 1;
-    }
-    for (code, count) in rejected {
+    span.record("rejected", outcome.rejected);
+    for (&code, &count) in &outcome.by_code {
         metrics::counter!(metrics::INGEST_REJECTED, "code" => code_label(code)).increment(count);
     }
     outcome
@@ -77,10 +118,10 @@ async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -
         *received
             .entry(kind::of(&record).map_or("unknown", kind::name))
             .or_default() += 1;
-        match validate::check(&record, limits.max_record_bytes) {
-            Err(refusal) => outcome.rejections.push(Rejection {
+        match validate::check(&record, limits.max_record_bytes, received_at) {
+            Err(refusal) => outcome.reject(Rejection {
                 index,
-                source: record.source,
+                source: echo(record.source),
                 seq: record.seq,
                 code: refusal.code as i32,
                 reason: refusal.reason,
@@ -89,7 +130,7 @@ async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -
                 if record.sent_at.is_none() {
                     record.sent_at = Some(clock::from_micros(received_at));
                 }
-                keys.push((index, record.source.clone(), record.seq));
+                keys.push((index, echo(record.source.clone()), record.seq));
                 let at = *slot.entry(kind).or_insert_with(|| {
                     batches.push(Batch {
                         kind,
@@ -142,15 +183,15 @@ async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -
         }
         Err(e) => {
             tracing::warn!(error = %e, records = keys.len(), "queue refused a batch");
-            outcome
-                .rejections
-                .extend(keys.into_iter().map(|(index, source, seq)| Rejection {
+            for (index, source, seq) in keys {
+                outcome.reject(Rejection {
                     index,
                     source,
                     seq,
                     code: Code::Unavailable as i32,
                     reason: format!("not stored, retry: {e}"),
-                }));
+                });
+            }
             outcome.rejections.sort_by_key(|r| r.index);
         }
     }
@@ -200,6 +241,12 @@ pub fn stream(service: IngestService, mut inbound: Streaming<PublishRequest>) ->
                 message = inbound.message(), if reading && waiting < window => match message {
                     Ok(Some(request)) => {
                         let records = request.records.len();
+                        if let Err(status) = check_count(records, &service.limits) {
+                            // Answer what is already durable, then refuse.
+                            failure = Some(status);
+                            reading = false;
+                            continue;
+                        }
                         waiting += records;
                         let queue = service.queue.clone();
                         let limits = service.limits.clone();
@@ -217,6 +264,7 @@ pub fn stream(service: IngestService, mut inbound: Streaming<PublishRequest>) ->
                                 accepted: outcome.accepted,
                                 duplicates: outcome.duplicates,
                                 rejections: outcome.rejections,
+                                rejected: outcome.rejected,
                             };
                             (response, records)
                         });

@@ -58,19 +58,16 @@ impl Ingest for IngestService {
         &self,
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
+        let records = request.into_inner().records;
+        publish::check_count(records.len(), &self.limits)?;
         // The call's own span (its parent from the caller's metadata) is
         // the parent of the batch's spans.
-        let outcome = publish::accept(
-            &self.queue,
-            &self.limits,
-            request.into_inner().records,
-            None,
-        )
-        .await;
+        let outcome = publish::accept(&self.queue, &self.limits, records, None).await;
         Ok(Response::new(PublishBatchResponse {
             accepted: outcome.accepted,
             duplicates: outcome.duplicates,
             rejections: outcome.rejections,
+            rejected: outcome.rejected,
         }))
     }
 

@@ -449,6 +449,53 @@ async fn any_binary_that_speaks_the_protocol_works() {
 }
 
 #[tokio::test]
+async fn a_worker_dribbling_bytes_without_samples_is_replaced_as_a_stall() {
+    let python = tool("TRIBUTARY_PYTHON");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/worker.py");
+    let dir = tempfile::tempdir().unwrap();
+    let wrapper = dir.path().join("python-worker");
+    write_script(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec '{python}' '{}' \"$@\"\n",
+            fixture.display()
+        ),
+    );
+    // Worker 1 sends a byte every 50 ms, ten times within the stall
+    // timeout, and never a sample: bytes must not hold its slot.
+    let (report, ok, stderr) = Run::new(&[
+        "--json",
+        "--worker-bin",
+        wrapper.to_str().unwrap(),
+        "--samples",
+        "40",
+        "--max-workers",
+        "3",
+        "--stall-timeout",
+        "500ms",
+        "--backoff-max",
+        "100ms",
+        "--",
+        "-interval",
+        "0.1",
+        "-dribbleWorker",
+        "1",
+    ])
+    .finish()
+    .await;
+    assert!(ok, "the run failed: {stderr}");
+    assert_exact(&report, 40, 3);
+    let dribbler = report["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["worker_id"] == 1)
+        .unwrap_or_else(|| panic!("worker 1 is reported: {report}"));
+    assert_eq!(dribbler["samples"].as_u64(), Some(0), "{report}");
+    assert!(dribbler["stalls"].as_u64().unwrap() > 0, "{report}");
+}
+
+#[tokio::test]
 async fn published_samples_are_stored_with_their_worker_id() {
     let data = tempfile::tempdir().unwrap();
     let mesh = Mesh::start(data.path(), "127.0.0.1:0", &[]).await;
@@ -479,6 +526,7 @@ async fn published_samples_are_stored_with_their_worker_id() {
             source: source.clone(),
             limit: 100,
             after_id: 0,
+            max_bytes: 0,
         })
         .await
         .expect("ListRecords answers")

@@ -9,6 +9,7 @@ mod crash;
 mod dashboard;
 mod end_to_end;
 mod fleet;
+mod limits;
 mod mesh;
 mod notebook;
 mod observability;

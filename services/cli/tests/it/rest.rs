@@ -38,7 +38,8 @@ fn mixed_batch(source: &str) -> Value {
     for seq in 0..4u64 {
         records.push(
             json!({"source": source, "seq": seq.to_string(), "sentAt": at(1),
-            "randomNumber": {"value": (seq * 100 + 7).to_string(), "tick": "1"}}),
+            "randomNumber": {"value": (seq * 100 + 7).to_string(),
+                "tick": clock::tick_of(now).to_string()}}),
         );
     }
     for seq in 4..7u64 {

@@ -47,10 +47,11 @@ pub struct Average {
 }
 
 impl Average {
-    /// The start (µs) of the window holding `at` (µs).
-    fn window_start(&self, at: i64) -> i64 {
+    /// The start (µs) of the window holding `at` (µs); `None` when it lies
+    /// before the first window an i64 can hold (only near `i64::MIN`).
+    fn window_start(&self, at: i64) -> Option<i64> {
         let width = i64::from(self.window_ms) * 1000;
-        at.div_euclid(width) * width
+        at.div_euclid(width).checked_mul(width)
     }
 }
 
@@ -67,12 +68,20 @@ impl Parser for Average {
         // A number belongs to the window of its tick when it has one (the
         // generator's wall-clock slot), else to that of its send time.
         let at = if number.tick > 0 {
-            number.tick.saturating_mul(100_000)
+            number.tick.checked_mul(clock::TICK_MICROS)
         } else {
-            record.sent_at.as_ref().map_or(0, clock::to_micros)
+            Some(record.sent_at.as_ref().map_or(0, clock::to_micros))
         };
+        // Ingest refuses such times; a record queued before it did is
+        // refused here rather than stored in a window no read can show.
+        let window_start = at.and_then(|at| self.window_start(at)).ok_or_else(|| {
+            format!(
+                "the window of tick {} or of its send time is out of range",
+                number.tick
+            )
+        })?;
         Ok(Some(Fact::Number {
-            window_start: self.window_start(at),
+            window_start,
             window_ms: self.window_ms,
             value: number.value,
         }))
@@ -104,5 +113,23 @@ mod tests {
         );
         let mut text = Record::default();
         assert!(parser.process(&mut text).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn windows_out_of_range_are_refused_not_wrapped() {
+        let parser = Config { window_ms: 7 }.build();
+        assert_eq!(parser.window_start(i64::MIN), None);
+        assert_eq!(
+            parser.window_start(i64::MAX),
+            Some(i64::MAX - i64::MAX % 7_000)
+        );
+        let mut record = Record {
+            payload: Some(Payload::RandomNumber(RandomNumber {
+                value: 1,
+                tick: i64::MAX,
+            })),
+            ..Default::default()
+        };
+        assert!(parser.process(&mut record).await.is_err());
     }
 }

@@ -201,7 +201,14 @@ async fn dead_letters_after_max_attempts(queue: &str) {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(counts.parsers, vec![("picky".to_string(), 2)]);
-    let dead = store.dead_letters(Some("picky"), 10).await.unwrap();
+    let dead = store
+        .dead_letters(&store::DeadLetterFilter {
+            parser: Some("picky".into()),
+            after_id: 0,
+            limit: 10,
+        })
+        .await
+        .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(
         (dead[0].error.as_str(), dead[0].attempts),
