@@ -110,7 +110,7 @@ async fn a_gigabyte_behind_an_idle_group_keeps_memory_bounded() {
     let growth = peak.max(after).saturating_sub(before);
     println!(
         "published {} MiB behind an idle group: RSS {} MiB before, {} MiB peak, {} MiB after",
-        calls * (BODY * PER_CALL) as u64 >> 20,
+        (calls * (BODY * PER_CALL) as u64) >> 20,
         before >> 20,
         peak >> 20,
         after >> 20
