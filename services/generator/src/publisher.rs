@@ -319,11 +319,12 @@ async fn session(
                 return Ok(Ended::RolledOver);
             }
         }
-        // While refused records wait out their back-off, new ones wait too:
-        // they would only be refused as well.
+        // From a refusal until something is accepted again, new records
+        // wait: they would only be refused as well, and the held records
+        // alone probe whether the mesh is back.
         let may_take = !outbox.input_closed
             && !rolling
-            && outbox.held.is_empty()
+            && outbox.refused_since.is_none()
             && outbox.unacked_records + args.batch <= args.window;
         tokio::select! {
             // Wakes an idle stream when it comes of age.

@@ -203,6 +203,10 @@ async fn a_refusing_queue_costs_a_few_requests_a_second_and_a_few_log_lines() {
     let server_lines = lines.of("tributary_ingest").len() - server_before;
     let producer_lines = lines.of("tributary_generator").len() - producer_before;
 
+    eprintln!(
+        "5 s outage: {attempts} publish attempts, {server_lines} server and \
+         {producer_lines} producer WARN lines"
+    );
     assert!(
         totals.retried.load(Ordering::SeqCst) > 0,
         "the outage refused nothing"
