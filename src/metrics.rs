@@ -44,6 +44,8 @@ pub const QUEUE_CACHED_BYTES: &str = "tributary_queue_cached_bytes";
 pub const QUEUE_ACKS_REFUSED: &str = "tributary_queue_acks_refused_total";
 /// Records dead-lettered, by `parser`.
 pub const PARSER_DEAD_LETTERS: &str = "tributary_parser_dead_letters_total";
+/// Dead letters the store refused to hold, so dropped (logged), by `parser`.
+pub const PARSER_UNSTORABLE: &str = "tributary_parser_unstorable_dead_letters_total";
 /// Parse time of one batch, by `parser`.
 pub const PARSER_PROCESS_SECONDS: &str = "tributary_parser_process_seconds";
 /// Store commit time of one batch, by `parser`.
@@ -141,6 +143,10 @@ fn describe() {
     describe_counter!(
         PARSER_DEAD_LETTERS,
         "Records moved to the dead-letter table."
+    );
+    describe_counter!(
+        PARSER_UNSTORABLE,
+        "Dead letters the store refused to hold, dropped and logged."
     );
     describe_histogram!(
         PARSER_PROCESS_SECONDS,

@@ -3,7 +3,7 @@
 
 use super::{
     AggregateQuery, AverageFilter, AverageRow, DeadLetterFilter, Fact, NewDeadLetter, NewRecord,
-    RecordFilter, SmsRow, Store, WriteBatch,
+    RecordFilter, SmsRow, Store, StoreError, WriteBatch,
 };
 
 /// A text record with no fact.
@@ -319,4 +319,138 @@ pub async fn reads_back_in_pages_and_keeps_dead_letters(store: &dyn Store) {
     let bodies: Vec<u8> = first.iter().chain(&rest).map(|d| d.body[0]).collect();
     assert_eq!(bodies, vec![1, 10, 11, 12, 13, 14]);
     assert!(first.windows(2).all(|w| w[0].id < w[1].id));
+}
+
+/// A key twice in one batch (a redelivery gathered beside its first
+/// delivery) is stored, counted and averaged once: the first copy wins.
+pub async fn a_key_repeated_in_one_batch_counts_once(store: &dyn Store) {
+    let records = vec![
+        with_fact("g", 0, 0, 0, number(1_000_000, 20)),
+        with_fact("g", 0, 0, 0, number(1_000_000, 30)),
+        with_fact("g", 1, 0, 0, number(1_000_000, 10)),
+        record("t", 0),
+        record("t", 0),
+    ];
+    let written = store.write(&batch("average", "w", records)).await.unwrap();
+    assert_eq!((written.stored, written.duplicates), (3, 2));
+    let rows = store.averages(&all_windows()).await.unwrap();
+    assert_eq!(
+        rows,
+        vec![AverageRow {
+            window_start: 1_000_000,
+            window_ms: 1000,
+            count: 2,
+            sum: 30
+        }]
+    );
+    assert_eq!(
+        store.counts().await.unwrap().parsers,
+        vec![("average".to_string(), 3)]
+    );
+}
+
+fn all_windows() -> AverageFilter {
+    AverageFilter {
+        parser: "average".into(),
+        from: i64::MIN,
+        to: i64::MAX,
+        limit: 10,
+    }
+}
+
+/// Three numbers of 2^63−1 in one window: the first is held exactly, and
+/// each of the others is refused as data (never wrapped, and never turned
+/// into a float), whether it comes in one batch or alone; the window's
+/// average stays exact.
+pub async fn sums_never_wrap(store: &dyn Store) {
+    let max = |seq| with_fact("big", seq, 0, 0, number(0, i64::MAX));
+    let all = store
+        .write(&batch("average", "w", vec![max(0), max(1), max(2)]))
+        .await;
+    assert!(matches!(all, Err(StoreError::Data(_))), "{all:?}");
+    assert_eq!(
+        store
+            .write(&batch("average", "w", vec![max(0)]))
+            .await
+            .unwrap()
+            .stored,
+        1
+    );
+    for seq in [1, 2] {
+        let alone = store.write(&batch("average", "w", vec![max(seq)])).await;
+        assert!(
+            matches!(&alone, Err(StoreError::Data(e)) if e.contains("64-bit")),
+            "{alone:?}"
+        );
+    }
+    // Nothing of the refused batches was kept.
+    let rows = store.averages(&all_windows()).await.unwrap();
+    assert_eq!(
+        rows,
+        vec![AverageRow {
+            window_start: 0,
+            window_ms: 1000,
+            count: 1,
+            sum: i64::MAX
+        }]
+    );
+    assert_eq!(
+        store.counts().await.unwrap().parsers,
+        vec![("average".to_string(), 1)]
+    );
+    // The other end of the range holds too.
+    let min = |seq| with_fact("small", seq, 0, 0, number(5_000_000, i64::MIN));
+    store
+        .write(&batch("average", "w", vec![min(0)]))
+        .await
+        .unwrap();
+    let below = store.write(&batch("average", "w", vec![min(1)])).await;
+    assert!(matches!(below, Err(StoreError::Data(_))), "{below:?}");
+}
+
+/// Text neither backend can hold alike (a NUL, which PostgreSQL text
+/// refuses) is refused as data by both, in a record's source or in its
+/// fact; a dead letter holding one is kept, with the NUL replaced.
+pub async fn text_with_nul_is_refused_as_data_by_both(store: &dyn Store) {
+    let in_source = record("a\0b", 0);
+    let in_fact = with_fact(
+        "s",
+        0,
+        0,
+        0,
+        Fact::Reading {
+            sensor_id: "x\0".into(),
+            metric: "m".into(),
+            value: 1.0,
+            unit: "u".into(),
+            measured_at: 0,
+        },
+    );
+    for bad in [in_source, in_fact] {
+        let written = store
+            .write(&batch("raw", "w", vec![record("ok", 0), bad]))
+            .await;
+        assert!(
+            matches!(&written, Err(StoreError::Data(e)) if e.contains("NUL")),
+            "{written:?}"
+        );
+    }
+    assert_eq!(store.counts().await.unwrap().parsers, vec![]);
+    let dead = WriteBatch {
+        parser: "raw".into(),
+        writer: "w".into(),
+        records: vec![record("ok", 0)],
+        dead_letters: vec![NewDeadLetter {
+            source: "a\0b".into(),
+            seq: 0,
+            kind: 5,
+            body: vec![0],
+            error: "source holds a NUL".into(),
+            attempts: 1,
+        }],
+    };
+    store.write(&dead).await.unwrap();
+    let dead = store.dead_letters(Some("raw"), 10).await.unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].body, vec![0]);
 }

@@ -9,7 +9,21 @@
 //! number for the averages, a probe's timings, a sensor reading, an SMS
 //! outcome). Facts are written in the same transaction as the record and
 //! only when the record's key is new, so redeliveries and republished keys
-//! never count twice.
+//! never count twice, and a key repeated inside one batch counts once (the
+//! first copy is the one stored).
+//!
+//! # Errors are classified
+//!
+//! A failed write is either [`StoreError::Unavailable`] (connection,
+//! timeout, serialization failure, lock: the same batch may succeed later,
+//! so callers retry with back-off) or [`StoreError::Data`] (the batch holds
+//! something this store can never hold: an encoding it refuses, a number
+//! out of range, a failed constraint; retrying the same batch fails the same
+//! way, so callers split it and dead-letter the records that fail alone).
+//! Both backends refuse the same records: what only PostgreSQL would refuse
+//! (a NUL character in text) is checked here, before either is asked, and
+//! averages' sums are checked in Rust, where SQLite would silently turn an
+//! overflowing integer into a float.
 
 #[cfg(test)]
 mod facts;
@@ -27,6 +41,10 @@ pub enum StoreError {
     /// The database could not do the work now; retrying later may succeed.
     #[error("store unavailable: {0}")]
     Unavailable(String),
+    /// The batch holds data the store can never hold; the same batch will
+    /// fail again, so the records that cause it must be set aside.
+    #[error("the store cannot hold this data: {0}")]
+    Data(String),
     /// The store URL is malformed or names an unknown backend.
     #[error("bad store URL {url:?}: {reason}")]
     BadUrl {
@@ -323,6 +341,114 @@ pub trait Store: Send + Sync {
     async fn close(&self);
 }
 
+/// Classifies a failed write: `is_data` tells the backend's permanent data
+/// errors apart; everything else (I/O, pool timeouts, serialization
+/// failures, locks, and errors we do not know) is worth a retry.
+pub(crate) fn classify(
+    e: sqlx::Error,
+    is_data: impl Fn(&dyn sqlx::error::DatabaseError) -> bool,
+) -> StoreError {
+    match &e {
+        sqlx::Error::Database(db) if is_data(db.as_ref()) => StoreError::Data(e.to_string()),
+        sqlx::Error::Encode(_) => StoreError::Data(e.to_string()),
+        _ => StoreError::Unavailable(e.to_string()),
+    }
+}
+
+/// The records of `batch` with each key once: the first copy wins, as it
+/// would had the copies come in separate batches, so a key repeated in one
+/// batch is stored, counted and folded into its facts once. Returns an
+/// error naming the first record neither backend can hold.
+pub(crate) fn storable_records(batch: &WriteBatch) -> Result<Vec<&NewRecord>, StoreError> {
+    let mut seen = std::collections::HashSet::with_capacity(batch.records.len());
+    let mut unique = Vec::with_capacity(batch.records.len());
+    for record in &batch.records {
+        if let Some(field) = nul_field(record) {
+            return Err(StoreError::Data(format!(
+                "{field} of {:?}/{} holds a NUL character, which PostgreSQL text cannot hold",
+                record.source, record.seq
+            )));
+        }
+        if seen.insert((record.source.as_str(), record.seq)) {
+            unique.push(record);
+        }
+    }
+    Ok(unique)
+}
+
+/// The first text field of `record` stored as SQL text that holds a NUL.
+fn nul_field(record: &NewRecord) -> Option<&'static str> {
+    let has_nul = |s: &str| s.contains('\0');
+    if has_nul(&record.source) {
+        return Some("source");
+    }
+    match &record.fact {
+        Some(Fact::Reading {
+            sensor_id,
+            metric,
+            unit,
+            ..
+        }) => [("sensor_id", sensor_id), ("metric", metric), ("unit", unit)]
+            .into_iter()
+            .find(|(_, v)| has_nul(v))
+            .map(|(name, _)| name),
+        Some(Fact::Sms { sender, .. }) if has_nul(sender) => Some("sender"),
+        _ => None,
+    }
+}
+
+/// Text as a dead letter keeps it: NUL characters, which PostgreSQL text
+/// cannot hold, become U+FFFD on both backends, so a record refused for
+/// holding one can still be dead-lettered.
+pub(crate) fn dead_letter_text(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}").into()
+    } else {
+        text.into()
+    }
+}
+
+/// Per window `(start, ms)`: the count and exact sum of the new numbers
+/// of a batch.
+pub(crate) type NumberPartials = std::collections::BTreeMap<(i64, u32), (i64, i128)>;
+
+/// Folds the numbers of the newly stored records into per-window partials.
+pub(crate) fn number_partials(new: &[&NewRecord]) -> NumberPartials {
+    let mut partials = NumberPartials::new();
+    for record in new {
+        if let Some(Fact::Number {
+            window_start,
+            window_ms,
+            value,
+        }) = &record.fact
+        {
+            let partial = partials.entry((*window_start, *window_ms)).or_default();
+            partial.0 += 1;
+            partial.1 += i128::from(*value);
+        }
+    }
+    partials
+}
+
+/// A writer's stored partial `(count, sum)` plus new numbers, checked: a
+/// sum past the 64-bit range is refused as data, never wrapped nor (as
+/// SQLite would) turned into a float.
+pub(crate) fn add_partial(
+    window: (i64, u32),
+    stored: Option<(i64, i64)>,
+    new: (i64, i128),
+) -> Result<(i64, i64), StoreError> {
+    let (count, sum) = stored.unwrap_or_default();
+    let total = i128::from(sum) + new.1;
+    let sum = i64::try_from(total).map_err(|_| {
+        StoreError::Data(format!(
+            "the sum of the {} ms window at {} µs would be {total}, past the 64-bit range",
+            window.1, window.0
+        ))
+    })?;
+    Ok((count + new.0, sum))
+}
+
 /// Opens the store a URL names: `sqlite://PATH` (created if missing) or
 /// `postgres://USER@HOST:PORT/DB` (migrated on open).
 pub async fn open(url: &str) -> Result<Arc<dyn Store>, StoreError> {
@@ -350,6 +476,10 @@ impl From<StoreError> for tonic::Status {
             StoreError::Unavailable(_) => {
                 tracing::warn!(error = %e, "store unavailable");
                 tonic::Status::unavailable("the store is unavailable; retry later")
+            }
+            StoreError::Data(_) => {
+                tracing::warn!(error = %e, "store refused data");
+                tonic::Status::invalid_argument("the store cannot hold this data")
             }
             StoreError::BadUrl { .. } => {
                 tracing::error!(error = %e, "store misconfigured");

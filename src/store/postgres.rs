@@ -14,10 +14,7 @@
 //! writes fail with [`StoreError::Unavailable`], the parser keeps its
 //! deliveries unacked and retries with back-off, and nothing is lost.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    time::Duration,
-};
+use std::{collections::HashSet, time::Duration};
 
 use async_trait::async_trait;
 use sqlx::{
@@ -160,19 +157,9 @@ async fn write_facts(
     new: &[&NewRecord],
     stored_at: i64,
 ) -> Result<(), StoreError> {
-    let mut partials: BTreeMap<(i64, u32), (i64, i64)> = BTreeMap::new();
     let (mut probes, mut readings, mut sms) = (Vec::new(), Vec::new(), Vec::new());
     for record in new {
         match &record.fact {
-            Some(Fact::Number {
-                window_start,
-                window_ms,
-                value,
-            }) => {
-                let partial = partials.entry((*window_start, *window_ms)).or_default();
-                partial.0 += 1;
-                partial.1 += value;
-            }
             Some(Fact::Probe { number }) => probes.push((*record, *number as i64)),
             Some(Fact::Reading {
                 sensor_id,
@@ -191,21 +178,10 @@ async fn write_facts(
                 if *sent { "sent" } else { "failed" },
                 *duration_us,
             )),
-            None => {}
+            Some(Fact::Number { .. }) | None => {}
         }
     }
-    for ((window_start, window_ms), (count, sum)) in partials {
-        sqlx::query(sql::UPSERT_AVERAGE_PARTIAL)
-            .bind(batch.parser.as_str())
-            .bind(window_start)
-            .bind(i64::from(window_ms))
-            .bind(batch.writer.as_str())
-            .bind(count)
-            .bind(sum)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-    }
+    sql::write_number_partials!(tx, batch, new, is_data).await?;
     if !probes.is_empty() {
         sqlx::query(INSERT_PROBES)
             .bind(batch.parser.as_str())
@@ -227,7 +203,7 @@ async fn write_facts(
             )
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
     }
     if !readings.is_empty() {
         sqlx::query(INSERT_READINGS)
@@ -246,7 +222,7 @@ async fn write_facts(
             .bind(readings.iter().map(|r| r.5).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
     }
     if !sms.is_empty() {
         sqlx::query(INSERT_SMS_OUTCOMES)
@@ -258,7 +234,7 @@ async fn write_facts(
             .bind(sms.iter().map(|o| o.3).collect::<Vec<_>>())
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
     }
     Ok(())
 }
@@ -269,13 +245,14 @@ sql::workload_reads!(sqlx::PgPool);
 impl Store for PostgresStore {
     async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
         let stored_at = clock::now_micros();
+        let records = super::storable_records(batch)?;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let mut stored = 0u64;
         // Facts must follow only the keys this transaction inserted, so the
         // insert reports them when any record carries a fact.
-        let with_facts = batch.records.iter().any(|r| r.fact.is_some());
+        let with_facts = records.iter().any(|r| r.fact.is_some());
         let mut new_keys: HashSet<(String, i64)> = HashSet::new();
-        for chunk in batch.records.chunks(ROWS_PER_INSERT) {
+        for chunk in records.chunks(ROWS_PER_INSERT) {
             let insert = sqlx::query(if with_facts {
                 INSERT_RECORDS_RETURNING_KEYS
             } else {
@@ -290,21 +267,21 @@ impl Store for PostgresStore {
             .bind(chunk.iter().map(|r| r.received_at).collect::<Vec<_>>())
             .bind(chunk.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>());
             if with_facts {
-                let rows = insert.fetch_all(&mut *tx).await.map_err(unavailable)?;
+                let rows = insert.fetch_all(&mut *tx).await.map_err(classify)?;
                 stored += rows.len() as u64;
                 new_keys.extend(rows.into_iter().map(|row| (row.get(0), row.get(1))));
             } else {
                 stored += insert
                     .execute(&mut *tx)
                     .await
-                    .map_err(unavailable)?
+                    .map_err(classify)?
                     .rows_affected();
             }
         }
         if with_facts {
-            let new: Vec<&NewRecord> = batch
-                .records
+            let new: Vec<&NewRecord> = records
                 .iter()
+                .copied()
                 .filter(|r| new_keys.contains(&(r.source.clone(), r.seq as i64)))
                 .collect();
             write_facts(&mut tx, batch, &new, stored_at).await?;
@@ -320,22 +297,30 @@ impl Store for PostgresStore {
             .bind(stored as i64)
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
         }
         if !batch.dead_letters.is_empty() {
             let dead = &batch.dead_letters;
             sqlx::query(INSERT_DEAD_LETTERS)
                 .bind(batch.parser.as_str())
                 .bind(stored_at)
-                .bind(dead.iter().map(|d| d.source.as_str()).collect::<Vec<_>>())
+                .bind(
+                    dead.iter()
+                        .map(|d| super::dead_letter_text(&d.source))
+                        .collect::<Vec<_>>(),
+                )
                 .bind(dead.iter().map(|d| d.seq as i64).collect::<Vec<_>>())
                 .bind(dead.iter().map(|d| d.kind).collect::<Vec<_>>())
                 .bind(dead.iter().map(|d| d.body.as_slice()).collect::<Vec<_>>())
-                .bind(dead.iter().map(|d| d.error.as_str()).collect::<Vec<_>>())
+                .bind(
+                    dead.iter()
+                        .map(|d| super::dead_letter_text(&d.error))
+                        .collect::<Vec<_>>(),
+                )
                 .bind(dead.iter().map(|d| d.attempts as i32).collect::<Vec<_>>())
                 .execute(&mut *tx)
                 .await
-                .map_err(unavailable)?;
+                .map_err(classify)?;
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(Written {
@@ -444,6 +429,20 @@ fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// PostgreSQL's permanent data errors: SQLSTATE class 22 (data exception:
+/// an invalid byte sequence such as NUL in text, a number out of range)
+/// and class 23 (integrity constraint violation). Connection (08),
+/// serialization and deadlock (40), lock (55), resource (53) and
+/// operator (57) errors are worth a retry.
+fn is_data(db: &dyn sqlx::error::DatabaseError) -> bool {
+    db.code()
+        .is_some_and(|code| code.starts_with("22") || code.starts_with("23"))
+}
+
+fn classify(e: sqlx::Error) -> StoreError {
+    super::classify(e, is_data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -516,5 +515,46 @@ mod tests {
             PostgresStore::open("postgres://host:notaport/db").await,
             Err(StoreError::BadUrl { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_key_repeated_in_one_batch_counts_once() {
+        facts::a_key_repeated_in_one_batch_counts_once(&open_store().await).await;
+    }
+
+    #[tokio::test]
+    async fn sums_never_wrap() {
+        facts::sums_never_wrap(&open_store().await).await;
+    }
+
+    #[tokio::test]
+    async fn text_with_nul_is_refused_as_data_by_both() {
+        facts::text_with_nul_is_refused_as_data_by_both(&open_store().await).await;
+    }
+
+    /// PostgreSQL's refusals of data (NUL in text, a number out of range)
+    /// are data; a server that cannot be reached is unavailable.
+    #[tokio::test]
+    async fn postgres_errors_are_classified() {
+        let store = open_store().await;
+        let nul = sqlx::query("SELECT $1::text")
+            .bind("a\0b")
+            .fetch_one(&store.pool)
+            .await
+            .unwrap_err();
+        assert!(matches!(classify(nul), StoreError::Data(_)));
+        let range = sqlx::query("SELECT $1::int8 + $1::int8")
+            .bind(i64::MAX)
+            .fetch_one(&store.pool)
+            .await
+            .unwrap_err();
+        assert!(matches!(classify(range), StoreError::Data(_)));
+        // Nothing listens on port 1.
+        let nowhere = PgPoolOptions::new()
+            .acquire_timeout(Duration::from_secs(2))
+            .connect_lazy("postgres://postgres@127.0.0.1:1/none")
+            .unwrap();
+        let down = sqlx::query("SELECT 1").execute(&nowhere).await.unwrap_err();
+        assert!(matches!(classify(down), StoreError::Unavailable(_)));
     }
 }

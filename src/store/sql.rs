@@ -68,13 +68,22 @@ CREATE INDEX sensor_readings_covering
 DROP INDEX sensor_readings_by_metric;
 ";
 
-/// Adds one writer's partial for a window: `$1` parser, `$2` window start,
+/// One writer's partial for a window: `$1` parser, `$2` window start, `$3`
+/// window ms, `$4` writer. Read, added to in Rust with a checked sum, and
+/// written back with [`UPSERT_AVERAGE_PARTIAL`]: only its writer (one parser
+/// instance, writing one batch at a time) ever touches the row, so the read
+/// and the write cannot interleave with another's.
+pub const SELECT_AVERAGE_PARTIAL: &str = "\
+SELECT count, sum FROM average_partials \
+WHERE parser = $1 AND window_start = $2 AND window_ms = $3 AND writer = $4";
+
+/// Sets one writer's partial for a window: `$1` parser, `$2` window start,
 /// `$3` window ms, `$4` writer, `$5` count, `$6` sum.
 pub const UPSERT_AVERAGE_PARTIAL: &str = "\
 INSERT INTO average_partials (parser, window_start, window_ms, writer, count, sum) \
 VALUES ($1, $2, $3, $4, $5, $6) \
 ON CONFLICT (parser, window_start, window_ms, writer) DO UPDATE SET \
-count = average_partials.count + excluded.count, sum = average_partials.sum + excluded.sum";
+count = excluded.count, sum = excluded.sum";
 
 /// Heads of the multi-row fact inserts; the rows follow, then
 /// [`ON_KEY_CONFLICT_SKIP`].
@@ -282,6 +291,39 @@ macro_rules! workload_reads {
     };
 }
 pub(crate) use workload_reads;
+
+/// Folds a batch's new numbers into this writer's partials, one window at a
+/// time, with checked sums (see [`SELECT_AVERAGE_PARTIAL`]). A macro for the
+/// same reason as [`workload_reads`]: only the connection type differs.
+macro_rules! write_number_partials {
+    ($tx:expr, $batch:expr, $new:expr, $is_data:expr) => {
+        async {
+            for (window, new) in super::number_partials($new) {
+                let stored: Option<(i64, i64)> = sqlx::query_as(sql::SELECT_AVERAGE_PARTIAL)
+                    .bind($batch.parser.as_str())
+                    .bind(window.0)
+                    .bind(i64::from(window.1))
+                    .bind($batch.writer.as_str())
+                    .fetch_optional(&mut *$tx)
+                    .await
+                    .map_err(|e| super::classify(e, $is_data))?;
+                let (count, sum) = super::add_partial(window, stored, new)?;
+                sqlx::query(sql::UPSERT_AVERAGE_PARTIAL)
+                    .bind($batch.parser.as_str())
+                    .bind(window.0)
+                    .bind(i64::from(window.1))
+                    .bind($batch.writer.as_str())
+                    .bind(count)
+                    .bind(sum)
+                    .execute(&mut *$tx)
+                    .await
+                    .map_err(|e| super::classify(e, $is_data))?;
+            }
+            Ok::<(), StoreError>(())
+        }
+    };
+}
+pub(crate) use write_number_partials;
 
 /// The store's migrations; `init` is the backend's own first schema, the
 /// later steps are the same SQL on both backends.

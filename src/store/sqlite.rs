@@ -4,10 +4,7 @@
 //! SQLite takes one writer at a time, so writes go through a single
 //! connection and reads through a small pool that WAL lets run alongside.
 
-use std::{
-    collections::{BTreeMap, HashSet},
-    path::Path,
-};
+use std::{collections::HashSet, path::Path};
 
 use async_trait::async_trait;
 use sqlx::{
@@ -101,11 +98,7 @@ async fn insert_facts<'a, T>(
         let mut insert = QueryBuilder::<Sqlite>::new(head);
         insert.push_values(chunk, |mut row, item| push(&mut row, item));
         insert.push(sql::ON_KEY_CONFLICT_SKIP);
-        insert
-            .build()
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
+        insert.build().execute(&mut *tx).await.map_err(classify)?;
     }
     Ok(())
 }
@@ -117,39 +110,18 @@ async fn write_facts(
     new: &[&NewRecord],
     stored_at: i64,
 ) -> Result<(), StoreError> {
-    let mut partials: BTreeMap<(i64, u32), (i64, i64)> = BTreeMap::new();
     let mut probes = Vec::new();
     let mut readings = Vec::new();
     let mut sms = Vec::new();
     for record in new {
         match &record.fact {
-            Some(Fact::Number {
-                window_start,
-                window_ms,
-                value,
-            }) => {
-                let partial = partials.entry((*window_start, *window_ms)).or_default();
-                partial.0 += 1;
-                partial.1 += value;
-            }
             Some(Fact::Probe { number }) => probes.push((*record, *number)),
             Some(Fact::Reading { .. }) => readings.push(*record),
             Some(Fact::Sms { .. }) => sms.push(*record),
-            None => {}
+            Some(Fact::Number { .. }) | None => {}
         }
     }
-    for ((window_start, window_ms), (count, sum)) in partials {
-        sqlx::query(sql::UPSERT_AVERAGE_PARTIAL)
-            .bind(batch.parser.as_str())
-            .bind(window_start)
-            .bind(i64::from(window_ms))
-            .bind(batch.writer.as_str())
-            .bind(count)
-            .bind(sum)
-            .execute(&mut *tx)
-            .await
-            .map_err(unavailable)?;
-    }
+    sql::write_number_partials!(tx, batch, new, is_data).await?;
     let parser = batch.parser.as_str();
     insert_facts(tx, sql::INSERT_PROBES, &probes, |row, (r, number)| {
         row.push_bind(parser)
@@ -208,13 +180,14 @@ sql::workload_reads!(sqlx::SqlitePool);
 impl Store for SqliteStore {
     async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
         let stored_at = clock::now_micros();
+        let records = super::storable_records(batch)?;
         let mut tx = self.writer.begin().await.map_err(unavailable)?;
         let mut stored = 0u64;
         // Facts must follow only the keys this transaction inserted, so the
         // insert reports them when any record carries a fact.
-        let with_facts = batch.records.iter().any(|r| r.fact.is_some());
+        let with_facts = records.iter().any(|r| r.fact.is_some());
         let mut new_keys: HashSet<(String, i64)> = HashSet::new();
-        for chunk in batch.records.chunks(ROWS_PER_INSERT) {
+        for chunk in records.chunks(ROWS_PER_INSERT) {
             let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO records (parser, source, seq, kind, sent_at, received_at, stored_at, body) ",
             );
@@ -231,11 +204,7 @@ impl Store for SqliteStore {
             insert.push(" ON CONFLICT (parser, source, seq) DO NOTHING");
             if with_facts {
                 insert.push(" RETURNING source, seq");
-                let rows = insert
-                    .build()
-                    .fetch_all(&mut *tx)
-                    .await
-                    .map_err(unavailable)?;
+                let rows = insert.build().fetch_all(&mut *tx).await.map_err(classify)?;
                 stored += rows.len() as u64;
                 new_keys.extend(rows.into_iter().map(|row| (row.get(0), row.get(1))));
             } else {
@@ -243,14 +212,14 @@ impl Store for SqliteStore {
                     .build()
                     .execute(&mut *tx)
                     .await
-                    .map_err(unavailable)?
+                    .map_err(classify)?
                     .rows_affected();
             }
         }
         if with_facts {
-            let new: Vec<&NewRecord> = batch
-                .records
+            let new: Vec<&NewRecord> = records
                 .iter()
+                .copied()
                 .filter(|r| new_keys.contains(&(r.source.clone(), r.seq as i64)))
                 .collect();
             write_facts(&mut tx, batch, &new, stored_at).await?;
@@ -264,7 +233,7 @@ impl Store for SqliteStore {
             .bind(stored as i64)
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
         }
         for dead in &batch.dead_letters {
             sqlx::query(
@@ -272,16 +241,16 @@ impl Store for SqliteStore {
                  VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (parser, source, seq) DO NOTHING",
             )
             .bind(batch.parser.as_str())
-            .bind(dead.source.as_str())
+            .bind(super::dead_letter_text(&dead.source))
             .bind(dead.seq as i64)
             .bind(dead.kind)
             .bind(dead.body.as_slice())
-            .bind(dead.error.as_str())
+            .bind(super::dead_letter_text(&dead.error))
             .bind(i64::from(dead.attempts))
             .bind(stored_at)
             .execute(&mut *tx)
             .await
-            .map_err(unavailable)?;
+            .map_err(classify)?;
         }
         tx.commit().await.map_err(unavailable)?;
         Ok(Written {
@@ -393,6 +362,25 @@ fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
 }
 
+/// SQLite's permanent data errors: a string or blob too big, a failed
+/// constraint, a type mismatch, and an integer overflow in arithmetic.
+/// Busy, locked, I/O and full-disk errors are worth a retry.
+fn is_data(db: &dyn sqlx::error::DatabaseError) -> bool {
+    const TOOBIG: i32 = 18;
+    const CONSTRAINT: i32 = 19;
+    const MISMATCH: i32 = 20;
+    let primary = db
+        .code()
+        .and_then(|code| code.parse::<i32>().ok())
+        .map(|code| code & 0xff);
+    matches!(primary, Some(TOOBIG | CONSTRAINT | MISMATCH))
+        || db.message().contains("integer overflow")
+}
+
+fn classify(e: sqlx::Error) -> StoreError {
+    super::classify(e, is_data)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -466,5 +454,47 @@ mod tests {
             crate::store::open("mysql://x").await,
             Err(StoreError::BadUrl { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn a_key_repeated_in_one_batch_counts_once() {
+        let (_dir, store) = open_store().await;
+        facts::a_key_repeated_in_one_batch_counts_once(&store).await;
+    }
+
+    #[tokio::test]
+    async fn sums_never_wrap() {
+        let (_dir, store) = open_store().await;
+        facts::sums_never_wrap(&store).await;
+    }
+
+    #[tokio::test]
+    async fn text_with_nul_is_refused_as_data_by_both() {
+        let (_dir, store) = open_store().await;
+        facts::text_with_nul_is_refused_as_data_by_both(&store).await;
+    }
+
+    /// Constraint failures and integer overflow are data; they would fail
+    /// the same way again.
+    #[tokio::test]
+    async fn sqlite_errors_are_classified() {
+        let (_dir, store) = open_store().await;
+        let overflow =
+            sqlx::query("SELECT SUM(x) FROM (SELECT 9223372036854775807 AS x UNION ALL SELECT 1)")
+                .fetch_one(&store.writer)
+                .await
+                .unwrap_err();
+        assert!(matches!(classify(overflow), StoreError::Data(_)));
+        let not_null = sqlx::query("INSERT INTO parser_counts (parser, stored) VALUES ('p', NULL)")
+            .execute(&store.writer)
+            .await
+            .unwrap_err();
+        assert!(matches!(classify(not_null), StoreError::Data(_)));
+        store.writer.close().await;
+        let closed = sqlx::query("SELECT 1")
+            .execute(&store.writer)
+            .await
+            .unwrap_err();
+        assert!(matches!(classify(closed), StoreError::Unavailable(_)));
     }
 }

@@ -26,6 +26,19 @@
 //!   before `b`, could have granted. The two incarnations' ticks are
 //!   disjoint, so their values cannot collide. This assumes one coordinator
 //!   at a time and clocks that agree to within a tick across a restart.
+//! - **When the wall clock steps back** (an NTP correction, a VM resumed,
+//!   an operator's `date -s`), the clock readings it is given go back, but
+//!   its notion of "now" does not: it keeps the highest tick it was ever
+//!   given ([`Claims::claim`]'s `now_tick`, a high-water mark) and judges
+//!   every claim against that. Grants are only made for ticks from
+//!   `high - RETAIN_TICKS + 1` to `high + LEAD_TICKS`, and every grant in
+//!   that span is remembered; a tick below it has been forgotten, but the
+//!   mark never goes down, so such a tick is refused as too old for good.
+//!   A step back of any size therefore regrants nothing: generators whose
+//!   own clocks stepped back too ask for ticks the mark has passed, are
+//!   refused, and skip ticks until the wall clock catches up. (Across a
+//!   restart the mark is lost, so the restart rule below still assumes the
+//!   new incarnation's clock is not behind its predecessor's.)
 //! - **While unreachable** the coordinator grants nothing, and a generator
 //!   without a grant does not emit: it skips the tick and counts it. There
 //!   is no fallback partition; pausing keeps the promise with any N.
@@ -81,6 +94,9 @@ struct Tick {
 #[derive(Debug)]
 pub struct Claims {
     first_tick: i64,
+    /// The highest clock reading (tick) ever passed in: the coordinator's
+    /// "now", which never goes back even when the wall clock does.
+    high_tick: i64,
     ticks: BTreeMap<i64, Tick>,
     members: HashSet<String>,
     rng: StdRng,
@@ -93,6 +109,7 @@ impl Claims {
     pub fn new(start_tick: i64, seed: u64) -> Self {
         Self {
             first_tick: start_tick + LEAD_TICKS + 1,
+            high_tick: start_tick,
             ticks: BTreeMap::new(),
             members: HashSet::new(),
             rng: StdRng::seed_from_u64(seed),
@@ -122,7 +139,9 @@ impl Claims {
     }
 
     /// Grants `generator` a value in `min..=max` for `tick`, unique among
-    /// the tick's grants, with the coordinator's clock at `now_tick`.
+    /// the tick's grants, with the coordinator's clock at `now_tick`. A
+    /// reading behind an earlier one (the wall clock stepped back) counts as
+    /// the earlier one.
     pub fn claim(
         &mut self,
         generator: &str,
@@ -131,6 +150,8 @@ impl Claims {
         max: i64,
         now_tick: i64,
     ) -> Result<i64, Refusal> {
+        self.high_tick = self.high_tick.max(now_tick);
+        let now_tick = self.high_tick;
         if min > max {
             return Err(Refusal::EmptyRange);
         }
@@ -262,20 +283,75 @@ mod tests {
         assert_eq!(claims.members(), 1);
     }
 
+    /// The wall clock steps back 60 s (600 ticks) after a minute of grants:
+    /// no tick already granted gets a value again, and a generator asking
+    /// for a tick it holds gets the value it holds.
+    #[test]
+    fn a_clock_stepped_back_sixty_seconds_regrants_nothing() {
+        let mut claims = Claims::new(1_000, 9);
+        let mut granted: HashMap<(i64, &str), i64> = HashMap::new();
+        for now in 1_002..=1_602 {
+            for g in ["a", "b"] {
+                let value = claims.claim(g, now + 1, 1, 3, now).unwrap();
+                granted.insert((now + 1, g), value);
+            }
+        }
+        let stepped_back = 1_602 - 600;
+        for tick in 1_000..=1_604 {
+            for g in ["a", "b", "c"] {
+                match claims.claim(g, tick, 1, 3, stepped_back) {
+                    Ok(value) => {
+                        // Only a tick still remembered answers, and only with
+                        // the value its holder already has, or a value no one
+                        // holds for a generator that holds none.
+                        assert!(tick > 1_602 - RETAIN_TICKS, "tick {tick} granted again");
+                        match granted.get(&(tick, g)) {
+                            Some(held) => assert_eq!(*held, value, "tick {tick} regranted"),
+                            None => {
+                                assert!(
+                                    granted.iter().all(|((t, _), v)| *t != tick || *v != value),
+                                    "tick {tick} value {value} granted twice"
+                                );
+                                granted.insert((tick, g), value);
+                            }
+                        }
+                    }
+                    Err(refusal) => assert!(
+                        matches!(
+                            refusal,
+                            Refusal::TooOld
+                                | Refusal::RangeUsedUp
+                                | Refusal::BeforeStart
+                                | Refusal::TooFarAhead
+                        ),
+                        "{refusal:?}"
+                    ),
+                }
+            }
+        }
+        // Ticks the mark has passed stay refused as the clock catches up.
+        for now in stepped_back..=1_602 {
+            assert_eq!(claims.claim("c", 1_100, 1, 3, now), Err(Refusal::TooOld));
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(32))]
 
         /// N generators (2 to 16) join and leave at random over 10,000
         /// ticks, the coordinator restarts at random, and members claim
         /// mostly their next tick but also the current one, late ones, ones
-        /// too far ahead, and retries. Across every incarnation no value is
+        /// too far ahead, and retries. The wall clock steps back at random, by
+        /// up to two minutes, and generators claim by the stepped clock too.
+        /// Across every incarnation no value is
         /// ever granted to two generators for one tick, no generator ever
         /// holds two values for one tick, and every value is in range.
         #[test]
         fn no_tick_ever_has_a_duplicate_value(
             n in 2usize..=16,
-            // (tick, generator, what): 0..=3 join, 4..=6 leave, 7 restart.
-            events in proptest::collection::vec((0i64..10_000, 0usize..16, 0u8..8), 0..300),
+            // (tick, generator, what): 0..=3 join, 4..=6 leave, 7 restart,
+            // 8 the clock steps back.
+            events in proptest::collection::vec((0i64..10_000, 0usize..16, 0u8..9), 0..300),
             seed in any::<u64>(),
             // The full range, or one so small that grants run out.
             max in prop_oneof![Just(10_000i64), 16i64..40],
@@ -290,7 +366,10 @@ mod tests {
             // Per tick: value -> generator, and generator -> value.
             let mut owner: HashMap<i64, HashMap<i64, usize>> = HashMap::new();
             let mut held: HashMap<i64, HashMap<usize, i64>> = HashMap::new();
-            for now in 0..10_000i64 {
+            // How far the wall clock is behind true time.
+            let mut behind = 0i64;
+            for true_now in 0..10_000i64 {
+                let mut now = true_now - behind;
                 for &(who, what) in by_tick.get(&now).into_iter().flatten() {
                     match what {
                         0..=3 if !members[who] => {
@@ -302,10 +381,18 @@ mod tests {
                             members[who] = false;
                         }
                         7 => {
+                            // A restart assumes a clock not behind the
+                            // predecessor's (see the module's reasoning).
+                            behind = 0;
+                            now = true_now;
                             claims = Claims::new(now, rng.random());
                             for (g, _) in members.iter().enumerate().filter(|(_, live)| **live) {
                                 prop_assert!(claims.join(&g.to_string()));
                             }
+                        }
+                        8 => {
+                            behind += rng.random_range(1..=1_200);
+                            now = true_now - behind;
                         }
                         _ => {}
                     }

@@ -176,3 +176,107 @@ impl Coordinator for CoordinatorService {
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicI64, Ordering};
+
+    use tonic::service::RoutesBuilder;
+    use tributary::proto::coordinator_client::CoordinatorClient;
+
+    use super::*;
+    use std::collections::HashMap;
+
+    /// A wall clock the test sets, steps included.
+    struct SetClock(AtomicI64);
+
+    impl WallClock for SetClock {
+        fn now_micros(&self) -> i64 {
+            self.0.load(Ordering::SeqCst)
+        }
+    }
+
+    /// Claims over a real Claim stream while the injected wall clock runs
+    /// for a minute, then steps back 60 s and runs again: nothing granted
+    /// before the step is granted again (to another generator, or as a
+    /// different value), and claims by the stepped clock are refused.
+    #[tokio::test]
+    async fn a_wall_clock_stepped_back_sixty_seconds_regrants_nothing() {
+        let start_tick = 17_638_000_000;
+        let clock = Arc::new(SetClock(AtomicI64::new(clock::tick_start(start_tick))));
+        let shutdown = CancellationToken::new();
+        let mut routes = RoutesBuilder::default();
+        routes.add_service(crate::service(clock.clone(), shutdown.clone()));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(tributary::grpc::serve(
+            listener,
+            routes.routes(),
+            None,
+            shutdown.clone(),
+        ));
+        let mut client = CoordinatorClient::connect(url).await.unwrap();
+        // Two generators, each on its own stream, one claim at a time.
+        let mut streams = Vec::new();
+        for id in ["a", "b"] {
+            let (tx, rx) = mpsc::channel(1);
+            tx.send(ClaimRequest {
+                generator_id: id.into(),
+                tick: start_tick,
+                min: 1,
+                max: 4,
+            })
+            .await
+            .unwrap();
+            let mut responses = client
+                .claim(ReceiverStream::new(rx))
+                .await
+                .unwrap()
+                .into_inner();
+            responses.next().await.unwrap().unwrap();
+            streams.push((id, tx, responses));
+        }
+        let mut claim = async |who: usize, tick: i64| {
+            let (id, tx, responses) = &mut streams[who];
+            tx.send(ClaimRequest {
+                generator_id: (*id).into(),
+                tick,
+                min: 1,
+                max: 4,
+            })
+            .await
+            .unwrap();
+            let response = responses.next().await.unwrap().unwrap();
+            (!response.refused).then_some(response.value)
+        };
+        let mut granted: HashMap<(i64, usize), i64> = HashMap::new();
+        // A minute of ticks; each generator claims the next one.
+        let first = start_tick + 2;
+        let last = first + 600;
+        for now in first..last {
+            clock.0.store(clock::tick_start(now), Ordering::SeqCst);
+            for who in 0..2 {
+                let value = claim(who, now + 1).await.expect("a grant in time");
+                granted.insert((now + 1, who), value);
+            }
+        }
+        // The clock steps back 60 s and runs forward again; the generators
+        // follow it, claiming their next tick, as after the step.
+        for now in last - 600..last {
+            clock.0.store(clock::tick_start(now), Ordering::SeqCst);
+            for who in 0..2 {
+                for tick in [now, now + 1] {
+                    let Some(value) = claim(who, tick).await else {
+                        continue;
+                    };
+                    assert_eq!(
+                        granted.get(&(tick, who)),
+                        Some(&value),
+                        "tick {tick} granted anew after the step back"
+                    );
+                }
+            }
+        }
+        shutdown.cancel();
+    }
+}

@@ -6,6 +6,10 @@
 //! nothing is stored twice), and the run waits for every acknowledgement.
 //! No window is needed beyond `--samples` itself: the fleet produces a
 //! bounded number of samples at a few dozen per second.
+//!
+//! Samples the mesh refuses as UNAVAILABLE are sent again after the shared
+//! exponential, jittered back-off, never at once; after 30 s with nothing
+//! accepted, publishing gives up.
 
 use std::{
     collections::BTreeMap,
@@ -19,9 +23,11 @@ use tokio::{sync::mpsc, task::JoinHandle};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, transport::Endpoint};
 use tributary::{
+    backoff::Backoff,
     bearer::AttachBearer,
     channel::Link,
     clock, grpc_client,
+    log_throttle::{DEFAULT_INTERVAL, Throttle},
     proto::{
         PublishRequest, PublishResponse, RandomNumber, Record, ingest_client::IngestClient,
         record::Payload,
@@ -91,11 +97,22 @@ impl Publisher {
     }
 }
 
-#[derive(Default)]
 struct Outbox {
     unacked: BTreeMap<u64, Vec<Record>>,
     next_batch: u64,
     input_open: bool,
+    /// Batches of refused samples waiting out their back-off.
+    held: Vec<u64>,
+    /// When the held batches go again.
+    retry_at: Option<tokio::time::Instant>,
+    refusals: Backoff,
+    /// Since when samples have been refused with none accepted.
+    refused_since: Option<Instant>,
+}
+
+/// Back-off of reconnects and of refused samples.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 async fn run(
@@ -112,11 +129,16 @@ async fn run(
         ..Default::default()
     };
     let mut outbox = Outbox {
+        unacked: BTreeMap::new(),
+        next_batch: 0,
         input_open: true,
-        ..Default::default()
+        held: Vec::new(),
+        retry_at: None,
+        refusals: backoff(),
+        refused_since: None,
     };
     let mut failing_since: Option<Instant> = None;
-    let mut failures = 0u32;
+    let mut reconnect = backoff();
     loop {
         let answered = summary.accepted + summary.duplicates + summary.rejected;
         match session(&endpoint, &bearer, &mut rx, &mut outbox, &mut summary).await {
@@ -124,16 +146,21 @@ async fn run(
             Err(e) => {
                 if summary.accepted + summary.duplicates + summary.rejected > answered {
                     failing_since = None;
-                    failures = 0;
+                    reconnect.reset();
                 }
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > RETRY_FOR {
                     bail!("gave up after {} s of failures: {e:#}", RETRY_FOR.as_secs());
                 }
-                failures += 1;
                 summary.reconnects += 1;
-                tracing::warn!(error = %format!("{e:#}"), "publish stream failed; reconnecting");
-                tokio::time::sleep(Duration::from_millis(100u64 << failures.min(4))).await;
+                static FAILED: Throttle = Throttle::new(DEFAULT_INTERVAL);
+                if let Some(repeats) = FAILED.admit() {
+                    tracing::warn!(error = %format!("{e:#}"), repeats, "publish stream failed; reconnecting");
+                }
+                // The session sends every unanswered batch again at once.
+                outbox.held.clear();
+                outbox.retry_at = None;
+                tokio::time::sleep(reconnect.next_wait()).await;
             }
         }
     }
@@ -192,32 +219,48 @@ async fn session(
                     .await
                     .context("the publish stream closed")?;
             }
+            () = async {
+                match outbox.retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                outbox.retry_at = None;
+                for batch_id in std::mem::take(&mut outbox.held) {
+                    let Some(records) = outbox.unacked.get(&batch_id) else {
+                        continue;
+                    };
+                    tx.send(PublishRequest {
+                        batch_id,
+                        records: records.clone(),
+                        ..Default::default()
+                    })
+                    .await
+                    .context("the publish stream closed")?;
+                }
+            }
             response = responses.message() => {
                 let response = response
                     .context("publish stream failed")?
                     .ok_or_else(|| anyhow::anyhow!("the server ended the publish stream"))?;
-                if let Some((batch_id, records)) = settle(response, outbox, summary) {
-                    tx.send(PublishRequest {
-                    batch_id,
-                    records,
-                    ..Default::default()
-                })
-                        .await
-                        .context("the publish stream closed")?;
+                settle(response, outbox, summary);
+                if outbox.refused_since.is_some_and(|since| since.elapsed() > RETRY_FOR) {
+                    bail!(
+                        "gave up after {} s of samples refused as unavailable",
+                        RETRY_FOR.as_secs()
+                    );
                 }
             }
         }
     }
 }
 
-/// Applies one batch's answer. Records the queue could not take are
-/// returned as a new batch to send again.
-fn settle(
-    response: PublishResponse,
-    outbox: &mut Outbox,
-    summary: &mut PublishSummary,
-) -> Option<(u64, Vec<Record>)> {
-    let records = outbox.unacked.remove(&response.batch_id)?;
+/// Applies one batch's answer. Records the queue could not take become a
+/// new batch, held until the back-off says to send it again.
+fn settle(response: PublishResponse, outbox: &mut Outbox, summary: &mut PublishSummary) {
+    let Some(records) = outbox.unacked.remove(&response.batch_id) else {
+        return;
+    };
     summary.accepted += u64::from(response.accepted);
     summary.duplicates += u64::from(response.duplicates);
     let mut retry = Vec::new();
@@ -233,11 +276,28 @@ fn settle(
             }
         }
     }
+    if response.accepted + response.duplicates > 0 {
+        outbox.refusals.reset();
+        outbox.refused_since = None;
+    }
     if retry.is_empty() {
-        return None;
+        return;
     }
     let batch_id = outbox.next_batch;
     outbox.next_batch += 1;
-    outbox.unacked.insert(batch_id, retry.clone());
-    Some((batch_id, retry))
+    outbox.unacked.insert(batch_id, retry);
+    outbox.held.push(batch_id);
+    outbox.refused_since.get_or_insert_with(Instant::now);
+    if outbox.retry_at.is_none() {
+        let wait = outbox.refusals.next_wait();
+        outbox.retry_at = Some(tokio::time::Instant::now() + wait);
+        static REFUSED: Throttle = Throttle::new(DEFAULT_INTERVAL);
+        if let Some(repeats) = REFUSED.admit() {
+            tracing::warn!(
+                retry_in_ms = wait.as_millis() as u64,
+                repeats,
+                "the mesh refused samples as unavailable; retrying after a back-off"
+            );
+        }
+    }
 }

@@ -6,6 +6,13 @@
 //!
 //! Producers hand records in through a channel; the publisher takes a new
 //! one only while the window has room, so a slow mesh slows the producer.
+//!
+//! Records the server refuses as UNAVAILABLE (its queue is down) are held
+//! and sent again after an exponential, jittered back-off (`Backoff`), so
+//! an outage costs a few requests a second, not a hot loop; they count
+//! against the window meanwhile, so the producer waits too. If nothing is
+//! accepted for `--retry-secs`, the publisher gives up, as it does when it
+//! cannot connect.
 
 use std::{
     collections::{BTreeMap, HashMap, VecDeque},
@@ -23,9 +30,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, transport::Endpoint};
 use tracing::Span;
 use tributary::{
+    backoff::Backoff,
     bearer::{AttachBearer, SendTokenArgs},
     channel::{ClientTlsArgs, Link},
     grpc_client, kind,
+    log_throttle::{DEFAULT_INTERVAL, Throttle},
     proto::{PublishRequest, PublishResponse, Record, ingest_client::IngestClient},
     trace_context,
 };
@@ -46,8 +55,8 @@ pub struct PublishArgs {
     /// Most records sent but not yet acknowledged.
     #[arg(long, env = "TRIBUTARY_WINDOW", default_value_t = 20_000)]
     pub window: usize,
-    /// Seconds to keep reconnecting after the server goes away before
-    /// giving up.
+    /// Seconds to keep retrying, after the server goes away or while it
+    /// refuses records as unavailable, before giving up.
     #[arg(long, env = "TRIBUTARY_RETRY_SECS", default_value_t = 30)]
     pub retry_secs: u64,
     /// Seconds after which a publish stream is closed (once its window is
@@ -88,6 +97,8 @@ pub struct Totals {
     pub reconnects: AtomicU64,
     /// Streams closed at their age limit and replaced.
     pub rollovers: AtomicU64,
+    /// Records refused as unavailable and sent again after a back-off.
+    pub retried: AtomicU64,
 }
 
 impl Totals {
@@ -166,7 +177,6 @@ impl Publisher {
 }
 
 /// The state that outlives a broken stream.
-#[derive(Default)]
 struct Outbox {
     /// Batches sent (or to send) and not yet answered, by batch id.
     unacked: BTreeMap<u64, Vec<Record>>,
@@ -179,6 +189,37 @@ struct Outbox {
     unacked_records: usize,
     /// The producer has dropped its senders.
     input_closed: bool,
+    /// Batches of refused records waiting out their back-off.
+    held: Vec<u64>,
+    /// When the held batches go again.
+    retry_at: Option<Instant>,
+    /// The back-off of refused records.
+    refusals: Backoff,
+    /// Since when records have been refused with none accepted.
+    refused_since: Option<Instant>,
+}
+
+impl Default for Outbox {
+    fn default() -> Self {
+        Self {
+            unacked: BTreeMap::new(),
+            spans: HashMap::new(),
+            resend: VecDeque::new(),
+            next_batch: 0,
+            unacked_records: 0,
+            input_closed: false,
+            held: Vec::new(),
+            retry_at: None,
+            refusals: backoff(),
+            refused_since: None,
+        }
+    }
+}
+
+/// Back-off of reconnects and of refused records: from 100 ms, doubling
+/// to 5 s, jittered.
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 async fn publish(
@@ -191,7 +232,7 @@ async fn publish(
 ) -> anyhow::Result<()> {
     let mut outbox = Outbox::default();
     let mut failing_since: Option<Instant> = None;
-    let mut failures = 0u32;
+    let mut reconnect = backoff();
     loop {
         let answered = totals.answered();
         match session(&args, &endpoint, &bearer, &mut input, &mut outbox, &totals).await {
@@ -199,22 +240,31 @@ async fn publish(
             Ok(Ended::RolledOver) => {
                 totals.rollovers.fetch_add(1, Ordering::Relaxed);
             }
+            Ok(Ended::Refused) => bail!(
+                "gave up after {} s of records refused as unavailable ({} unacknowledged)",
+                args.retry_secs,
+                outbox.unacked_records
+            ),
             Err(e) => {
                 if totals.answered() > answered {
                     // The stream made progress before failing: a new outage.
                     failing_since = None;
-                    failures = 0;
+                    reconnect.reset();
                 }
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > Duration::from_secs(args.retry_secs) {
                     bail!("gave up after {} s of failures: {e:#}", args.retry_secs);
                 }
-                failures += 1;
                 totals.reconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %format!("{e:#}"), unacked = outbox.unacked_records, "publish stream failed; reconnecting");
+                static FAILED: Throttle = Throttle::new(DEFAULT_INTERVAL);
+                if let Some(repeats) = FAILED.admit() {
+                    tracing::warn!(error = %format!("{e:#}"), unacked = outbox.unacked_records, repeats, "publish stream failed; reconnecting");
+                }
                 // Everything unanswered goes again, in order.
                 outbox.resend = outbox.unacked.keys().copied().collect();
-                let pause = Duration::from_millis(100u64 << failures.min(4));
+                outbox.held.clear();
+                outbox.retry_at = None;
+                let pause = reconnect.next_wait();
                 tokio::select! {
                     () = shutdown.cancelled() => bail!(
                         "stopped with {} records unacknowledged", outbox.unacked_records
@@ -232,6 +282,9 @@ enum Ended {
     Done,
     /// The stream reached its age limit with nothing outstanding.
     RolledOver,
+    /// Records were refused as unavailable, and none accepted, for longer
+    /// than `--retry-secs`.
+    Refused,
 }
 
 async fn session(
@@ -266,8 +319,13 @@ async fn session(
                 return Ok(Ended::RolledOver);
             }
         }
-        let may_take =
-            !outbox.input_closed && !rolling && outbox.unacked_records + args.batch <= args.window;
+        // From a refusal until something is accepted again, new records
+        // wait: they would only be refused as well, and the held records
+        // alone probe whether the mesh is back.
+        let may_take = !outbox.input_closed
+            && !rolling
+            && outbox.refused_since.is_none()
+            && outbox.unacked_records + args.batch <= args.window;
         tokio::select! {
             // Wakes an idle stream when it comes of age.
             () = async {
@@ -276,6 +334,17 @@ async fn session(
                     None => std::future::pending().await,
                 }
             }, if !rolling => {}
+            // Refused records go again once their back-off is over.
+            () = async {
+                match outbox.retry_at {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                outbox.retry_at = None;
+                let held = std::mem::take(&mut outbox.held);
+                outbox.resend.extend(held);
+            }
             // Republished batches go first and need no new records.
             permit = tx.reserve(), if !outbox.resend.is_empty() => {
                 let permit = permit.context("the publish stream closed")?;
@@ -313,7 +382,13 @@ async fn session(
             response = responses.message() => {
                 let response = response.context("publish stream failed")?
                     .ok_or_else(|| anyhow::anyhow!("the server ended the publish stream"))?;
-                settle(response, outbox, totals);
+                settle(response, outbox, totals, args.batch);
+                if outbox
+                    .refused_since
+                    .is_some_and(|since| since.elapsed() > Duration::from_secs(args.retry_secs))
+                {
+                    return Ok(Ended::Refused);
+                }
             }
         }
     }
@@ -346,13 +421,15 @@ fn batch_span(records: &[Record]) -> Span {
 }
 
 /// Applies one batch's answer: acknowledged records are done, records the
-/// queue could not take go again in a new batch, other rejections are final.
-fn settle(response: PublishResponse, outbox: &mut Outbox, totals: &Totals) {
+/// queue could not take go again in a new batch after a back-off, other
+/// rejections are final.
+fn settle(response: PublishResponse, outbox: &mut Outbox, totals: &Totals, batch: usize) {
     let Some(records) = outbox.unacked.remove(&response.batch_id) else {
         return;
     };
     outbox.unacked_records -= records.len();
-    if let Some(span) = outbox.spans.remove(&response.batch_id) {
+    let span = outbox.spans.remove(&response.batch_id);
+    if let Some(span) = &span {
         span.record("accepted", response.accepted + response.duplicates);
         span.record("rejected", response.rejections.len());
     }
@@ -375,15 +452,45 @@ fn settle(response: PublishResponse, outbox: &mut Outbox, totals: &Totals) {
             }
         }
     }
+    if response.accepted + response.duplicates > 0 {
+        outbox.refusals.reset();
+        outbox.refused_since = None;
+    }
     if !retry.is_empty() {
-        let id = outbox.next_batch;
-        outbox.next_batch += 1;
         outbox.unacked_records += retry.len();
-        outbox.unacked.insert(id, retry);
-        // The retried records continue the trace of the batch they came in.
-        if let Some(span) = outbox.spans.get(&response.batch_id) {
-            outbox.spans.insert(id, span.clone());
+        totals
+            .retried
+            .fetch_add(retry.len() as u64, Ordering::Relaxed);
+        // Refused records join the last held batch while it has room, so
+        // a retry round sends few requests however the refusals came.
+        let last = outbox.held.last().copied();
+        match last.and_then(|id| outbox.unacked.get_mut(&id)) {
+            Some(held) if held.len() + retry.len() <= batch => held.extend(retry),
+            _ => {
+                let id = outbox.next_batch;
+                outbox.next_batch += 1;
+                outbox.unacked.insert(id, retry);
+                // The retried records continue the trace of the batch they
+                // came in.
+                if let Some(span) = span {
+                    outbox.spans.insert(id, span);
+                }
+                outbox.held.push(id);
+            }
         }
-        outbox.resend.push_back(id);
+        outbox.refused_since.get_or_insert_with(Instant::now);
+        if outbox.retry_at.is_none() {
+            let wait = outbox.refusals.next_wait();
+            outbox.retry_at = Some(Instant::now() + wait);
+            static REFUSED: Throttle = Throttle::new(DEFAULT_INTERVAL);
+            if let Some(repeats) = REFUSED.admit() {
+                tracing::warn!(
+                    records = outbox.unacked_records,
+                    retry_in_ms = wait.as_millis() as u64,
+                    repeats,
+                    "the mesh refused records as unavailable; retrying after a back-off"
+                );
+            }
+        }
     }
 }

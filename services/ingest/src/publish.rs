@@ -9,7 +9,9 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 use tracing::Instrument;
 use tributary::{
-    clock, grpc, kind, metrics,
+    clock, grpc, kind,
+    log_throttle::{DEFAULT_INTERVAL, Throttle},
+    metrics,
     proto::{PublishRequest, PublishResponse, Record, RecordKind, Rejection},
     queue::{Batch, Queue},
     trace_context,
@@ -182,7 +184,12 @@ async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -
             }
         }
         Err(e) => {
-            tracing::warn!(error = %e, records = keys.len(), "queue refused a batch");
+            // One line per interval with the count held back: during an
+            // outage every producer's every batch is refused.
+            static REFUSED: Throttle = Throttle::new(DEFAULT_INTERVAL);
+            if let Some(repeats) = REFUSED.admit() {
+                tracing::warn!(error = %e, records = keys.len(), repeats, "queue refused a batch");
+            }
             for (index, source, seq) in keys {
                 outcome.reject(Rejection {
                     index,

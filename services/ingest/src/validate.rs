@@ -60,6 +60,7 @@ pub fn check(record: &Record, max_record_bytes: usize, now: i64) -> Result<Recor
     if record.seq > i64::MAX as u64 {
         return Err(invalid(format!("seq {} is above 2^63-1", record.seq)));
     }
+    check_strings(record).map_err(invalid)?;
     let Some(kind) = kind::of(record) else {
         return Err(invalid(
             "no payload, or a payload kind this server does not know".into(),
@@ -141,6 +142,39 @@ fn within(field: &str, shown: &str, at: i64, now: i64) -> Result<(), Refusal> {
     Ok(())
 }
 
+/// String content every store backend can hold alike. PostgreSQL text
+/// cannot hold a NUL character (SQLite can), so a record with one in any
+/// string is refused here, at the edge, rather than stored by one backend
+/// and dead-lettered by the other. Every string is checked, stored as text
+/// or not, so that the rule is one line in the docs.
+pub fn check_strings(record: &Record) -> Result<(), String> {
+    use tributary::proto::record::Payload;
+    let mut fields: Vec<(&str, &str)> = vec![("source", &record.source)];
+    for (key, value) in &record.attributes {
+        fields.push(("attribute name", key));
+        fields.push(("attribute value", value));
+    }
+    match &record.payload {
+        Some(Payload::Text(text)) => fields.push(("text body", &text.body)),
+        Some(Payload::SensorReading(reading)) => fields.extend([
+            ("sensor_id", reading.sensor_id.as_str()),
+            ("metric", &reading.metric),
+            ("unit", &reading.unit),
+        ]),
+        Some(Payload::Sms(sms)) => fields.extend([
+            ("phone_number", sms.phone_number.as_str()),
+            ("SMS body", &sms.body),
+        ]),
+        Some(Payload::RandomNumber(_) | Payload::Probe(_)) | None => {}
+    }
+    match fields.into_iter().find(|(_, value)| value.contains('\0')) {
+        Some((field, _)) => Err(format!(
+            "{field} holds a NUL character (U+0000), which the store cannot hold"
+        )),
+        None => Ok(()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -217,6 +251,46 @@ mod tests {
                 .reason
                 .contains("2^63")
         );
+    }
+
+    #[test]
+    fn refuses_nul_characters_in_any_string() {
+        use tributary::proto::{SensorReading, SmsMessage};
+        let mut in_attribute = text("a", "hi");
+        in_attribute.attributes.insert("k".into(), "v\0".into());
+        let sensor = Record {
+            source: "a".into(),
+            payload: Some(Payload::SensorReading(SensorReading {
+                unit: "\0".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        let sms = Record {
+            source: "a".into(),
+            payload: Some(Payload::Sms(SmsMessage {
+                phone_number: "+1\0".into(),
+                ..Default::default()
+            })),
+            ..Default::default()
+        };
+        for (record, field) in [
+            (text("a\0", "hi"), "source"),
+            (text("a", "h\0i"), "text body"),
+            (in_attribute, "attribute value"),
+            (sensor, "unit"),
+            (sms, "phone_number"),
+        ] {
+            let refusal = check(&record, 1024, NOW).unwrap_err();
+            assert_eq!(refusal.code, Code::InvalidArgument);
+            assert!(
+                refusal.reason.starts_with(field) && refusal.reason.contains("NUL"),
+                "{}",
+                refusal.reason
+            );
+        }
+        // Other control characters are text both stores hold.
+        assert!(check(&text("a\u{1}", "\t\u{7f}"), 1024).is_ok());
     }
 
     #[test]

@@ -6,6 +6,13 @@
 //! passed, so the store sees large transactions under load and small ones
 //! quickly when traffic is light. One batch is written while the next is
 //! gathered.
+//!
+//! Store errors are classified (see `tributary::store`): while the store is
+//! unavailable a batch is retried with back-off and its deliveries are kept;
+//! a batch holding data the store can never hold is split in halves until
+//! the records that fail alone are found, and only those are dead-lettered
+//! with the store's reason. The rest of the batch, and the records after
+//! it, are stored.
 
 use std::{sync::Arc, time::Duration};
 
@@ -16,10 +23,13 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use tributary::{
+    backoff::Backoff,
     channel::Link,
-    clock, grpc_client, kind, metrics,
+    clock, grpc_client, kind,
+    log_throttle::{DEFAULT_INTERVAL, Throttle},
+    metrics,
     proto::{Delivery, Nack, PullRequest, Record, Subscription, ingest_client::IngestClient},
-    store::{NewDeadLetter, NewRecord, Store, WriteBatch},
+    store::{NewDeadLetter, NewRecord, Store, StoreError, WriteBatch},
     trace_context,
 };
 
@@ -95,8 +105,8 @@ fn stage_span(deliveries: &[Span], make: impl FnOnce() -> Span) -> Span {
 
 /// Back-off between reconnects and store retries: it doubles from 100 ms up
 /// to 5 s, so an outage is not hammered and recovery is noticed quickly.
-fn backoff(failures: u32) -> Duration {
-    Duration::from_millis(100u64 << failures.min(6)).min(Duration::from_secs(5))
+fn backoff() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 impl Worker {
@@ -106,18 +116,20 @@ impl Worker {
         let this = Arc::new(self);
         // Names this instance's partial aggregates in the store.
         let writer: Arc<str> = format!("{}-{:016x}", this.name, rand::rng().random::<u64>()).into();
-        let mut failures = 0u32;
+        let mut reconnect = backoff();
         while !shutdown.is_cancelled() {
             match this.clone().session(writer.clone(), &shutdown).await {
-                Ok(()) => failures = 0,
+                Ok(()) => reconnect.reset(),
                 Err(e) => {
-                    tracing::warn!(parser = %this.name, error = %e, "pull stream failed; reconnecting");
-                    failures += 1;
+                    static FAILED: Throttle = Throttle::new(DEFAULT_INTERVAL);
+                    if let Some(repeats) = FAILED.admit() {
+                        tracing::warn!(parser = %this.name, error = %e, repeats, "pull stream failed; reconnecting");
+                    }
                 }
             }
             tokio::select! {
                 () = shutdown.cancelled() => {}
-                () = tokio::time::sleep(backoff(failures)) => {}
+                () = tokio::time::sleep(reconnect.next_wait()) => {}
             }
         }
     }
@@ -234,7 +246,8 @@ impl Worker {
                 || tracing::info_span!("parse", parser = %self.name, records),
             );
             let started = Instant::now();
-            let (write, acks, nacks) = self.process(&writer, deliveries).instrument(parse).await;
+            let (write, attempts, acks, nacks) =
+                self.process(&writer, deliveries).instrument(parse).await;
             process_seconds.record(started.elapsed());
             let commit = stage_span(&spans, || {
                 tracing::info_span!(
@@ -244,32 +257,48 @@ impl Worker {
                     dead_letters = write.dead_letters.len(),
                 )
             });
-            let mut failures = 0;
-            loop {
+            // Keeps the deliveries ours while the store recovers.
+            let extend = || PullRequest {
+                extend_ack_ids: acks
+                    .iter()
+                    .chain(nacks.iter().map(|n| &n.ack_id))
+                    .cloned()
+                    .collect(),
+                ..Default::default()
+            };
+            // Parts of the batch still to write, last first: the whole
+            // batch, or the halves of a part the store refused as data.
+            let mut parts = vec![(write, attempts)];
+            let mut retry = backoff();
+            while let Some((part, attempts)) = parts.pop() {
                 let started = Instant::now();
-                match self.store.write(&write).instrument(commit.clone()).await {
+                match self.store.write(&part).instrument(commit.clone()).await {
                     Ok(written) => {
+                        retry.reset();
                         commit_seconds.record(started.elapsed());
-                        dead_letters.increment(write.dead_letters.len() as u64);
+                        dead_letters.increment(part.dead_letters.len() as u64);
                         tracing::debug!(parser = %self.name, stored = written.stored, duplicates = written.duplicates, "batch stored");
-                        break;
                     }
+                    Err(StoreError::Data(reason)) => match split(part, attempts, &reason) {
+                        Some(halves) => parts.extend(halves),
+                        None => {
+                            // Even the dead letters alone cannot be held;
+                            // the store only refuses those through a bug.
+                            tracing::error!(parser = %self.name, %reason, "dead letters cannot be stored; dropped");
+                            metrics::counter!(metrics::PARSER_UNSTORABLE, "parser" => self.name.clone())
+                                .increment(1);
+                        }
+                    },
                     Err(e) => {
-                        failures += 1;
-                        tracing::warn!(parser = %self.name, error = %e, failures, "store write failed; retrying");
-                        // Keep the deliveries ours while the store recovers.
-                        let extend = PullRequest {
-                            extend_ack_ids: acks
-                                .iter()
-                                .chain(nacks.iter().map(|n| &n.ack_id))
-                                .cloned()
-                                .collect(),
-                            ..Default::default()
-                        };
-                        let _ = requests.send(extend).await;
+                        static FAILED: Throttle = Throttle::new(DEFAULT_INTERVAL);
+                        if let Some(repeats) = FAILED.admit() {
+                            tracing::warn!(parser = %self.name, error = %e, failures = retry.failures() + 1, repeats, "store write failed; retrying");
+                        }
+                        let _ = requests.send(extend()).await;
+                        parts.push((part, attempts));
                         tokio::select! {
                             () = shutdown.cancelled() => return,
-                            () = tokio::time::sleep(backoff(failures)) => {}
+                            () = tokio::time::sleep(retry.next_wait()) => {}
                         }
                     }
                 }
@@ -290,12 +319,13 @@ impl Worker {
 
     /// Runs the records through the parser, all deliveries of the batch in
     /// one call so that a parser may work on them concurrently. Returns what
-    /// to write, the deliveries to ack and those to nack.
+    /// to write, the delivery attempt of each record to write, the
+    /// deliveries to ack and those to nack.
     async fn process(
         &self,
         writer: &str,
         deliveries: Vec<Delivery>,
-    ) -> (WriteBatch, Vec<String>, Vec<Nack>) {
+    ) -> (WriteBatch, Vec<u32>, Vec<String>, Vec<Nack>) {
         let mut write = WriteBatch {
             parser: self.name.clone(),
             writer: writer.to_owned(),
@@ -311,6 +341,7 @@ impl Worker {
             .collect();
         let mut outcomes = self.parser.process_batch(&mut records).await.into_iter();
         let mut processed = records.into_iter();
+        let mut attempts = Vec::with_capacity(write.records.capacity());
         let mut acks = Vec::with_capacity(deliveries.len());
         let mut nacks = Vec::new();
         for delivery in deliveries {
@@ -335,18 +366,21 @@ impl Worker {
                     (record, outcome)
                 };
                 match outcome {
-                    Ok(fact) => write.records.push(NewRecord {
-                        sent_at: record
-                            .sent_at
-                            .as_ref()
-                            .map_or(received_at, clock::to_micros),
-                        received_at,
-                        kind: delivery.kind,
-                        seq: record.seq,
-                        body: record.encode_to_vec(),
-                        source: record.source,
-                        fact,
-                    }),
+                    Ok(fact) => {
+                        attempts.push(delivery.attempt);
+                        write.records.push(NewRecord {
+                            sent_at: record
+                                .sent_at
+                                .as_ref()
+                                .map_or(received_at, clock::to_micros),
+                            received_at,
+                            kind: delivery.kind,
+                            seq: record.seq,
+                            body: record.encode_to_vec(),
+                            source: record.source,
+                            fact,
+                        });
+                    }
                     Err(error) if last_try => {
                         tracing::warn!(parser = %self.name, source = %record.source, seq = record.seq, %error, "dead-lettering record");
                         write.dead_letters.push(NewDeadLetter {
@@ -371,6 +405,58 @@ impl Worker {
                 None => acks.push(delivery.ack_id),
             }
         }
-        (write, acks, nacks)
+        (write, attempts, acks, nacks)
+    }
+}
+
+/// A part the store refused as data, split so the refusal can be narrowed
+/// down: in halves (the dead letters go with the first), or, for a lone
+/// record, into a dead letter carrying the store's reason. `None` when
+/// there is nothing left to narrow: only dead letters, and one of them at
+/// most.
+///
+/// A record that fails alone is found in about 2·log2(n) writes; a batch
+/// with k such records costs O(k log n) writes, and the good records are
+/// stored with the halves that hold no bad one.
+fn split(
+    mut part: WriteBatch,
+    mut attempts: Vec<u32>,
+    reason: &str,
+) -> Option<Vec<(WriteBatch, Vec<u32>)>> {
+    let empty = || WriteBatch {
+        parser: part.parser.clone(),
+        writer: part.writer.clone(),
+        ..Default::default()
+    };
+    match part.records.len() {
+        0 if part.dead_letters.len() <= 1 => None,
+        0 => {
+            let mut second = empty();
+            second.dead_letters = part.dead_letters.split_off(part.dead_letters.len() / 2);
+            Some(vec![(second, vec![]), (part, vec![])])
+        }
+        1 if part.dead_letters.is_empty() => {
+            let record = part.records.remove(0);
+            static REFUSED: Throttle = Throttle::new(DEFAULT_INTERVAL);
+            if let Some(repeats) = REFUSED.admit() {
+                tracing::warn!(parser = %part.parser, source = ?record.source, seq = record.seq, %reason, repeats, "the store cannot hold a record; dead-lettering it");
+            }
+            part.dead_letters.push(NewDeadLetter {
+                source: record.source,
+                seq: record.seq,
+                kind: record.kind,
+                body: record.body,
+                error: reason.to_owned(),
+                attempts: attempts.first().copied().unwrap_or(1),
+            });
+            Some(vec![(part, vec![])])
+        }
+        len => {
+            let mut second = empty();
+            second.records = part.records.split_off(len / 2);
+            let second_attempts = attempts.split_off(len / 2);
+            // Popped last first: the first half is written first.
+            Some(vec![(second, second_attempts), (part, attempts)])
+        }
     }
 }

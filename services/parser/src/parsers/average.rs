@@ -2,6 +2,16 @@
 //! its window. The store keeps a partial count and sum per window and per
 //! writing replica; the query API adds the partials up, so the averages are
 //! exact however many replicas share the work.
+//!
+//! # The domain, and why averages stay exact
+//!
+//! It takes numbers that fit in 32 bits ([`DOMAIN`]), which holds W0's
+//! 1..=10000 and any fleet sample, and refuses others with a reason (after
+//! the worker's attempts they are dead-lettered). A window's sum is kept
+//! exactly in 64 bits: with 32-bit numbers it cannot pass 2^63 before 2^32
+//! numbers have fallen into one window, and the store refuses a sum that
+//! would (as data, never wrapping it). The average served is that exact sum
+//! over the exact count, rounded once to the nearest double.
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -12,6 +22,9 @@ use tributary::{
 };
 
 use super::{Outcome, Parser};
+
+/// The numbers `average` takes.
+pub const DOMAIN: std::ops::RangeInclusive<i64> = i32::MIN as i64..=i32::MAX as i64;
 
 /// Options of `average`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -65,6 +78,14 @@ impl Parser for Average {
         let Some(Payload::RandomNumber(number)) = &record.payload else {
             return Err("average takes only random numbers".into());
         };
+        if !DOMAIN.contains(&number.value) {
+            return Err(format!(
+                "value {} is outside the numbers average takes, {}..={}",
+                number.value,
+                DOMAIN.start(),
+                DOMAIN.end()
+            ));
+        }
         // A number belongs to the window of its tick when it has one (the
         // generator's wall-clock slot), else to that of its send time.
         let at = if number.tick > 0 {
@@ -131,5 +152,25 @@ mod tests {
             ..Default::default()
         };
         assert!(parser.process(&mut record).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn numbers_outside_the_domain_are_refused_with_a_reason() {
+        let parser = Config { window_ms: 1000 }.build();
+        for value in [i64::MAX, i64::MIN, i64::from(i32::MAX) + 1] {
+            let mut record = Record {
+                payload: Some(Payload::RandomNumber(RandomNumber { value, tick: 0 })),
+                ..Default::default()
+            };
+            let refused = parser.process(&mut record).await.unwrap_err();
+            assert!(refused.contains("outside"), "{refused}");
+        }
+        for value in [1, 10_000, i64::from(i32::MIN), i64::from(i32::MAX)] {
+            let mut record = Record {
+                payload: Some(Payload::RandomNumber(RandomNumber { value, tick: 0 })),
+                ..Default::default()
+            };
+            assert!(parser.process(&mut record).await.is_ok());
+        }
     }
 }

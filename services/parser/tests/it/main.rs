@@ -218,3 +218,139 @@ async fn dead_letters_after_max_attempts(queue: &str) {
     running.await.unwrap();
     server.shutdown.cancel();
 }
+
+/// Derives a number from texts `n:WINDOW:VALUE`, and for the text `nul`
+/// puts a NUL in the record's source, which no store can hold: a stand-in
+/// for a record that got past the edge (queued before the edge checked,
+/// say) or a parser that produces what the store refuses.
+struct Numbers;
+
+#[async_trait]
+impl Parser for Numbers {
+    fn kinds(&self) -> Vec<RecordKind> {
+        vec![RecordKind::Text]
+    }
+
+    async fn process(&self, record: &mut Record) -> Outcome {
+        let Some(Payload::Text(t)) = &record.payload else {
+            return Ok(None);
+        };
+        if t.body == "nul" {
+            record.source.push('\0');
+            return Ok(None);
+        }
+        let Some(spec) = t.body.strip_prefix("n:") else {
+            return Ok(None);
+        };
+        let (window, value) = spec.split_once(':').ok_or("n:WINDOW:VALUE")?;
+        Ok(Some(store::Fact::Number {
+            window_start: window.parse().map_err(|_| "bad window")?,
+            window_ms: 1000,
+            value: value.parse().map_err(|_| "bad value")?,
+        }))
+    }
+}
+
+/// SQLite: records the store cannot hold (two sums past 2^63−1, a NUL in
+/// a source) are dead-lettered with the store's reason on their first
+/// delivery, and every other record, before and after them in the same
+/// group and source, is stored. A NUL sent to the edge is refused there.
+#[tokio::test]
+async fn sqlite_dead_letters_only_what_it_cannot_hold() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("s.db").display());
+    unstorable_records_are_dead_lettered_and_the_rest_stored(&url).await;
+}
+
+/// The same against PostgreSQL, which refuses the same records.
+#[tokio::test]
+async fn postgres_dead_letters_only_what_it_cannot_hold() {
+    let url = tributary::testkit::postgres_database().await;
+    unstorable_records_are_dead_lettered_and_the_rest_stored(&url).await;
+}
+
+async fn unstorable_records_are_dead_lettered_and_the_rest_stored(store_url: &str) {
+    let server = start_ingest(Limits::default()).await;
+    let store = store::open(store_url).await.unwrap();
+    let max = i64::MAX;
+    let bodies = [
+        format!("n:0:{max}"),
+        format!("n:0:{max}"),
+        "n:1000000:4".to_string(),
+        "nul".to_string(),
+        format!("n:0:{max}"),
+        "n:1000000:6".to_string(),
+        "plain".to_string(),
+    ];
+    let records: Vec<Record> = bodies
+        .iter()
+        .enumerate()
+        .map(|(seq, body)| text(seq as u64, body))
+        .collect();
+    publish(&server.url, records).await;
+    // The edge refuses a NUL in any string, with a reason.
+    let mut client = IngestClient::connect(server.url.clone()).await.unwrap();
+    let mut with_nul = text(100, "fine");
+    with_nul.attributes.insert("k".into(), "a\0b".into());
+    let refused = client
+        .publish_batch(PublishBatchRequest {
+            records: vec![with_nul, text(7, "after")],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(refused.accepted, 1);
+    assert_eq!(refused.rejections.len(), 1);
+    let rejection = &refused.rejections[0];
+    assert_eq!(rejection.code, tonic::Code::InvalidArgument as i32);
+    assert!(rejection.reason.contains("NUL"), "{}", rejection.reason);
+
+    let shutdown = CancellationToken::new();
+    let worker = Worker {
+        link: tributary::channel::Link::plain(server.url.clone()),
+        name: "numbers".into(),
+        parser: Arc::new(Numbers),
+        store: store.clone(),
+        tuning: Tuning {
+            linger: Duration::from_millis(50),
+            ..Tuning::default()
+        },
+    };
+    let running = tokio::spawn(worker.run(shutdown.clone()));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let counts = loop {
+        let counts = store.counts().await.unwrap();
+        if counts.dead_letters >= 3 && counts.parsers == vec![("numbers".to_string(), 5)] {
+            break counts;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not settled: {counts:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(counts.dead_letters, 3);
+    let dead = store.dead_letters(Some("numbers"), 10).await.unwrap();
+    let reasons: Vec<&str> = dead.iter().map(|d| d.error.as_str()).collect();
+    let count = |what: &str| reasons.iter().filter(|r| r.contains(what)).count();
+    assert_eq!((count("64-bit"), count("NUL")), (2, 1), "{reasons:?}");
+    // Refused by the store on the first delivery, not after retries.
+    assert!(dead.iter().all(|d| d.attempts == 1), "{dead:?}");
+    let averages = store
+        .averages(&store::AverageFilter {
+            parser: "numbers".into(),
+            from: i64::MIN,
+            to: i64::MAX,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let windows: Vec<(i64, u64, i64)> = averages
+        .iter()
+        .map(|a| (a.window_start, a.count, a.sum))
+        .collect();
+    assert_eq!(windows, vec![(1_000_000, 2, 10), (0, 1, max)]);
+    shutdown.cancel();
+    running.await.unwrap();
+    server.shutdown.cancel();
+}
