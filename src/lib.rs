@@ -4,12 +4,14 @@
 //! telemetry).
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod bearer;
 pub mod channel;
 pub mod clock;
 pub mod grpc;
 pub mod grpc_client;
 pub mod kind;
+pub mod limits;
 pub mod metrics;
 pub mod proto;
 pub mod queue;

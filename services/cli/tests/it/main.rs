@@ -2,6 +2,7 @@
 //! processes on ephemeral ports with its own data directory.
 
 mod alerts;
+mod auth;
 mod bad_input;
 mod cluster;
 mod compose;
@@ -9,6 +10,7 @@ mod crash;
 mod dashboard;
 mod end_to_end;
 mod fleet;
+mod limits;
 mod mesh;
 mod notebook;
 mod observability;
