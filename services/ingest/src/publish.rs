@@ -260,7 +260,7 @@ pub fn stream(service: IngestService, mut inbound: Streaming<PublishRequest>) ->
                                 batch_id: request.batch_id,
                                 ..outcome_response(shed(request.records))
                             };
-                            in_flight.push_back(Box::pin(async move { (response, 0, 0) }) as InFlight);
+                            in_flight.push_back(Box::pin(async move { (response, 0usize, 0usize) }) as InFlight);
                             continue;
                         };
                         waiting += records;

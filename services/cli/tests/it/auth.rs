@@ -304,7 +304,8 @@ async fn with_a_token_every_data_route_refuses_callers_without_it() {
     let login = format!("{base}/login");
     let wrong = no_redirects
         .post(&login)
-        .form(&[("token", "nope")])
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", "nope"))
         .send()
         .await
         .unwrap();
@@ -312,7 +313,8 @@ async fn with_a_token_every_data_route_refuses_callers_without_it() {
     assert!(wrong.headers().get("set-cookie").is_none());
     let signed_in = no_redirects
         .post(&login)
-        .form(&[("token", READ)])
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", READ))
         .send()
         .await
         .unwrap();
@@ -334,7 +336,8 @@ async fn with_a_token_every_data_route_refuses_callers_without_it() {
     // The cookie reads; it never writes, even holding the full token.
     let full_cookie = no_redirects
         .post(&login)
-        .form(&[("token", FULL)])
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("token={}", FULL))
         .send()
         .await
         .unwrap();
