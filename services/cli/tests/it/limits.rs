@@ -279,3 +279,54 @@ async fn idle_sockets_do_not_hold_up_a_tls_handshake() {
     }
     eprintln!("TLS handshake (connect + TLS + HTTP/2) with {IDLE} idle sockets held: {took:?}");
 }
+
+#[tokio::test]
+async fn a_rest_body_that_trickles_in_is_cut_off_at_the_body_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let data = tempfile::tempdir().unwrap();
+    let (_server, addr) = spawn_listening(&[
+        "ingest",
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        path(data.path()),
+        "--rest-body-timeout-secs",
+        "1",
+    ])
+    .await;
+    // Promises 1,000 bytes, sends 10, then one byte every 200 ms: never
+    // idle long enough for a per-read timeout, always too slow overall.
+    let slow = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut reader, mut writer) = slow.into_split();
+    writer
+        .write_all(
+            b"POST /v1/records HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+              content-length: 1000\r\n\r\n{\"records\"",
+        )
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let trickle = async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if writer.write_all(b" ").await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    let mut answer = vec![0u8; 512];
+    let read = reader.read(&mut answer);
+    let n = tokio::select! {
+        () = trickle => unreachable!("the trickle never ends by itself"),
+        n = tokio::time::timeout(Duration::from_secs(30), read) => {
+            n.expect("the server answers a trickling body within 30 s").unwrap()
+        }
+    };
+    let took = started.elapsed();
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 4"), "{answer}");
+    eprintln!(
+        "a trickling REST body was answered after {took:?}: {}",
+        answer.lines().next().unwrap_or("")
+    );
+}
