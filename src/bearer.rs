@@ -1,20 +1,17 @@
-//! The shared bearer token that guards the Ingest service: where it comes
-//! from, the interceptor layer servers check it in, and the one clients
+//! The shared bearer token: where it comes from, the server flags that
+//! require it (checked by [`crate::access`]), and the interceptor clients
 //! send it with.
-//!
-//! The token covers the whole Ingest service, Pull included: a Pull
-//! subscriber reads every record and its acks remove them from the queue,
-//! which is at least as sensitive as publishing. Health and reflection stay
-//! open so that load-balancer health checks and `grpcurl list` work.
 
 use std::{path::PathBuf, sync::Arc};
 
 use subtle::ConstantTimeEq;
 use tonic::{Request, Status, metadata::MetadataValue, service::Interceptor};
 
+use crate::access::AccessGuard;
+
 /// The shared token. Its `Debug` form never shows it, so it cannot leak
 /// into logs.
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct BearerToken(Arc<str>);
 
 impl std::fmt::Debug for BearerToken {
@@ -33,6 +30,8 @@ pub enum TokenError {
     },
     #[error("give the token once: --auth-token-file or TRIBUTARY_AUTH_TOKEN, not both")]
     Both,
+    #[error("a read-only token needs a full one beside it: give --auth-token-file too")]
+    ReadWithoutFull,
     #[error(
         "the bearer token {0} must be non-empty printable ASCII without spaces (it travels in an HTTP header)"
     )]
@@ -41,7 +40,7 @@ pub enum TokenError {
 
 impl BearerToken {
     /// Checks `raw` (one trailing newline, as editors leave it, is dropped).
-    fn parse(raw: &str, origin: &'static str) -> Result<Self, TokenError> {
+    pub(crate) fn parse(raw: &str, origin: &'static str) -> Result<Self, TokenError> {
         let token = raw.strip_suffix('\n').unwrap_or(raw);
         let token = token.strip_suffix('\r').unwrap_or(token);
         if token.is_empty() || !token.bytes().all(|b| b.is_ascii_graphic()) {
@@ -50,17 +49,36 @@ impl BearerToken {
         Ok(Self(token.into()))
     }
 
+    /// Reads the token in the file at `path`.
+    pub(crate) fn from_file(path: &PathBuf) -> Result<Self, TokenError> {
+        let raw = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        Self::parse(&raw, "in --auth-token-file")
+    }
+
+    /// A fresh random token (256 bits, hex), for a process's own clients.
+    pub(crate) fn random() -> Self {
+        use rand::RngExt as _;
+        let mut rng = rand::rng();
+        let hex: String = (0..4)
+            .map(|_| format!("{:016x}", rng.random::<u64>()))
+            .collect();
+        Self(hex.into())
+    }
+
+    /// The token itself, for tests that must present it.
+    #[cfg(test)]
+    pub(crate) fn expose(&self) -> &str {
+        &self.0
+    }
+
     /// Reads the token from `file` or takes `value`; `None` when neither.
     fn load(file: Option<&PathBuf>, value: Option<&String>) -> Result<Option<Self>, TokenError> {
         match (file, value) {
             (Some(_), Some(_)) => Err(TokenError::Both),
-            (Some(path), None) => {
-                let raw = std::fs::read_to_string(path).map_err(|source| TokenError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                Self::parse(&raw, "in --auth-token-file").map(Some)
-            }
+            (Some(path), None) => Self::from_file(path).map(Some),
             (None, Some(value)) => Self::parse(value, "in TRIBUTARY_AUTH_TOKEN").map(Some),
             (None, None) => Ok(None),
         }
@@ -69,7 +87,7 @@ impl BearerToken {
     /// Compares in time that does not depend on where the two differ, so
     /// that response times do not reveal the token byte by byte. (A length
     /// difference shows; the length is not the secret.)
-    fn matches(&self, presented: &[u8]) -> bool {
+    pub(crate) fn matches(&self, presented: &[u8]) -> bool {
         self.0.as_bytes().ct_eq(presented).into()
     }
 }
@@ -77,10 +95,14 @@ impl BearerToken {
 /// Bearer-token flags of a server.
 #[derive(Debug, Clone, Default, clap::Args)]
 pub struct RequireTokenArgs {
-    /// File holding the shared bearer token that Ingest callers (producers
-    /// and parser workers) must send as `authorization: Bearer <token>`;
-    /// calls without it get UNAUTHENTICATED. Health and reflection stay
-    /// open. Without a token, Ingest is open to anyone who can connect.
+    /// File holding the full bearer token that callers must send as
+    /// `authorization: Bearer <token>` to reach any data: Ingest, Query
+    /// (gRPC and REST), Coordinator, Fleet status and the dashboard's
+    /// stream (browsers sign in at /login). Calls without it get
+    /// UNAUTHENTICATED (HTTP 401). Health, reflection and /metrics stay
+    /// open. The file is re-read every second and on SIGHUP, so a rotation
+    /// needs no restart. Without a token, everything is open to anyone who
+    /// can connect.
     #[arg(long, env = "TRIBUTARY_AUTH_TOKEN_FILE")]
     pub auth_token_file: Option<PathBuf>,
     /// The token itself, instead of --auth-token-file. Prefer the file or
@@ -88,12 +110,27 @@ pub struct RequireTokenArgs {
     /// process listings.
     #[arg(long, env = "TRIBUTARY_AUTH_TOKEN", hide_env_values = true)]
     pub auth_token: Option<String>,
+    /// File holding a read-only token, beside the full one: it may call
+    /// Query, Fleet status and the dashboard, but not Ingest or the
+    /// Coordinator (PERMISSION_DENIED, HTTP 403). Re-read like the full one.
+    #[arg(long, env = "TRIBUTARY_AUTH_READ_TOKEN_FILE")]
+    pub auth_read_token_file: Option<PathBuf>,
+    /// The read-only token itself, instead of --auth-read-token-file.
+    #[arg(long, env = "TRIBUTARY_AUTH_READ_TOKEN", hide_env_values = true)]
+    pub auth_read_token: Option<String>,
 }
 
 impl RequireTokenArgs {
-    /// The token to require, if any.
-    pub fn load(&self) -> Result<Option<BearerToken>, TokenError> {
-        BearerToken::load(self.auth_token_file.as_ref(), self.auth_token.as_ref())
+    /// The tokens to require, read now; an open guard when none is given.
+    /// Call [`AccessGuard::watch`] to follow rotations of the files.
+    pub fn guard(&self) -> Result<AccessGuard, TokenError> {
+        AccessGuard::from_sources(
+            (self.auth_token_file.as_ref(), self.auth_token.as_ref()),
+            (
+                self.auth_read_token_file.as_ref(),
+                self.auth_read_token.as_ref(),
+            ),
+        )
     }
 }
 
@@ -115,56 +152,6 @@ impl SendTokenArgs {
     /// The token to send, if any.
     pub fn load(&self) -> Result<Option<BearerToken>, TokenError> {
         BearerToken::load(self.auth_token_file.as_ref(), self.auth_token.as_ref())
-    }
-}
-
-/// Server side: refuses calls without the right token, when one is set.
-/// As an interceptor it is a tower layer (`tonic::service::InterceptorLayer`)
-/// that keeps the wrapped service's name, so it guards exactly the service
-/// it wraps, wherever that service is hosted.
-#[derive(Debug, Clone)]
-pub struct RequireBearer {
-    token: Option<BearerToken>,
-}
-
-impl RequireBearer {
-    /// Requires `token`; `None` lets every call through.
-    pub fn new(token: Option<BearerToken>) -> Self {
-        Self { token }
-    }
-}
-
-impl RequireBearer {
-    /// Checks the `authorization` entry of `metadata`. The REST face calls
-    /// this too: its transcoder invokes the handlers directly, so the
-    /// interceptor around the gRPC service never sees REST requests.
-    pub fn check(&self, metadata: &tonic::metadata::MetadataMap) -> Result<(), Status> {
-        let Some(token) = &self.token else {
-            return Ok(());
-        };
-        let Some(header) = metadata.get("authorization") else {
-            tracing::debug!("call without a bearer token refused");
-            return Err(Status::unauthenticated(
-                "this server requires a bearer token: send `authorization: Bearer <token>`",
-            ));
-        };
-        // The scheme is case-insensitive (RFC 9110); the token is not.
-        let presented = header.as_bytes();
-        let ok = presented.len() > 7
-            && presented[..7].eq_ignore_ascii_case(b"bearer ")
-            && token.matches(&presented[7..]);
-        if !ok {
-            tracing::debug!("call with a wrong bearer token refused");
-            return Err(Status::unauthenticated("the bearer token is not valid"));
-        }
-        Ok(())
-    }
-}
-
-impl Interceptor for RequireBearer {
-    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        self.check(request.metadata())?;
-        Ok(request)
     }
 }
 
@@ -204,50 +191,11 @@ impl Interceptor for AttachBearer {
 mod tests {
     use super::*;
 
-    fn check(token: Option<&str>, header: Option<&str>) -> Result<(), tonic::Code> {
-        let token = token.map(|t| BearerToken::parse(t, "test").unwrap());
-        let mut request = Request::new(());
-        if let Some(header) = header {
-            request
-                .metadata_mut()
-                .insert("authorization", header.parse().unwrap());
-        }
-        RequireBearer::new(token)
-            .call(request)
-            .map(drop)
-            .map_err(|s| s.code())
-    }
-
-    #[test]
-    fn the_right_token_passes_and_any_other_is_unauthenticated() {
-        let unauthenticated = Err(tonic::Code::Unauthenticated);
-        assert_eq!(check(Some("s3cret"), Some("Bearer s3cret")), Ok(()));
-        assert_eq!(check(Some("s3cret"), Some("bearer s3cret")), Ok(()));
-        assert_eq!(check(Some("s3cret"), Some("Bearer s3cre")), unauthenticated);
-        assert_eq!(
-            check(Some("s3cret"), Some("Bearer s3cretX")),
-            unauthenticated
-        );
-        assert_eq!(check(Some("s3cret"), Some("Basic s3cret")), unauthenticated);
-        assert_eq!(check(Some("s3cret"), Some("s3cret")), unauthenticated);
-        assert_eq!(check(Some("s3cret"), None), unauthenticated);
-        assert_eq!(check(None, None), Ok(()));
-    }
-
-    #[test]
-    fn what_a_client_attaches_is_what_the_server_accepts() {
-        let token = BearerToken::parse("tok-123\n", "test").unwrap();
-        let request = AttachBearer::new(Some(token.clone()))
-            .call(Request::new(()))
-            .unwrap();
-        assert!(RequireBearer::new(Some(token)).call(request).is_ok());
-    }
-
     #[test]
     fn a_token_never_shows_in_debug_output() {
         let token = BearerToken::parse("hunter2", "test").unwrap();
         assert!(!format!("{token:?}").contains("hunter2"));
-        assert!(!format!("{:?}", RequireBearer::new(Some(token))).contains("hunter2"));
+        assert!(!format!("{:?}", AttachBearer::new(Some(token))).contains("hunter2"));
     }
 
     #[test]

@@ -15,7 +15,12 @@ use tonic::{
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 
-use crate::{proto::FILE_DESCRIPTOR_SET, tls::ServerTls};
+use crate::{
+    access::{AccessGuard, AccessLayer},
+    limits::ServerLimits,
+    proto::FILE_DESCRIPTOR_SET,
+    tls::ServerTls,
+};
 
 /// How long a server waits for open streams to finish after shutdown starts.
 pub const GRACE: Duration = Duration::from_secs(10);
@@ -100,17 +105,50 @@ pub fn service_name<S: NamedService>() -> &'static str {
 
 /// Serves `routes` on `listener` (over TLS when `tls` is given) until
 /// `shutdown` is cancelled, then lets open streams finish for up to
-/// [`GRACE`].
+/// [`GRACE`]. Every route is open, and the default [`ServerLimits`] apply.
 pub async fn serve(
     listener: TcpListener,
     routes: Routes,
     tls: Option<ServerTls>,
     shutdown: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
+    let options = Serving {
+        tls,
+        ..Serving::default()
+    };
+    serve_with(listener, routes, options, shutdown).await
+}
+
+/// How a server serves its listener: TLS, who may call what, and the
+/// server-wide limits.
+#[derive(Debug, Clone, Default)]
+pub struct Serving {
+    pub tls: Option<ServerTls>,
+    pub access: AccessGuard,
+    pub limits: ServerLimits,
+}
+
+/// [`serve`], with the tokens of `options.access` required on every data
+/// route (re-read as their files change) and `options.limits` applied.
+pub async fn serve_with(
+    listener: TcpListener,
+    routes: Routes,
+    options: Serving,
+    shutdown: CancellationToken,
+) -> Result<(), tonic::transport::Error> {
+    let Serving {
+        tls,
+        access,
+        limits,
+    } = options;
+    access.watch(shutdown.clone());
     let router = Server::builder()
         // Outermost, so the open-call gauge counts every call, whatever a
         // layer inside does with it.
         .layer(crate::metrics::OpenStreamsLayer)
+        // Refusals first: a caller without a token costs no call slot.
+        .layer(AccessLayer::new(access))
+        .layer(limits.layer())
         // Before the status rewrite, so the call's span covers the handler
         // and everything it spawns in the span.
         .layer(crate::trace_context::ServerSpanLayer)
@@ -119,6 +157,7 @@ pub async fn serve(
         // rewrite is a layer so that every service gets it, unary included.
         .layer(tower::util::MapResponseLayer::new(too_large_is_exhausted))
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .max_concurrent_streams(limits.max_streams_per_connection)
         // HTTP/1.1 for the REST face, browsers and Prometheus scrapes
         // (`GET /metrics`), on the same port as gRPC.
         .accept_http1(true)

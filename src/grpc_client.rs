@@ -50,6 +50,12 @@ pub fn connect_lazy(endpoint: &Endpoint) -> TracedChannel {
     traced(endpoint.connect_lazy())
 }
 
+/// Connects on first use (and again after a failure); calls carry
+/// `bearer`'s token.
+pub fn connect_lazy_with_bearer(endpoint: &Endpoint, bearer: AttachBearer) -> TracedChannel {
+    InterceptedService::new(endpoint.connect_lazy(), Outgoing { bearer })
+}
+
 /// Wraps an existing channel; calls carry no token.
 pub fn traced(channel: Channel) -> TracedChannel {
     InterceptedService::new(

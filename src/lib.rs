@@ -4,6 +4,7 @@
 //! telemetry).
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod backoff;
 pub mod bearer;
 pub mod channel;
@@ -11,6 +12,7 @@ pub mod clock;
 pub mod grpc;
 pub mod grpc_client;
 pub mod kind;
+pub mod limits;
 pub mod log_throttle;
 pub mod metrics;
 pub mod proto;

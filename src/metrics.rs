@@ -168,6 +168,14 @@ fn describe() {
         FLEET_RESTARTS,
         "Worker processes restarted by the fleet supervisor."
     );
+    describe_counter!(
+        crate::access::AUTH_REFUSED,
+        "Requests refused for a missing, wrong or read-only token, by reason."
+    );
+    describe_counter!(
+        crate::limits::SHED,
+        "Calls and records shed at a server-wide limit, by limit."
+    );
 }
 
 /// The Prometheus text exposition of every metric of this process.

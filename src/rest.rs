@@ -24,7 +24,6 @@ use axum::{
 };
 use rest_over_grpc::{serving::RestService, transcoding::TranscodeResponse};
 
-use crate::bearer::RequireBearer;
 use crate::proto::{
     self, __rest_over_grpc_bridge_Fleet::FleetRestBridge,
     __rest_over_grpc_bridge_Ingest::IngestRestBridge,
@@ -32,11 +31,12 @@ use crate::proto::{
 };
 pub use rest_over_grpc::transcoding::Transcode;
 
-/// The read-only services (Query, Fleet) are open on REST as on gRPC; only
-/// Ingest takes a bearer token, checked by [`ingest`]'s guard.
+/// Tokens are checked for every route of a listener, REST included, by
+/// [`crate::access::AccessLayer`] before a request reaches a transcoder.
 type Guard = fn(&tonic::metadata::MetadataMap) -> Result<(), tonic::Status>;
 type QueryBridge<S> = QueryRestBridge<S, Guard>;
 type FleetBridge<S> = FleetRestBridge<S, Guard>;
+type IngestBridge<S> = IngestRestBridge<S, Guard>;
 
 /// The generated transcoder of each annotated service. Each service has its
 /// own, so that a server offers exactly the routes of the services it hosts.
@@ -206,17 +206,13 @@ where
     ))
 }
 
-/// The REST transcoder of a tonic `Ingest` implementation. `bearer` guards
-/// it as the interceptor guards the gRPC service: the transcoder calls the
-/// handlers directly, so without the guard a token-protected server would
-/// take `POST /v1/records` from anyone.
-pub fn ingest<S>(service: S, bearer: RequireBearer) -> impl Transcode + Clone + Send + 'static
+/// The REST transcoder of a tonic `Ingest` implementation.
+pub fn ingest<S>(service: S) -> Arc<transcoders::ingest::Transcoder<IngestBridge<S>>>
 where
     S: proto::ingest_server::Ingest,
 {
-    let guard = move |metadata: &tonic::metadata::MetadataMap| bearer.check(metadata);
     Arc::new(transcoders::ingest::Transcoder::new(
-        IngestRestBridge::with_guard(service, guard),
+        IngestBridge::externally_authenticated(service),
     ))
 }
 

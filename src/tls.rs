@@ -4,9 +4,10 @@
 //! tonic's own `Server::tls_config` offers only ALPN `h2`. Our listeners
 //! also answer HTTP/1.1 (REST and `/metrics` share the port), and a client
 //! that offers only `http/1.1` would be refused at the handshake, so the
-//! acceptor here is tokio-rustls with both protocols. Handshakes run
-//! concurrently and under a deadline, so one slow client cannot hold up
-//! the accept loop.
+//! acceptor here is tokio-rustls with both protocols. Each handshake runs
+//! in its own task under a deadline, so idle or slow clients cannot hold up
+//! the accept loop or the handshakes of others: the loop only accepts and
+//! hands off.
 
 use std::{
     io,
@@ -15,8 +16,11 @@ use std::{
     time::Duration,
 };
 
-use futures::{Stream, StreamExt};
-use tokio::net::{TcpListener, TcpStream};
+use futures::Stream;
+use tokio::{
+    net::{TcpListener, TcpStream},
+    sync::{Semaphore, mpsc},
+};
 use tokio_rustls::{
     TlsAcceptor,
     rustls::{
@@ -26,14 +30,22 @@ use tokio_rustls::{
     },
     server::TlsStream,
 };
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio_stream::wrappers::ReceiverStream;
 
-/// How long a client may take to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take to finish its TLS handshake: generous for a
+/// real client on a slow link (a handshake is two round trips), short
+/// enough that a crowd of idle sockets is soon let go.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Handshakes in progress at once; past this, new connections wait in the
-/// kernel's accept queue.
-const MAX_HANDSHAKES: usize = 256;
+/// Handshakes in progress at once. An idle socket costs a task and a few
+/// kilobytes until its deadline, so the cap is far above what a busy server
+/// sees; it exists so that a flood of sockets costs bounded memory. Past
+/// it, new connections wait in the kernel's accept queue.
+const MAX_HANDSHAKES: usize = 10_000;
+
+/// How long the accept loop rests after the kernel refused an accept (out
+/// of file descriptors, say), instead of spinning on the error.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
 /// A TLS setting that cannot be used, with the flag or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -143,40 +155,74 @@ impl ServerTls {
         listener: TcpListener,
     ) -> impl Stream<Item = io::Result<TlsStream<TcpStream>>> + Send + 'static {
         let acceptor = self.acceptor.clone();
-        TcpListenerStream::new(listener)
-            .filter_map(|tcp| async move {
-                match tcp {
-                    Ok(tcp) => Some(tcp),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "accepting a connection failed");
-                        None
-                    }
+        // Finished handshakes wait here for the server to take them.
+        let (done, ready) = mpsc::channel(64);
+        tokio::spawn(accept_loop(listener, acceptor, done));
+        ReceiverStream::new(ready)
+    }
+}
+
+/// Accepts connections and starts a handshake task for each, until the
+/// server drops the receiving end.
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    done: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
+) {
+    let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    loop {
+        let permit = tokio::select! {
+            () = done.closed() => return,
+            permit = slots.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+        };
+        let tcp = tokio::select! {
+            () = done.closed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, _)) => tcp,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accepting a connection failed");
+                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    continue;
                 }
-            })
-            .map(move |tcp| {
-                let acceptor = acceptor.clone();
-                async move {
-                    let peer = tcp.peer_addr().ok();
-                    // Small acks and deliveries must not wait for delayed
-                    // ACKs, with or without TLS.
-                    tcp.set_nodelay(true)?;
-                    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                        Ok(Ok(stream)) => Ok(stream),
-                        Ok(Err(e)) => {
-                            tracing::debug!(?peer, error = %e, "TLS handshake failed");
-                            Err(e)
-                        }
-                        Err(_) => {
-                            tracing::debug!(?peer, "TLS handshake timed out");
-                            Err(io::ErrorKind::TimedOut.into())
-                        }
-                    }
-                }
-            })
-            .buffer_unordered(MAX_HANDSHAKES)
+            },
+        };
+        let acceptor = acceptor.clone();
+        let done = done.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
             // tonic ends the whole server on an accept error it does not
             // know, so a failed handshake must never reach it.
-            .filter_map(|handshake: io::Result<_>| async move { handshake.ok().map(Ok) })
+            if let Some(stream) = handshake(&acceptor, tcp).await {
+                let _ = done.send(Ok(stream)).await;
+            }
+        });
+    }
+}
+
+/// One handshake under [`HANDSHAKE_TIMEOUT`]. Failures (a plaintext client,
+/// an untrusted client certificate, a timeout) are the client's problem:
+/// logged at debug and dropped.
+async fn handshake(acceptor: &TlsAcceptor, tcp: TcpStream) -> Option<TlsStream<TcpStream>> {
+    let peer = tcp.peer_addr().ok();
+    // Small acks and deliveries must not wait for delayed ACKs, with or
+    // without TLS.
+    if let Err(e) = tcp.set_nodelay(true) {
+        tracing::debug!(?peer, error = %e, "a connection closed before its handshake");
+        return None;
+    }
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+        Ok(Ok(stream)) => Some(stream),
+        Ok(Err(e)) => {
+            tracing::debug!(?peer, error = %e, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(?peer, "TLS handshake timed out");
+            None
+        }
     }
 }
 

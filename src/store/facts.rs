@@ -450,7 +450,14 @@ pub async fn text_with_nul_is_refused_as_data_by_both(store: &dyn Store) {
         }],
     };
     store.write(&dead).await.unwrap();
-    let dead = store.dead_letters(Some("raw"), 10).await.unwrap();
+    let dead = store
+        .dead_letters(&DeadLetterFilter {
+            parser: Some("raw".into()),
+            after_id: 0,
+            limit: 10,
+        })
+        .await
+        .unwrap();
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, vec![0]);
 }

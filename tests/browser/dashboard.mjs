@@ -3,6 +3,7 @@
 //
 //   node tests/browser/dashboard.mjs check URL SCREENSHOT
 //   node tests/browser/dashboard.mjs reconnect URL SCREENSHOT
+//   TRIBUTARY_DASHBOARD_TOKEN=… node tests/browser/dashboard.mjs login URL SCREENSHOT
 //
 // `check` loads the page and checks, in order: it goes live; the highest
 // probe number increases within 3 s; the average transit is a number; the
@@ -15,6 +16,12 @@
 // "stopped" line; it then waits for the page to say "reconnecting", prints
 // {"event":"reconnecting"} and waits for "restarted"; then the page must go
 // live again by itself, with its numbers moving, without any navigation.
+//
+// `login` is for a server that requires a token: the page must say
+// "signed-out" and offer a sign-in button; a wrong token is refused on the
+// sign-in page; the right one (from TRIBUTARY_DASHBOARD_TOKEN) brings the
+// page back live, with its numbers moving, and the cookie it is kept in is
+// out of reach of scripts (HttpOnly).
 //
 // Progress goes to stderr. The last stdout line is one JSON object with the
 // figures; on a failed check the script prints the reason to stderr and
@@ -40,8 +47,8 @@ const CHROMIUM_ARGS = [
 ];
 
 const [mode, url, screenshot] = process.argv.slice(2);
-if (!["check", "reconnect"].includes(mode) || !url || !screenshot) {
-  console.error("usage: node dashboard.mjs check|reconnect URL SCREENSHOT");
+if (!["check", "reconnect", "login"].includes(mode) || !url || !screenshot) {
+  console.error("usage: node dashboard.mjs check|reconnect|login URL SCREENSHOT");
   process.exit(2);
 }
 if (!existsSync(CHROMIUM)) {
@@ -150,12 +157,36 @@ async function main() {
     });
 
     log(`loading ${url}`);
+    if (mode === "login") allowNetworkErrors = true;
     const response = await page.goto(url, { waitUntil: "load" });
     if (!response || response.status() !== 200) fail(`GET ${url} answered ${response?.status()}`);
+    if (mode === "login") {
+      const token = process.env.TRIBUTARY_DASHBOARD_TOKEN;
+      if (!token) fail("TRIBUTARY_DASHBOARD_TOKEN is not set");
+      await waitFor("the page never said signed-out", 15_000, async () => (await statusOf(page)) === "signed-out");
+      result.signed_out = true;
+      if (!(await page.isVisible("#sign-in"))) fail("the sign-in button is not shown");
+      await Promise.all([page.waitForURL("**/login"), page.click("#sign-in")]);
+      await page.fill("#token", `${token}-wrong`);
+      const [refused] = await Promise.all([page.waitForNavigation(), page.click("#sign-in")]);
+      result.wrong_token_status = refused?.status() ?? null;
+      if (result.wrong_token_status !== 401) fail(`a wrong token answered ${result.wrong_token_status}`);
+      if (!(await page.isVisible("[role=alert]"))) fail("a wrong token is not explained on the page");
+      await page.fill("#token", token);
+      await Promise.all([page.waitForURL((u) => new URL(u).pathname === "/"), page.click("#sign-in")]);
+      log("signed in");
+    }
     await waitFor("the page never said live", 15_000, async () => (await statusOf(page)) === "live");
+    allowNetworkErrors = false;
     log("live");
 
-    if (mode === "check") {
+    if (mode === "login") {
+      const first = await waitFor("no highest probe number shown", 10_000, () => valueOf(page, "probe-highest"));
+      const [highest] = await increases("the highest probe number", 5_000, first, () => valueOf(page, "probe-highest"));
+      Object.assign(result, { probe_first: first, probe_later: highest });
+      result.cookie_visible_to_scripts = await page.evaluate(() => document.cookie.includes("tributary_token"));
+      result.sign_in_hidden = !(await page.isVisible("#sign-in"));
+    } else if (mode === "check") {
       const first = await waitFor("no highest probe number shown", 10_000, () => valueOf(page, "probe-highest"));
       const [highest, ms] = await increases("the highest probe number", 3_000, first, () => valueOf(page, "probe-highest"));
       Object.assign(result, { probe_first: first, probe_later: highest, probe_increase_ms: ms });

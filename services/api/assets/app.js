@@ -163,6 +163,34 @@
   let source = null;
   let lastEventAt = 0;
   let openedAt = 0;
+  // The server wants a token this browser has not signed in with. An
+  // EventSource cannot see why it failed, so a plain request asks.
+  let signedOut = false;
+  let checking = false;
+
+  function notLive() {
+    setStatus(signedOut ? "signed-out" : "reconnecting");
+  }
+
+  async function checkSignIn() {
+    if (checking) return;
+    checking = true;
+    try {
+      const response = await fetch("/v1/stats", { headers: { accept: "application/json" } });
+      signedOut = response.status === 401 || response.status === 403;
+    } catch (e) {
+      // The server is down, not refusing: plain reconnecting.
+      signedOut = false;
+    } finally {
+      checking = false;
+    }
+    $("sign-in").hidden = !signedOut;
+    if (signedOut) setStatus("signed-out");
+  }
+
+  $("sign-in").addEventListener("click", () => {
+    window.location.assign("/login");
+  });
 
   function open() {
     if (source !== null) {
@@ -179,12 +207,15 @@
         return;
       }
       lastEventAt = Date.now();
+      signedOut = false;
+      $("sign-in").hidden = true;
       setStatus("live");
       render(update);
       document.dispatchEvent(new CustomEvent("tributary:update", { detail: update }));
     };
     source.onerror = () => {
-      setStatus("reconnecting");
+      notLive();
+      checkSignIn();
     };
   }
 
@@ -192,10 +223,10 @@
     const now = Date.now();
     const quiet = now - Math.max(lastEventAt, openedAt);
     if (source.readyState === EventSource.CLOSED && now - openedAt >= REOPEN_MS) {
-      setStatus("reconnecting");
+      notLive();
       open();
     } else if (quiet > SILENCE_MS) {
-      setStatus("reconnecting");
+      notLive();
       open();
     }
   }

@@ -3,7 +3,11 @@
 
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::{
+    service::interceptor::InterceptedService,
+    transport::{Channel, Endpoint},
+};
+use tributary::bearer::{AttachBearer, BearerToken, SendTokenArgs};
 use tributary::proto::{
     FleetReport, FleetReportState, GetFleetStatusRequest, fleet_client::FleetClient,
 };
@@ -22,22 +26,43 @@ pub struct FleetArgs {
     /// the dashboard says that no fleet is reporting.
     #[arg(long, env = "TRIBUTARY_FLEET_STATUS", value_name = "URL")]
     pub fleet_status: Option<String>,
+    /// File holding the token to send to --fleet-status, when the fleet's
+    /// status server requires one (`fleet collect --status-token-file`).
+    #[arg(
+        long,
+        env = "TRIBUTARY_FLEET_STATUS_TOKEN_FILE",
+        requires = "fleet_status"
+    )]
+    pub fleet_status_token_file: Option<std::path::PathBuf>,
 }
 
 impl FleetArgs {
     /// The fleet source the flag names; a malformed address is refused here,
     /// before anything binds.
     pub fn source(&self) -> Result<FleetSource, BadFleetUrl> {
-        self.fleet_status
-            .as_deref()
-            .map_or_else(|| Ok(FleetSource::none()), FleetSource::at)
+        let token = SendTokenArgs {
+            auth_token_file: self.fleet_status_token_file.clone(),
+            auth_token: None,
+        }
+        .load()
+        .map_err(|e| BadFleetUrl {
+            url: self.fleet_status.clone().unwrap_or_default(),
+            reason: e.to_string(),
+        })?;
+        self.fleet_status.as_deref().map_or_else(
+            || Ok(FleetSource::none()),
+            |url| FleetSource::with_token(url, token),
+        )
     }
 }
 
 /// Where the fleet's status comes from, if anywhere.
 #[derive(Clone, Debug, Default)]
 pub struct FleetSource {
-    client: Option<(String, FleetClient<Channel>)>,
+    client: Option<(
+        String,
+        FleetClient<InterceptedService<Channel, AttachBearer>>,
+    )>,
 }
 
 /// A `--fleet-status` value that is not a usable address.
@@ -58,6 +83,11 @@ impl FleetSource {
     /// connected yet: the fleet may start after the query API, and come and
     /// go between runs. Call inside a Tokio runtime.
     pub fn at(url: &str) -> Result<Self, BadFleetUrl> {
+        Self::with_token(url, None)
+    }
+
+    /// [`FleetSource::at`], sending `token` with every poll.
+    pub fn with_token(url: &str, token: Option<BearerToken>) -> Result<Self, BadFleetUrl> {
         let bad = |reason: &str| BadFleetUrl {
             url: url.to_owned(),
             reason: reason.to_owned(),
@@ -69,7 +99,8 @@ impl FleetSource {
             .map_err(|e| bad(&e.to_string()))?
             .connect_timeout(POLL_TIMEOUT)
             .timeout(POLL_TIMEOUT);
-        let client = FleetClient::new(endpoint.connect_lazy());
+        let client =
+            FleetClient::with_interceptor(endpoint.connect_lazy(), AttachBearer::new(token));
         Ok(Self {
             client: Some((url.to_owned(), client)),
         })

@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tributary::{
+    access::AccessGuard,
     grpc,
     proto::query_server::QueryServer,
     rest::Transcode,
@@ -49,6 +50,10 @@ pub struct Config {
     pub tls: tributary::tls::ServerTlsArgs,
     #[command(flatten)]
     pub fleet: FleetArgs,
+    #[command(flatten)]
+    pub auth: tributary::bearer::RequireTokenArgs,
+    #[command(flatten)]
+    pub server: tributary::limits::ServerLimits,
 }
 
 /// A built query API: store open, port bound.
@@ -58,6 +63,8 @@ pub struct App {
     fleet: FleetSource,
     advertise: Vec<String>,
     tls: Option<tributary::tls::ServerTls>,
+    access: AccessGuard,
+    server: tributary::limits::ServerLimits,
 }
 
 impl App {
@@ -71,7 +78,9 @@ impl App {
                 defined.join(", ")
             );
         }
+        config.server.validate().map_err(anyhow::Error::msg)?;
         let tls = config.tls.load()?;
+        let access = config.auth.guard()?;
         let fleet = config.fleet.source()?;
         let store = store::open(&config.store)
             .await
@@ -85,6 +94,8 @@ impl App {
             fleet,
             advertise: config.advertise,
             tls,
+            access,
+            server: config.server,
         })
     }
 
@@ -98,7 +109,11 @@ impl App {
         // gRPC and REST answer through the one service, so the dashboard's
         // stream reports the same fleet on both.
         let query = QueryService::new(self.store.clone(), shutdown.clone()).with_fleet(self.fleet);
-        let mut routes = RoutesBuilder::from(http_routes(rest::transcoder(query.clone())));
+        let mut routes = RoutesBuilder::from(http_routes(
+            rest::transcoder(query.clone()),
+            &self.access,
+            self.tls.is_some(),
+        ));
         routes.add_service(QueryServer::new(query));
         grpc::add_standard_services_advertising(
             &mut routes,
@@ -106,7 +121,12 @@ impl App {
             &self.advertise,
         )
         .await;
-        let served = grpc::serve(self.listener, routes.routes(), self.tls, shutdown).await;
+        let serving = grpc::Serving {
+            tls: self.tls,
+            access: self.access,
+            limits: self.server,
+        };
+        let served = grpc::serve_with(self.listener, routes.routes(), serving, shutdown).await;
         self.store.close().await;
         Ok(served?)
     }
@@ -120,11 +140,15 @@ pub fn service(store: Arc<dyn Store>, shutdown: CancellationToken) -> QueryServe
 /// Everything the api serves over plain HTTP beside gRPC, on the same port:
 /// the REST face of `rest` (Query's routes; `tributary up` adds Ingest's),
 /// the OpenAPI document, and the dashboard page at `/` with its assets under
-/// [`ASSETS_PREFIX`]. Both the stand-alone api and `tributary up` serve
-/// exactly this, so a page or route added here appears in both.
-pub fn http_routes<T>(rest: T) -> axum::Router
+/// [`ASSETS_PREFIX`], and the sign-in page that lets a browser with the
+/// token (`access`) read the dashboard's stream (`secure`: on a TLS
+/// listener). Both the stand-alone api and `tributary up` serve exactly
+/// this, so a page or route added here appears in both.
+pub fn http_routes<T>(rest: T, access: &AccessGuard, secure: bool) -> axum::Router
 where
     T: Transcode + Clone + Send + 'static,
 {
-    tributary::rest::router(rest).merge(page::routes())
+    tributary::rest::router(rest)
+        .merge(page::routes())
+        .merge(tributary::access::login_routes(access.clone(), secure))
 }

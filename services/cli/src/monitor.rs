@@ -37,6 +37,10 @@ pub struct Config {
     pub parser: String,
     #[command(flatten)]
     pub tls: ClientTlsArgs,
+    /// The token to read with, for servers that require one (the full or
+    /// the read-only token).
+    #[command(flatten)]
+    pub auth: tributary::bearer::SendTokenArgs,
 }
 
 /// One reading as a line of text.
@@ -64,10 +68,14 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         config.every >= Duration::from_millis(10),
         "--every must be at least 10ms"
     );
-    let channel = grpc_client::connect_lazy(
-        &Link::new(config.connect.clone(), config.tls.load()?, None)
-            .endpoint()
-            .context("--connect")?,
+    let link = Link::new(
+        config.connect.clone(),
+        config.tls.load()?,
+        config.auth.load()?,
+    );
+    let channel = grpc_client::connect_lazy_with_bearer(
+        &link.endpoint().context("--connect")?,
+        link.bearer(),
     );
     let mut client = QueryClient::new(channel);
     let terminal = std::io::stdout().is_terminal();

@@ -10,6 +10,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
 use tributary::{
+    access::AccessGuard,
     bearer::{BearerToken, RequireTokenArgs},
     channel::{ClientTls, Link},
     clock::SystemClock,
@@ -79,6 +80,8 @@ pub struct Config {
     #[command(flatten)]
     pub auth: RequireTokenArgs,
     #[command(flatten)]
+    pub server: tributary::limits::ServerLimits,
+    #[command(flatten)]
     pub fleet: tributary_api::FleetArgs,
 }
 
@@ -92,6 +95,9 @@ pub struct App {
     store: Arc<dyn Store>,
     parsers: Vec<ParserSpec>,
     tls: Option<ServerTls>,
+    access: AccessGuard,
+    /// The token this process's own parsers and producers present: an
+    /// internal one, so that rotating the token file cannot lock them out.
     token: Option<BearerToken>,
     /// How this process's own parsers and producers reach its listener.
     own_tls: Option<ClientTls>,
@@ -103,6 +109,7 @@ impl App {
     /// Checks the whole configuration, then opens the data files and binds.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.limits.validate()?;
+        config.server.validate().map_err(anyhow::Error::msg)?;
         config.tuning.tuning()?;
         config.workloads.validate()?;
         let fleet = config.fleet.source()?;
@@ -114,7 +121,7 @@ impl App {
             .map(|spec| ParserSpec::from_spec(spec).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let tls = config.tls.load()?;
-        let token = config.auth.load()?;
+        let (access, token) = config.auth.guard()?.with_internal_token();
         let own_tls = match &tls {
             Some(_) => Some(own_client_tls(&config)?),
             None => None,
@@ -140,6 +147,7 @@ impl App {
             store,
             parsers,
             tls,
+            access,
             token,
             own_tls,
             fleet,
@@ -160,22 +168,23 @@ impl App {
         // dashboard's stream reports the same fleet on both.
         let query =
             QueryService::new(self.store.clone(), shutdown.clone()).with_fleet(self.fleet.clone());
-        let rest = tributary::rest::Either(
-            tributary_api::rest::transcoder(query.clone()),
-            tributary_ingest::rest(
-                self.queue.clone(),
-                self.config.limits.clone(),
-                self.token.clone(),
-                shutdown.clone(),
-            ),
-        );
-        let mut routes = RoutesBuilder::from(tributary_api::http_routes(rest));
-        routes.add_service(tributary_ingest::service(
+        // One Ingest service answers gRPC and REST, so both draw on one
+        // memory budget.
+        let ingest = IngestService::new(
             self.queue.clone(),
             self.config.limits.clone(),
-            self.token.clone(),
             shutdown.clone(),
+        );
+        let rest = tributary::rest::Either(
+            tributary_api::rest::transcoder(query.clone()),
+            tributary_ingest::rest(ingest.clone()),
+        );
+        let mut routes = RoutesBuilder::from(tributary_api::http_routes(
+            rest,
+            &self.access,
+            self.tls.is_some(),
         ));
+        routes.add_service(tributary_ingest::service(ingest));
         routes.add_service(QueryServer::new(query));
         routes.add_service(tributary_coordinator::service(
             Arc::new(SystemClock),
@@ -195,10 +204,15 @@ impl App {
             health,
             shutdown.clone(),
         ));
-        let server = tokio::spawn(grpc::serve(
+        let serving = grpc::Serving {
+            tls: self.tls.clone(),
+            access: self.access.clone(),
+            limits: self.config.server.clone(),
+        };
+        let server = tokio::spawn(grpc::serve_with(
             self.listener,
             routes.routes(),
-            self.tls.clone(),
+            serving,
             shutdown.clone(),
         ));
 

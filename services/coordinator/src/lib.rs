@@ -28,22 +28,31 @@ pub struct Config {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub tls: tributary::tls::ServerTlsArgs,
+    #[command(flatten)]
+    pub auth: tributary::bearer::RequireTokenArgs,
+    #[command(flatten)]
+    pub server: tributary::limits::ServerLimits,
 }
 
 /// A built coordinator: port bound.
 pub struct App {
     listener: TcpListener,
-    tls: Option<tributary::tls::ServerTls>,
+    serving: grpc::Serving,
 }
 
 impl App {
     /// Checks the TLS files, then binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let tls = config.tls.load()?;
+        config.server.validate().map_err(anyhow::Error::msg)?;
+        let serving = grpc::Serving {
+            tls: config.tls.load()?,
+            access: config.auth.guard()?,
+            limits: config.server,
+        };
         let listener = TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
-        Ok(Self { listener, tls })
+        Ok(Self { listener, serving })
     }
 
     /// The address actually bound.
@@ -60,7 +69,7 @@ impl App {
             &[grpc::service_name::<CoordinatorServer<CoordinatorService>>()],
         )
         .await;
-        Ok(grpc::serve(self.listener, routes.routes(), self.tls, shutdown).await?)
+        Ok(grpc::serve_with(self.listener, routes.routes(), self.serving, shutdown).await?)
     }
 }
 

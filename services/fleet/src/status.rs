@@ -18,7 +18,7 @@ use crate::state::{Fleet, Phase, SlotState, Snapshot, WorkerStats};
 /// Serves `Fleet` (plus health and reflection) on `listener` until `stop`.
 pub async fn serve(
     listener: TcpListener,
-    tls: Option<tributary::tls::ServerTls>,
+    serving: grpc::Serving,
     fleet: Fleet,
     stop: CancellationToken,
 ) -> Result<(), tonic::transport::Error> {
@@ -32,7 +32,7 @@ pub async fn serve(
         &[grpc::service_name::<FleetServer<FleetService>>()],
     )
     .await;
-    grpc::serve(listener, routes.routes(), tls, stop).await
+    grpc::serve_with(listener, routes.routes(), serving, stop).await
 }
 
 struct FleetService {

@@ -100,6 +100,19 @@ pub struct Config {
     /// TLS of the status listener.
     #[command(flatten)]
     pub status_tls: tributary::tls::ServerTlsArgs,
+    /// File holding the bearer token that callers of the status listener
+    /// (the dashboard's `--fleet-status-token-file`, scripts) must send;
+    /// health and reflection stay open. Re-read every second and on SIGHUP.
+    /// Without it the status is open to anyone who can connect.
+    #[arg(long, env = "TRIBUTARY_FLEET_STATUS_TOKEN_FILE")]
+    pub status_token_file: Option<std::path::PathBuf>,
+    /// File holding a read-only token the status listener accepts too.
+    #[arg(
+        long,
+        env = "TRIBUTARY_FLEET_STATUS_READ_TOKEN_FILE",
+        requires = "status_token_file"
+    )]
+    pub status_read_token_file: Option<std::path::PathBuf>,
     /// TLS towards the --publish address.
     #[command(flatten)]
     pub publish_tls: tributary::channel::ClientTlsArgs,
@@ -218,7 +231,7 @@ pub struct Supervisor {
     config: Config,
     worker_bin: PathBuf,
     status: Option<tokio::net::TcpListener>,
-    status_tls: Option<tributary::tls::ServerTls>,
+    status_serving: tributary::grpc::Serving,
     publish: Option<tributary::channel::Link>,
 }
 
@@ -243,7 +256,14 @@ impl Supervisor {
         if config.stall_timeout.is_zero() || config.start_timeout.is_zero() {
             bail!("--stall-timeout and --start-timeout must be above zero");
         }
-        let status_tls = config.status_tls.load()?;
+        let status_serving = tributary::grpc::Serving {
+            tls: config.status_tls.load()?,
+            access: tributary::access::AccessGuard::from_sources(
+                (config.status_token_file.as_ref(), None),
+                (config.status_read_token_file.as_ref(), None),
+            )?,
+            limits: tributary::limits::ServerLimits::default(),
+        };
         let publish = match &config.publish {
             Some(url) => {
                 let link = tributary::channel::Link::new(
@@ -271,7 +291,7 @@ impl Supervisor {
             config,
             worker_bin,
             status,
-            status_tls,
+            status_serving,
             publish,
         })
     }
@@ -292,11 +312,11 @@ impl Supervisor {
         let started = Instant::now();
 
         let status_stop = CancellationToken::new();
-        let status_tls = self.status_tls;
+        let status_serving = self.status_serving;
         let status_task = self.status.map(|listener| {
             tokio::spawn(status::serve(
                 listener,
-                status_tls,
+                status_serving,
                 fleet.clone(),
                 status_stop.clone(),
             ))

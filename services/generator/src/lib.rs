@@ -123,7 +123,8 @@ pub async fn run(command: Generate, shutdown: CancellationToken) -> anyhow::Resu
             anyhow::ensure!(args.generators > 0, "--generators must be at least 1");
             let link = args.publish.link()?;
             let publisher = Publisher::start_on(&args.publish, &link, shutdown.clone())?;
-            let coordinator = link.without_token().to(args.coordinator.clone());
+            // The coordinator takes the same token as ingest.
+            let coordinator = link.to(args.coordinator.clone());
             let (tasks, stats) = spawn_numbers(&args, &publisher, &coordinator, clock, &shutdown)?;
             for task in tasks {
                 task.await?;
@@ -315,13 +316,7 @@ impl Workloads {
                 ticks: 0,
             };
             let publisher = Publisher::start_on(&args.publish, link, shutdown.clone())?;
-            let (producers, _) = spawn_numbers(
-                &args,
-                &publisher,
-                &link.without_token(),
-                clock.clone(),
-                shutdown,
-            )?;
+            let (producers, _) = spawn_numbers(&args, &publisher, link, clock.clone(), shutdown)?;
             tasks.push(background(publisher, producers));
         }
         if self.burst {

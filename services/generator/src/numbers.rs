@@ -62,6 +62,7 @@ pub trait Claimer: Send {
 /// Claims over a `Coordinator.Claim` stream, reconnecting when it breaks.
 pub struct GrpcClaimer {
     endpoint: Endpoint,
+    bearer: tributary::bearer::AttachBearer,
     generator_id: String,
     stream: Option<(mpsc::Sender<ClaimRequest>, Streaming<ClaimResponse>)>,
     epoch: Option<u64>,
@@ -77,6 +78,7 @@ impl GrpcClaimer {
             .connect_timeout(Duration::from_secs(1));
         Ok(Self {
             endpoint,
+            bearer: coordinator.bearer(),
             generator_id,
             stream: None,
             epoch: None,
@@ -91,7 +93,7 @@ impl GrpcClaimer {
                 .await
                 .map_err(|_| tonic::Status::unavailable("stream closed"))?,
             None => {
-                let channel = grpc_client::connect(&self.endpoint)
+                let channel = grpc_client::connect_with_bearer(&self.endpoint, self.bearer.clone())
                     .await
                     .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
                 let (tx, rx) = mpsc::channel(4);

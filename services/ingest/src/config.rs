@@ -25,6 +25,8 @@ pub struct Config {
     pub tls: tributary::tls::ServerTlsArgs,
     #[command(flatten)]
     pub auth: tributary::bearer::RequireTokenArgs,
+    #[command(flatten)]
+    pub server: tributary::limits::ServerLimits,
 }
 
 /// Limits and timings of the Ingest service.
@@ -34,6 +36,27 @@ pub struct Limits {
     /// server stops reading the stream until acks bring it below.
     #[arg(long, env = "TRIBUTARY_PUBLISH_WINDOW", default_value_t = 20_000)]
     pub publish_window: usize,
+    /// Most encoded bytes of records one Publish stream may have waiting
+    /// for the queue; like --publish-window, the server stops reading the
+    /// stream until acks bring it below. A single request larger than this
+    /// is still taken when nothing else waits.
+    #[arg(
+        long,
+        env = "TRIBUTARY_PUBLISH_WINDOW_BYTES",
+        default_value_t = 8 << 20
+    )]
+    pub publish_window_bytes: usize,
+    /// Memory budget, in bytes, for publish data in flight on this server
+    /// (all streams and PublishBatch calls, gRPC and REST): received and
+    /// not yet acknowledged by the queue. A request that does not fit is
+    /// not read into more memory: its records are answered UNAVAILABLE
+    /// with a retry hint, and the producer sends them again later.
+    #[arg(
+        long,
+        env = "TRIBUTARY_INFLIGHT_BYTES",
+        default_value_t = 256 << 20
+    )]
+    pub inflight_bytes: usize,
     /// Largest gRPC request message accepted, in bytes; larger requests get
     /// RESOURCE_EXHAUSTED.
     #[arg(long, env = "TRIBUTARY_MAX_MESSAGE_BYTES", default_value_t = 4 << 20)]
@@ -68,6 +91,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             publish_window: 20_000,
+            publish_window_bytes: 8 << 20,
+            inflight_bytes: 256 << 20,
             max_message_bytes: 4 << 20,
             max_record_bytes: 64 << 10,
             max_batch_records: 10_000,
@@ -89,6 +114,16 @@ impl Limits {
         anyhow::ensure!(
             self.max_batch_records > 0,
             "--max-batch-records must be at least 1"
+        );
+        anyhow::ensure!(
+            self.publish_window_bytes > 0,
+            "--publish-window-bytes must be at least 1"
+        );
+        anyhow::ensure!(
+            self.inflight_bytes >= self.max_message_bytes,
+            "--inflight-bytes ({}) must be at least --max-message-bytes ({}), or a large request could never be taken",
+            self.inflight_bytes,
+            self.max_message_bytes
         );
         anyhow::ensure!(self.max_attempts > 0, "--max-attempts must be at least 1");
         anyhow::ensure!(

@@ -16,11 +16,11 @@ use std::{net::SocketAddr, sync::Arc};
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tonic::service::{InterceptorLayer, RoutesBuilder, interceptor::InterceptedService};
-use tower::Layer as _;
+use tonic::service::RoutesBuilder;
 use tributary::{
-    bearer::{BearerToken, RequireBearer},
-    grpc,
+    access::AccessGuard,
+    grpc::{self, Serving},
+    limits::ServerLimits,
     proto::ingest_server::IngestServer,
     queue::{self, Queue},
     rest::Transcode,
@@ -33,7 +33,8 @@ pub struct App {
     queue: Arc<dyn Queue>,
     limits: Limits,
     tls: Option<ServerTls>,
-    token: Option<BearerToken>,
+    access: AccessGuard,
+    server: ServerLimits,
 }
 
 impl App {
@@ -41,8 +42,9 @@ impl App {
     /// address.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         config.limits.validate()?;
+        config.server.validate().map_err(anyhow::Error::msg)?;
         let tls = config.tls.load()?;
-        let token = config.auth.load()?;
+        let access = config.auth.guard()?;
         let queue = queue::open(&config.queue, &config.data_dir).await?;
         let listener = TcpListener::bind(config.listen).await?;
         Ok(Self {
@@ -50,7 +52,8 @@ impl App {
             queue,
             limits: config.limits,
             tls,
-            token,
+            access,
+            server: config.server,
         })
     }
 
@@ -61,26 +64,23 @@ impl App {
 
     /// Serves until `shutdown` is cancelled, then drains and closes the queue.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let rest = rest(
-            self.queue.clone(),
-            self.limits.clone(),
-            self.token.clone(),
-            shutdown.clone(),
-        );
-        let mut routes = RoutesBuilder::from(tributary::rest::router(rest));
-        routes.add_service(service(
-            self.queue.clone(),
-            self.limits.clone(),
-            self.token.clone(),
-            shutdown.clone(),
-        ));
+        // One service answers gRPC and REST, so both draw on one memory
+        // budget.
+        let ingest = IngestService::new(self.queue.clone(), self.limits.clone(), shutdown.clone());
+        let mut routes = RoutesBuilder::from(tributary::rest::router(rest(ingest.clone())));
+        routes.add_service(service(ingest));
         let health = grpc::add_standard_services(
             &mut routes,
             &[grpc::service_name::<IngestServer<IngestService>>()],
         )
         .await;
         tokio::spawn(watch_health(self.queue.clone(), health, shutdown.clone()));
-        let served = grpc::serve(self.listener, routes.routes(), self.tls, shutdown).await;
+        let serving = Serving {
+            tls: self.tls,
+            access: self.access,
+            limits: self.server,
+        };
+        let served = grpc::serve_with(self.listener, routes.routes(), serving, shutdown).await;
         self.queue.close().await;
         Ok(served?)
     }
@@ -122,35 +122,18 @@ pub async fn watch_health(
     }
 }
 
-/// The Ingest gRPC service over `queue`, for servers that host several
-/// services on one port. With a `token`, every Ingest call must carry it.
-pub fn service(
-    queue: Arc<dyn Queue>,
-    limits: Limits,
-    token: Option<BearerToken>,
-    shutdown: CancellationToken,
-) -> InterceptedService<IngestServer<IngestService>, RequireBearer> {
-    let max = limits.max_message_bytes;
-    let server = IngestServer::new(IngestService::new(queue, limits, shutdown))
+/// The Ingest gRPC service, for servers that host several services on one
+/// port. Tokens are checked by the server's access layer
+/// ([`tributary::grpc::serve_with`]), like every other route.
+pub fn service(ingest: IngestService) -> IngestServer<IngestService> {
+    let max = ingest.limits.max_message_bytes;
+    IngestServer::new(ingest)
         .max_decoding_message_size(max)
-        .max_encoding_message_size(usize::MAX);
-    // The token check wraps this service alone, not the listener: health
-    // and reflection beside it stay open, and in `tributary up` the Query
-    // and Coordinator services are not producer-facing.
-    InterceptorLayer::new(RequireBearer::new(token)).layer(server)
+        .max_encoding_message_size(usize::MAX)
 }
 
-/// The REST transcoder of Ingest's annotated methods (`POST /v1/records`)
-/// over `queue`, answered by the same handlers as gRPC and guarded by the
-/// same `token`.
-pub fn rest(
-    queue: Arc<dyn Queue>,
-    limits: Limits,
-    token: Option<BearerToken>,
-    shutdown: CancellationToken,
-) -> impl Transcode + Clone + Send + 'static {
-    tributary::rest::ingest(
-        IngestService::new(queue, limits, shutdown),
-        RequireBearer::new(token),
-    )
+/// The REST transcoder of Ingest's annotated methods (`POST /v1/records`),
+/// answered by the same handlers as gRPC.
+pub fn rest(ingest: IngestService) -> impl Transcode + Clone + Send + 'static {
+    tributary::rest::ingest(ingest)
 }

@@ -4,12 +4,13 @@
 use std::{collections::HashMap, pin::Pin, sync::Arc, time::Instant};
 
 use futures::{Stream, StreamExt, stream::FuturesOrdered};
-use tokio::sync::mpsc;
+use prost::Message as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Code, Status, Streaming};
 use tracing::Instrument;
 use tributary::{
-    clock, grpc, kind,
+    clock, grpc, kind, limits,
     log_throttle::{DEFAULT_INTERVAL, Throttle},
     metrics,
     proto::{PublishRequest, PublishResponse, Record, RecordKind, Rejection},
@@ -205,6 +206,37 @@ async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -
     outcome
 }
 
+/// Reserves `bytes` of the in-flight budget for one request; `None` when
+/// they do not fit now. The reservation ends when the permit is dropped,
+/// after the queue has answered for the request.
+pub fn reserve(budget: &Arc<Semaphore>, bytes: usize) -> Option<OwnedSemaphorePermit> {
+    let bytes = u32::try_from(bytes).unwrap_or(u32::MAX);
+    budget.clone().try_acquire_many_owned(bytes).ok()
+}
+
+/// The answer to a request shed at the memory budget: every record
+/// UNAVAILABLE with a retry hint, nothing kept.
+pub fn shed(records: Vec<Record>) -> Outcome {
+    metrics::counter!(limits::SHED, "limit" => "inflight_bytes").increment(1);
+    metrics::counter!(metrics::INGEST_REJECTED, "code" => "unavailable")
+        .increment(records.len() as u64);
+    let reason = format!(
+        "the server is at its memory budget for in-flight publish data; retry in {} s",
+        limits::RETRY_AFTER.as_secs()
+    );
+    let mut outcome = Outcome::default();
+    for (index, record) in records.into_iter().enumerate() {
+        outcome.reject(Rejection {
+            index: index as u32,
+            source: echo(record.source),
+            seq: record.seq,
+            code: Code::Unavailable as i32,
+            reason: reason.clone(),
+        });
+    }
+    outcome
+}
+
 /// A gRPC code number as the label Prometheus users expect:
 /// `invalid_argument`, `resource_exhausted`, `unavailable`.
 pub(crate) fn code_label(code: i32) -> String {
@@ -221,31 +253,50 @@ pub(crate) fn code_label(code: i32) -> String {
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<PublishResponse, Status>> + Send>>;
 
+/// A batch awaiting the queue: its answer, and the records and bytes it
+/// held of the stream's window.
+type InFlight = Pin<Box<dyn Future<Output = (PublishResponse, usize, usize)> + Send>>;
+
+fn outcome_response(outcome: Outcome) -> PublishResponse {
+    PublishResponse {
+        batch_id: 0,
+        accepted: outcome.accepted,
+        duplicates: outcome.duplicates,
+        rejections: outcome.rejections,
+        rejected: outcome.rejected,
+    }
+}
+
 /// Serves one Publish stream. Batches are appended concurrently and answered
 /// in order. Reading pauses while the stream has `publish_window` records or
-/// more awaiting the queue, which pushes back on the producer through HTTP/2
-/// flow control.
+/// `publish_window_bytes` bytes or more awaiting the queue, which pushes
+/// back on the producer through HTTP/2 flow control. A batch that does not
+/// fit the server's memory budget is answered UNAVAILABLE at once.
 pub fn stream(service: IngestService, mut inbound: Streaming<PublishRequest>) -> ResponseStream {
     // A few answers may wait for a slow reader; beyond that the stream
     // stops, and with it reading.
     let (tx, rx) = mpsc::channel(16);
     tokio::spawn(async move {
         let window = service.limits.publish_window;
-        let mut in_flight = FuturesOrdered::new();
+        let window_bytes = service.limits.publish_window_bytes;
+        let mut in_flight: FuturesOrdered<InFlight> = FuturesOrdered::new();
         let mut waiting = 0usize;
+        let mut waiting_bytes = 0usize;
         let mut reading = true;
         let mut failure = None;
         loop {
             tokio::select! {
                 biased;
-                Some((response, records)) = in_flight.next(), if !in_flight.is_empty() => {
+                Some((response, records, bytes)) = in_flight.next(), if !in_flight.is_empty() => {
                     waiting -= records;
+                    waiting_bytes -= bytes;
                     if tx.send(Ok(response)).await.is_err() {
                         return;
                     }
                 }
                 () = service.shutdown.cancelled(), if reading => reading = false,
-                message = inbound.message(), if reading && waiting < window => match message {
+                message = inbound.message(),
+                    if reading && waiting < window && waiting_bytes < window_bytes => match message {
                     Ok(Some(request)) => {
                         let records = request.records.len();
                         if let Err(status) = check_count(records, &service.limits) {
@@ -254,10 +305,21 @@ pub fn stream(service: IngestService, mut inbound: Streaming<PublishRequest>) ->
                             reading = false;
                             continue;
                         }
+                        let bytes = request.encoded_len();
+                        let Some(permit) = reserve(&service.budget, bytes) else {
+                            let response = PublishResponse {
+                                batch_id: request.batch_id,
+                                ..outcome_response(shed(request.records))
+                            };
+                            in_flight.push_back(Box::pin(async move { (response, 0usize, 0usize) }) as InFlight);
+                            continue;
+                        };
                         waiting += records;
+                        waiting_bytes += bytes;
                         let queue = service.queue.clone();
                         let limits = service.limits.clone();
-                        in_flight.push_back(async move {
+                        in_flight.push_back(Box::pin(async move {
+                            let _permit = permit;
                             // Each batch is its own trace, rooted at the
                             // producer's span when it sent one: a stream
                             // lives for many batches.
@@ -268,13 +330,10 @@ pub fn stream(service: IngestService, mut inbound: Streaming<PublishRequest>) ->
                                 .await;
                             let response = PublishResponse {
                                 batch_id: request.batch_id,
-                                accepted: outcome.accepted,
-                                duplicates: outcome.duplicates,
-                                rejections: outcome.rejections,
-                                rejected: outcome.rejected,
+                                ..outcome_response(outcome)
                             };
-                            (response, records)
-                        });
+                            (response, records, bytes)
+                        }));
                     }
                     Ok(None) => reading = false,
                     Err(status) => {

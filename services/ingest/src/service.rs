@@ -4,6 +4,8 @@
 use std::{pin::Pin, sync::Arc};
 
 use futures::Stream;
+use prost::Message as _;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 use tributary::{
@@ -25,6 +27,9 @@ pub struct IngestService {
     pub(crate) queue: Arc<dyn Queue>,
     pub(crate) limits: Arc<Limits>,
     pub(crate) shutdown: CancellationToken,
+    /// Bytes of publish data this service may hold in flight
+    /// (`--inflight-bytes`), shared by every clone: gRPC and REST alike.
+    pub(crate) budget: Arc<Semaphore>,
 }
 
 impl IngestService {
@@ -33,6 +38,9 @@ impl IngestService {
     pub fn new(queue: Arc<dyn Queue>, limits: Limits, shutdown: CancellationToken) -> Self {
         Self {
             queue,
+            budget: Arc::new(Semaphore::new(
+                limits.inflight_bytes.min(Semaphore::MAX_PERMITS),
+            )),
             limits: Arc::new(limits),
             shutdown,
         }
@@ -58,11 +66,16 @@ impl Ingest for IngestService {
         &self,
         request: Request<PublishBatchRequest>,
     ) -> Result<Response<PublishBatchResponse>, Status> {
-        let records = request.into_inner().records;
-        publish::check_count(records.len(), &self.limits)?;
-        // The call's own span (its parent from the caller's metadata) is
-        // the parent of the batch's spans.
-        let outcome = publish::accept(&self.queue, &self.limits, records, None).await;
+        let request = request.into_inner();
+        publish::check_count(request.records.len(), &self.limits)?;
+        let outcome = match publish::reserve(&self.budget, request.encoded_len()) {
+            // The call's own span (its parent from the caller's metadata)
+            // is the parent of the batch's spans.
+            Some(_permit) => {
+                publish::accept(&self.queue, &self.limits, request.records, None).await
+            }
+            None => publish::shed(request.records),
+        };
         Ok(Response::new(PublishBatchResponse {
             accepted: outcome.accepted,
             duplicates: outcome.duplicates,

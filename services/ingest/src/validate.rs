@@ -290,7 +290,7 @@ mod tests {
             );
         }
         // Other control characters are text both stores hold.
-        assert!(check(&text("a\u{1}", "\t\u{7f}"), 1024).is_ok());
+        assert!(check(&text("a\u{1}", "\t\u{7f}"), 1024, NOW).is_ok());
     }
 
     #[test]

@@ -182,14 +182,6 @@ impl Dedupe {
         }
         Ok(silent.len())
     }
-
-    /// The ranges of one source, for tests.
-    #[cfg(test)]
-    pub(crate) fn ranges(&self, source: &str) -> Vec<(u64, u64)> {
-        self.sources.get(source).map_or_else(Vec::new, |s| {
-            s.seen.iter().map(|r| (*r.start(), *r.end())).collect()
-        })
-    }
 }
 
 /// The older layout: ranges as consecutive little-endian (start, end)

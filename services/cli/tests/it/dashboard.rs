@@ -44,6 +44,11 @@ fn screenshot(name: &str) -> PathBuf {
 /// `node tests/browser/dashboard.mjs MODE URL SCREENSHOT`, with its stdin
 /// and stdout piped; fails loudly when the browser or the driver is missing.
 fn browser(mode: &str, url: &str, shot: &Path) -> tokio::process::Child {
+    browser_with(mode, url, shot, &[])
+}
+
+/// [`browser`] with extra environment variables for the script.
+fn browser_with(mode: &str, url: &str, shot: &Path, env: &[(&str, &str)]) -> tokio::process::Child {
     let dir = repo_root().join("tests/browser");
     assert!(
         dir.join("node_modules/playwright-core").is_dir(),
@@ -58,6 +63,7 @@ fn browser(mode: &str, url: &str, shot: &Path) -> tokio::process::Child {
         .arg(dir.join("dashboard.mjs"))
         .args([mode, url])
         .arg(shot)
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -120,6 +126,44 @@ async fn the_page_shows_live_numbers_in_chromium() {
     assert!(number(&result["cadence"], "updates") >= 2.0, "{result}");
     let png = std::fs::read(&shot).expect("the screenshot was saved");
     assert!(png.starts_with(b"\x89PNG"), "the screenshot is a PNG");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_a_token_the_page_asks_to_sign_in_and_then_goes_live_in_chromium() {
+    const TOKEN: &str = "dashboard-reader-5d1e";
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (full, read) = (dir.path().join("full"), dir.path().join("read"));
+    std::fs::write(&full, "dashboard-writer-a9c2\n").unwrap();
+    std::fs::write(&read, format!("{TOKEN}\n")).unwrap();
+    let mesh = Mesh::start_with_workloads(
+        data.path(),
+        "127.0.0.1:0",
+        &[
+            "--auth-token-file",
+            full.to_str().unwrap(),
+            "--auth-read-token-file",
+            read.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let shot = screenshot("dashboard-signed-in.png");
+    let _ = std::fs::remove_file(&shot);
+
+    let script = browser_with(
+        "login",
+        &format!("{}/", mesh.url()),
+        &shot,
+        &[("TRIBUTARY_DASHBOARD_TOKEN", TOKEN)],
+    );
+    let result = finish(script).await;
+    eprintln!("browser result: {result}");
+    assert_eq!(result["signed_out"], true, "{result}");
+    assert_eq!(result["wrong_token_status"], 401, "{result}");
+    assert!(number(&result, "probe_later") > number(&result, "probe_first"));
+    assert_eq!(result["cookie_visible_to_scripts"], false, "{result}");
+    assert_eq!(result["sign_in_hidden"], true, "{result}");
+    assert_eq!(result["console_errors"], 0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,7 @@
 //! processes on ephemeral ports with its own data directory.
 
 mod alerts;
+mod auth;
 mod bad_input;
 mod cluster;
 mod compose;
@@ -16,6 +17,7 @@ mod observability;
 mod peers;
 mod queue;
 mod rest;
+mod server_limits;
 mod support;
 mod tls;
 mod traces;

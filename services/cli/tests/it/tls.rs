@@ -1,9 +1,10 @@
 //! TLS and the bearer token, end to end, with certificates generated for
 //! each test: producers publish over TLS and the records are stored, a
 //! plaintext or untrusting client is refused with a clear error, mutual TLS
-//! turns away clients without a trusted certificate, and the Ingest service
+//! turns away clients without a trusted certificate, the Ingest service
 //! answers UNAUTHENTICATED to a missing or wrong token while health and
-//! reflection stay open. The last tests run the same through the real
+//! reflection stay open (every other data route: `auth.rs`; idle sockets
+//! and handshakes: `limits.rs`). The last tests run the same through the real
 //! Envoy's TLS listener.
 
 use std::{path::Path, process::Stdio, time::Duration};
@@ -312,7 +313,15 @@ async fn the_ingest_service_wants_the_token_and_health_and_reflection_stay_open(
     );
     let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(summary["acked"], 1000, "{summary}");
-    wait_stored(&channel, "raw", 1001, Duration::from_secs(60)).await;
+    // Query takes the token too.
+    crate::auth::wait_stored_with(
+        &channel,
+        "correct-horse-battery",
+        "raw",
+        1001,
+        Duration::from_secs(60),
+    )
+    .await;
 
     // A producer without it is told why.
     let output = send_command(&mesh.url(), &["-n", "1", "--retry-secs", "1"])
@@ -323,8 +332,8 @@ async fn the_ingest_service_wants_the_token_and_health_and_reflection_stay_open(
     assert!(!output.status.success());
     assert!(err.contains("bearer token"), "{err}");
 
-    // REST publishes take the same token: the transcoder calls the handler
-    // directly, past the gRPC interceptor, so it has a guard of its own.
+    // REST publishes take the same token: the access layer sees every
+    // request of the port, REST included.
     let rest = reqwest::Client::builder().http1_only().build().unwrap();
     let url = format!("http://{}/v1/records", mesh.addr);
     let body = serde_json::json!({"records": [{"source": "rest-token", "seq": "1", "text": {"body": "hi"}}]});

@@ -59,6 +59,7 @@ async fn start_ingest(queue: &str, shutdown: &CancellationToken) -> Ingest {
         limits: tributary_ingest::Limits::default(),
         tls: Default::default(),
         auth: Default::default(),
+        server: Default::default(),
     })
     .await
     .unwrap();

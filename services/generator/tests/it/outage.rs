@@ -19,7 +19,7 @@ use tonic::service::RoutesBuilder;
 use tributary::{
     grpc,
     proto::{Record, Text, record::Payload},
-    queue::{self, Batch, Published, Queue, QueueError, SubscribeOptions, Subscription},
+    queue::{self, Batch, GroupInfo, Published, Queue, QueueError, SubscribeOptions, Subscription},
 };
 use tributary_generator::publisher::{PublishArgs, Publisher};
 use tributary_ingest::Limits;
@@ -53,20 +53,32 @@ impl Queue for Switchable {
         self.inner.subscribe(options).await
     }
 
-    async fn ack(&self, ack_id: &str) -> Result<(), QueueError> {
-        self.inner.ack(ack_id).await
+    async fn ack(&self, group: &str, ack_id: &str) -> Result<(), QueueError> {
+        self.inner.ack(group, ack_id).await
     }
 
-    async fn nack(&self, ack_id: &str, error: &str) -> Result<(), QueueError> {
-        self.inner.nack(ack_id, error).await
+    async fn nack(&self, group: &str, ack_id: &str, error: &str) -> Result<(), QueueError> {
+        self.inner.nack(group, ack_id, error).await
     }
 
-    async fn extend(&self, ack_id: &str) -> Result<(), QueueError> {
-        self.inner.extend(ack_id).await
+    async fn extend(&self, group: &str, ack_id: &str) -> Result<(), QueueError> {
+        self.inner.extend(group, ack_id).await
+    }
+
+    async fn abandon(&self, group: &str, ack_id: &str) -> Result<(), QueueError> {
+        self.inner.abandon(group, ack_id).await
     }
 
     async fn lag(&self, group: &str) -> Result<u64, QueueError> {
         self.inner.lag(group).await
+    }
+
+    async fn groups(&self) -> Result<Vec<GroupInfo>, QueueError> {
+        self.inner.groups().await
+    }
+
+    async fn delete_group(&self, group: &str) -> Result<Option<u64>, QueueError> {
+        self.inner.delete_group(group).await
     }
 
     async fn close(&self) {
@@ -141,10 +153,7 @@ async fn a_refusing_queue_costs_a_few_requests_a_second_and_a_few_log_lines() {
     let shutdown = CancellationToken::new();
     let mut routes = RoutesBuilder::default();
     routes.add_service(tributary_ingest::service(
-        queue.clone(),
-        Limits::default(),
-        None,
-        shutdown.clone(),
+        tributary_ingest::IngestService::new(queue.clone(), Limits::default(), shutdown.clone()),
     ));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());

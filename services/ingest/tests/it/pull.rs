@@ -34,6 +34,7 @@ async fn start(queue: &str, limits: Limits) -> Server {
         limits,
         tls: Default::default(),
         auth: Default::default(),
+        server: Default::default(),
     })
     .await
     .unwrap();

@@ -39,6 +39,7 @@ async fn start_ingest_on(queue: &str, limits: Limits) -> Server {
         limits,
         tls: Default::default(),
         auth: Default::default(),
+        server: Default::default(),
     })
     .await
     .unwrap();
@@ -330,7 +331,14 @@ async fn unstorable_records_are_dead_lettered_and_the_rest_stored(store_url: &st
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(counts.dead_letters, 3);
-    let dead = store.dead_letters(Some("numbers"), 10).await.unwrap();
+    let dead = store
+        .dead_letters(&tributary::store::DeadLetterFilter {
+            parser: Some("numbers".into()),
+            after_id: 0,
+            limit: 10,
+        })
+        .await
+        .unwrap();
     let reasons: Vec<&str> = dead.iter().map(|d| d.error.as_str()).collect();
     let count = |what: &str| reasons.iter().filter(|r| r.contains(what)).count();
     assert_eq!((count("64-bit"), count("NUL")), (2, 1), "{reasons:?}");

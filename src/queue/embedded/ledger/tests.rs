@@ -473,13 +473,13 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                         .flat_map(|(_, _, o)| o.keys().copied())
                         .filter(|id| model.out_of(g, *id).is_none())
                         .collect();
-                    if let Some(id) = theirs.first() {
-                        if !model.reads(g, model.kinds[id]) {
-                            let before = ledger.ids();
-                            let outcome = ledger.ack(group, *id, &mut changes);
-                            prop_assert_eq!(outcome, Outcome::NotPending);
-                            prop_assert_eq!(ledger.ids(), before, "a forged ack deletes nothing");
-                        }
+                    if let Some(id) = theirs.first()
+                        && !model.reads(g, model.kinds[id])
+                    {
+                        let before = ledger.ids();
+                        let outcome = ledger.ack(group, *id, &mut changes);
+                        prop_assert_eq!(outcome, Outcome::NotPending);
+                        prop_assert_eq!(ledger.ids(), before, "a forged ack deletes nothing");
                     }
                     continue;
                 }
