@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 pub mod bearer;
+pub mod call_failure;
 pub mod channel;
 pub mod clock;
 pub mod grpc;
@@ -15,6 +16,7 @@ pub mod proto;
 pub mod queue;
 pub mod rest;
 pub mod shutdown;
+mod span_export;
 mod sqlite;
 pub mod store;
 pub mod telemetry;

@@ -40,7 +40,7 @@ impl App {
     /// Checks the TLS files, then binds the port.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let tls = config.tls.load()?;
-        let listener = TcpListener::bind(config.listen)
+        let listener = tributary::grpc::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self { listener, tls })

@@ -24,6 +24,7 @@ use tonic::{Code, transport::Endpoint};
 use tracing::Span;
 use tributary::{
     bearer::{AttachBearer, SendTokenArgs},
+    call_failure,
     channel::{ClientTlsArgs, Link},
     grpc_client, kind,
     proto::{PublishRequest, PublishResponse, Record, ingest_client::IngestClient},
@@ -192,6 +193,8 @@ async fn publish(
     let mut outbox = Outbox::default();
     let mut failing_since: Option<Instant> = None;
     let mut failures = 0u32;
+    let mut warned_at: Option<Instant> = None;
+    let url = endpoint.uri().clone();
     loop {
         let answered = totals.answered();
         match session(&args, &endpoint, &bearer, &mut input, &mut outbox, &totals).await {
@@ -203,15 +206,27 @@ async fn publish(
                 if totals.answered() > answered {
                     // The stream made progress before failing: a new outage.
                     failing_since = None;
+                    warned_at = None;
                     failures = 0;
+                }
+                if let Some(hint) = call_failure::lasting_cause(e.as_ref()) {
+                    bail!("cannot publish to {url}: {hint} ({e:#})");
                 }
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > Duration::from_secs(args.retry_secs) {
-                    bail!("gave up after {} s of failures: {e:#}", args.retry_secs);
+                    bail!(
+                        "gave up on {url} after {} s of failures (--retry-secs): {e:#}",
+                        args.retry_secs
+                    );
                 }
                 failures += 1;
                 totals.reconnects.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %format!("{e:#}"), unacked = outbox.unacked_records, "publish stream failed; reconnecting");
+                // Once per interval, not once per attempt, so an outage
+                // does not flood the log.
+                if warned_at.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                    warned_at = Some(Instant::now());
+                    tracing::warn!(connect = %url, error = %format!("{e:#}"), unacked = outbox.unacked_records, retrying_for = ?since.elapsed(), "publish stream failed; reconnecting");
+                }
                 // Everything unanswered goes again, in order.
                 outbox.resend = outbox.unacked.keys().copied().collect();
                 let pause = Duration::from_millis(100u64 << failures.min(4));
@@ -225,6 +240,9 @@ async fn publish(
         }
     }
 }
+
+/// Least time between two warnings about the same outage.
+const WARN_EVERY: Duration = Duration::from_secs(5);
 
 /// How a publish stream ended without error.
 enum Ended {

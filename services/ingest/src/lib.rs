@@ -44,7 +44,7 @@ impl App {
         let tls = config.tls.load()?;
         let token = config.auth.load()?;
         let queue = queue::open(&config.queue, &config.data_dir).await?;
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = tributary::grpc::bind(config.listen).await?;
         Ok(Self {
             listener,
             queue,

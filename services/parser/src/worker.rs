@@ -16,6 +16,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use tributary::{
+    call_failure,
     channel::Link,
     clock, grpc_client, kind, metrics,
     proto::{Delivery, Nack, PullRequest, Record, Subscription, ingest_client::IngestClient},
@@ -101,8 +102,10 @@ fn backoff(failures: u32) -> Duration {
 
 impl Worker {
     /// Runs until `shutdown`: reconnects with back-off whenever the stream
-    /// breaks. On shutdown it finishes and acks the batch in hand.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// breaks. On shutdown it finishes and acks the batch in hand. Fails at
+    /// once on what waiting cannot heal (a refused token, an untrusted
+    /// certificate), naming the address and what to change.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let this = Arc::new(self);
         // Names this instance's partial aggregates in the store.
         let writer: Arc<str> = format!("{}-{:016x}", this.name, rand::rng().random::<u64>()).into();
@@ -111,7 +114,11 @@ impl Worker {
             match this.clone().session(writer.clone(), &shutdown).await {
                 Ok(()) => failures = 0,
                 Err(e) => {
-                    tracing::warn!(parser = %this.name, error = %e, "pull stream failed; reconnecting");
+                    let url = this.link.url();
+                    if let Some(hint) = call_failure::lasting_cause(e.as_ref()) {
+                        anyhow::bail!("cannot pull from {url}: {hint} ({e:#})");
+                    }
+                    tracing::warn!(parser = %this.name, connect = %url, error = %format!("{e:#}"), "pull stream failed; reconnecting");
                     failures += 1;
                 }
             }
@@ -120,6 +127,7 @@ impl Worker {
                 () = tokio::time::sleep(backoff(failures)) => {}
             }
         }
+        Ok(())
     }
 
     async fn session(

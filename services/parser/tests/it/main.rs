@@ -207,6 +207,6 @@ async fn dead_letters_after_max_attempts(queue: &str) {
         ("cannot digest poison", 3)
     );
     shutdown.cancel();
-    running.await.unwrap();
+    running.await.unwrap().unwrap();
     server.shutdown.cancel();
 }
