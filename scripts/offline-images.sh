@@ -118,7 +118,12 @@ if [[ "$rebuild_app" == 1 ]] || ! have tributary:latest; then
     cp Dockerfile "$context/"
     cp "$binaries/tributary" "$binaries/tributary-worker" "$context/target/release/"
     log "building tributary:latest (the Dockerfile's prebuilt target, binaries from $binaries)"
+    previous="$(docker image inspect -f '{{.Id}}' tributary:latest 2>/dev/null || true)"
     quietly docker build -q --target prebuilt -t tributary:latest "$context"
     rm -rf "$context"
+    # The image it replaces would stay behind untagged.
+    if [[ -n "$previous" && "$previous" != "$(docker image inspect -f '{{.Id}}' tributary:latest)" ]]; then
+        docker image rm "$previous" >/dev/null 2>&1 || true
+    fi
 fi
 log "images ready"
