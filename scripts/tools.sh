@@ -224,6 +224,37 @@ _tributary_ensure_compose() {
     fi
 }
 
+# A Docker engine for the compose tests: Debian's docker.io (dockerd 20.10)
+# and docker-compose (1.29), plus debootstrap, which builds the base image
+# (no registry can be reached, so nothing is pulled). dockerd is started
+# when it is not running, with its data in its default place, and waited
+# for; if it cannot start, this fails, and so do the compose tests.
+_TRIBUTARY_DOCKERD_LOG=/var/log/tributary-dockerd.log
+_tributary_docker_ready() { docker info >/dev/null 2>&1; }
+_tributary_ensure_docker() {
+    local missing=()
+    command -v dockerd >/dev/null 2>&1 || missing+=(docker.io)
+    command -v docker-compose >/dev/null 2>&1 || missing+=(docker-compose)
+    command -v debootstrap >/dev/null 2>&1 || missing+=(debootstrap)
+    if [[ ${#missing[@]} -gt 0 ]]; then
+        _tributary_apt_install "${missing[@]}"
+    fi
+    if _tributary_docker_ready; then return 0; fi
+    _tributary_log "dockerd is not running; starting it (log: $_TRIBUTARY_DOCKERD_LOG)"
+    if command -v containerd >/dev/null 2>&1 && ! pgrep -x containerd >/dev/null 2>&1; then
+        setsid containerd >>"$_TRIBUTARY_DOCKERD_LOG.containerd" 2>&1 </dev/null &
+    fi
+    setsid dockerd >>"$_TRIBUTARY_DOCKERD_LOG" 2>&1 </dev/null &
+    local i
+    for ((i = 0; i < 120; i++)); do
+        if _tributary_docker_ready; then return 0; fi
+        sleep 0.5
+    done
+    _tributary_log "ERROR: dockerd did not answer within 60 s; the end of its log:"
+    tail -n 20 "$_TRIBUTARY_DOCKERD_LOG" >&2 || true
+    return 1
+}
+
 # promtool (Prometheus's metrics linter) from Debian's `prometheus` package.
 # The package is unpacked into target/tools rather than installed, so that
 # no Prometheus server is set up or started on the machine.
@@ -272,6 +303,10 @@ _tributary_tools_main() {
         _tributary_log "ERROR: installing docker-compose failed"
         return 1
     fi
+    if ! bash "$_TRIBUTARY_SELF" --internal-docker; then
+        _tributary_log "ERROR: no Docker engine runs here; the compose tests need one"
+        return 1
+    fi
     TRIBUTARY_COMPOSE="$(command -v docker-compose)"
     export TRIBUTARY_COMPOSE
     local v
@@ -300,6 +335,7 @@ if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     --internal-install-tools) _tributary_install_tools_body ;;
     --internal-services) _tributary_services_body ;;
     --internal-compose) _tributary_ensure_compose ;;
+    --internal-docker) _tributary_ensure_docker ;;
     --internal-promtool) _tributary_ensure_promtool ;;
     "")
         _tributary_tools_main

@@ -91,6 +91,24 @@ pub fn defined_services() -> Vec<String> {
         .collect()
 }
 
+/// Binds a server's `--listen` address. A port another process holds gets
+/// a hint naming the flag that moves it, since that is the usual fix.
+pub async fn bind(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            std::io::Error::new(
+                e.kind(),
+                format!(
+                    "{addr} is already in use, probably by another Tributary process: choose \
+                     another address with --listen (TRIBUTARY_LISTEN), or port 0 for a free one"
+                ),
+            )
+        } else {
+            e
+        }
+    })
+}
+
 /// The address a listener is bound to (the real port when 0 was asked for).
 pub fn bound_addr(listener: &TcpListener) -> std::net::SocketAddr {
     listener

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod backoff;
 pub mod bearer;
+pub mod call_failure;
 pub mod channel;
 pub mod clock;
 pub mod grpc;
@@ -19,6 +20,7 @@ pub mod proto;
 pub mod queue;
 pub mod rest;
 pub mod shutdown;
+mod span_export;
 mod sqlite;
 pub mod store;
 pub mod telemetry;

@@ -5,6 +5,9 @@
 //! Jaeger v2 ingests OTLP natively, so no Jaeger-specific exporter is needed
 //! (the `opentelemetry-jaeger` crate is discontinued).
 
+use std::io::IsTerminal;
+
+use crate::span_export;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::{Resource, trace::SdkTracerProvider};
 use tracing_subscriber::{
@@ -62,8 +65,12 @@ impl Telemetry {
 ///
 /// Must run inside a Tokio runtime: the exporter's gRPC channel lives there.
 pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryError> {
-    let provider = match std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT") {
-        Ok(endpoint) if !endpoint.trim().is_empty() => {
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT")
+        .or_else(|_| std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT"))
+        .ok()
+        .filter(|endpoint| !endpoint.trim().is_empty());
+    let provider = match &endpoint {
+        Some(endpoint) => {
             // The builder reads the endpoint, headers and timeout from the
             // standard variables itself.
             let exporter = opentelemetry_otlp::SpanExporter::builder()
@@ -72,14 +79,20 @@ pub fn init(format: LogFormat, service: &str) -> Result<Telemetry, TelemetryErro
                 .map_err(|e| TelemetryError(e.to_string()))?;
             Some(
                 SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
+                    .with_batch_exporter(span_export::Reporting::new(exporter, endpoint.clone()))
                     .with_resource(resource(service))
                     .build(),
             )
         }
-        _ => None,
+        None => None,
     };
-    Ok(init_with(format, provider))
+    let telemetry = init_with(format, provider);
+    if let Some(endpoint) = endpoint {
+        let sampler =
+            std::env::var("OTEL_TRACES_SAMPLER").unwrap_or_else(|_| "parentbased_always_on".into());
+        tracing::info!(%endpoint, %sampler, "exporting traces over OTLP/gRPC");
+    }
+    Ok(telemetry)
 }
 
 /// Like [`init`], with the tracer provider given (tests pass one with an
@@ -88,8 +101,14 @@ pub fn init_with(format: LogFormat, provider: Option<SdkTracerProvider>) -> Tele
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // A write error (stderr closed by whoever started us) drops the line;
     // by default the subscriber reports it with `eprintln!`, which panics.
+    // Colour only for a person at a terminal: escape codes in a log file
+    // or a collector are noise. NO_COLOR (https://no-color.org) turns it off
+    // there too.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let logs = fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .log_internal_errors(false);
     let logs = match format {
         LogFormat::Text => logs.boxed(),

@@ -85,7 +85,7 @@ impl App {
         let store = store::open(&config.store)
             .await
             .context("opening the store")?;
-        let listener = TcpListener::bind(config.listen)
+        let listener = tributary::grpc::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self {

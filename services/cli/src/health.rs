@@ -9,6 +9,7 @@ use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
 use tributary::{
+    call_failure,
     channel::{ClientTlsArgs, Link},
     grpc_client,
 };
@@ -25,10 +26,10 @@ pub struct Config {
     pub connect: String,
     /// The service to ask about, such as `tributary.v1.Ingest`; empty asks
     /// about the server as a whole.
-    #[arg(long, default_value = "")]
+    #[arg(long, env = "TRIBUTARY_HEALTH_SERVICE", default_value = "")]
     pub service: String,
     /// Seconds to wait for an answer.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, env = "TRIBUTARY_HEALTH_TIMEOUT_SECS", default_value_t = 3)]
     pub timeout_secs: u64,
     #[command(flatten)]
     pub tls: ClientTlsArgs,
@@ -41,15 +42,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         .context("--connect")?
         .connect_timeout(timeout)
         .timeout(timeout);
-    let channel = grpc_client::connect(&endpoint)
-        .await
-        .with_context(|| format!("connecting to {}", config.connect))?;
+    let hint = |e: &(dyn std::error::Error + 'static)| {
+        call_failure::lasting_cause(e).map_or(String::new(), |hint| format!(" ({hint})"))
+    };
+    let channel = grpc_client::connect(&endpoint).await.map_err(|e| {
+        let hint = hint(&e);
+        anyhow::Error::new(e).context(format!("connecting to {}{hint}", config.connect))
+    })?;
     let status = HealthClient::new(channel)
         .check(HealthCheckRequest {
             service: config.service.clone(),
         })
         .await
-        .with_context(|| format!("asking {} for its health", config.connect))?
+        .map_err(|status| {
+            let hint = hint(&status);
+            anyhow::Error::new(status)
+                .context(format!("asking {} for its health{hint}", config.connect))
+        })?
         .into_inner()
         .status();
     println!("{}", status.as_str_name());

@@ -9,6 +9,8 @@ mod monitor;
 mod send;
 mod up;
 
+use std::io::Write as _;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tributary::{metrics, shutdown, telemetry};
@@ -44,6 +46,16 @@ enum Command {
     /// one port.
     Up(up::Config),
     /// Stream records to an ingest server and report what was acknowledged.
+    ///
+    /// The summary's terms: `sent`, records handed to the stream; `acked`,
+    /// records durably queued (accepted + duplicates); `accepted`, queued for
+    /// the first time; `duplicates`, keys the queue already held (a batch
+    /// republished after a reconnect), stored once all the same; `rejected`,
+    /// refused for good (the first reasons are logged); `reconnects`, streams
+    /// reopened after a failure, each republishing what was unacknowledged;
+    /// `rollovers`, streams closed after --rollover-secs and replaced, so
+    /// that Envoy spreads them over new replicas. Records carry the printed
+    /// source: `GET /v1/records?source=SOURCE` (Query/ListRecords) finds them.
     Send(send::Config),
     /// Run an ingest server on its own.
     Ingest(tributary_ingest::Config),
@@ -97,6 +109,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Up(config) => {
             let app = up::App::build(config).await?;
             announce(app.local_addr());
+            // Signposts for a person; a script that read the address and
+            // closed the pipe must not stop the mesh, so errors are ignored.
+            let _ = writeln!(std::io::stdout(), "{}", app.banner());
             app.run(shutdown).await
         }
         Command::Send(config) => send::run(config, shutdown).await,

@@ -8,6 +8,7 @@ use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
 use tokio_util::sync::CancellationToken;
 use tributary::{
+    call_failure,
     channel::{ClientTlsArgs, Link},
     grpc_client,
     proto::{GetSmsProgressRequest, SmsProgress, query_client::QueryClient},
@@ -26,7 +27,10 @@ pub struct Config {
     /// Time between two readings, for example `2s` or `500ms`.
     #[arg(long, env = "TRIBUTARY_EVERY", default_value = "2s", value_parser = humantime::parse_duration)]
     pub every: Duration,
-    /// Stop once sent + failed reaches this many messages.
+    /// Stop once this many messages have finished (sent or failed) since
+    /// this monitor's first reading. The store's totals include earlier
+    /// runs (and the 1,000 that `up` sends at start), so start the monitor
+    /// before the producer whose messages it should count.
     #[arg(long, env = "TRIBUTARY_UNTIL_DONE")]
     pub until_done: Option<u64>,
     /// Stop once messages have been seen and a reading shows no change.
@@ -43,10 +47,18 @@ pub struct Config {
     pub auth: tributary::bearer::SendTokenArgs,
 }
 
-/// One reading as a line of text.
-pub fn line(progress: &SmsProgress) -> String {
+/// What the numbers of a reading mean, printed once at start (on stderr,
+/// so that the readings on stdout stay one plain line each).
+const LEGEND: &str = "sent, failed, done: the group's totals in the store (all runs); \
+this run: messages finished since this monitor started; avg: mean send time per message; \
+[LABEL: sent/failed avg]: per sender, LABEL being the sender spec's `label` \
+(or one made from its mean_ms and failure_rate)";
+
+/// One reading as a line of text; `run` is what finished since the
+/// monitor's first reading.
+pub fn line(progress: &SmsProgress, run: u64) -> String {
     let mut line = format!(
-        "sent {} failed {} done {} avg {:.2} ms/message",
+        "sent {} failed {} done {} this run {run} avg {:.2} ms/message",
         progress.sent,
         progress.failed,
         progress.sent + progress.failed,
@@ -92,7 +104,13 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     });
     let mut interval = tokio::time::interval(config.every);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    eprintln!(
+        "monitor: SMS progress of group `{}` at {}, every {:?}. {LEGEND}",
+        config.parser, config.connect, config.every
+    );
     let mut last: Option<(u64, u64)> = None;
+    let mut baseline: Option<u64> = None;
+    let mut complained_at: Option<tokio::time::Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
@@ -106,21 +124,39 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         {
             Ok(response) => response.into_inner(),
             Err(status) => {
-                eprintln!("cannot read progress: {}", status.message());
+                if let Some(hint) = call_failure::lasting_cause(&status) {
+                    anyhow::bail!(
+                        "cannot read progress from {}: {hint} ({})",
+                        config.connect,
+                        status.message()
+                    );
+                }
+                // Once per interval of ten seconds, not once per reading.
+                if complained_at.is_none_or(|at| at.elapsed() >= COMPLAIN_EVERY) {
+                    complained_at = Some(tokio::time::Instant::now());
+                    eprintln!(
+                        "cannot read progress from {}: {}; retrying every {:?} until stopped",
+                        config.connect,
+                        describe(&status),
+                        config.every
+                    );
+                }
                 continue;
             }
         };
-        let text = line(&progress);
+        complained_at = None;
         let done = progress.sent + progress.failed;
+        let run = done - *baseline.get_or_insert(done);
+        let text = line(&progress, run);
         match &bar {
             Some(bar) => {
-                bar.set_position(done);
+                bar.set_position(run);
                 bar.set_message(text.clone());
             }
             None => println!("{text}"),
         }
         let counts = (progress.sent, progress.failed);
-        let finished = config.until_done.is_some_and(|n| done >= n)
+        let finished = config.until_done.is_some_and(|n| run >= n)
             || (config.exit_when_idle && done > 0 && last == Some(counts));
         last = Some(counts);
         if finished {
@@ -135,4 +171,18 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         bar.abandon();
     }
     Ok(())
+}
+
+/// Least time between two complaints about the same outage.
+const COMPLAIN_EVERY: Duration = Duration::from_secs(10);
+
+/// A failed call's message and its causes, on one line.
+fn describe(status: &tonic::Status) -> String {
+    let mut text = status.message().to_owned();
+    let mut next = std::error::Error::source(status);
+    while let Some(e) = next {
+        text.push_str(&format!(": {e}"));
+        next = e.source();
+    }
+    text
 }

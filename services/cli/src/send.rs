@@ -33,7 +33,7 @@ pub struct Config {
     #[arg(long, env = "TRIBUTARY_SOURCE")]
     pub source: Option<String>,
     /// Print the final summary as one JSON object instead of a sentence.
-    #[arg(long)]
+    #[arg(long, env = "TRIBUTARY_JSON")]
     pub json: bool,
 }
 
@@ -56,8 +56,16 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 
     let progress = ProgressBar::new(config.count);
     progress.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} acked  {per_sec}  eta {eta}")
-            .expect("the template is valid"),
+        ProgressStyle::with_template("{bar:40} {pos}/{len} acked  {rate}  eta {eta}")
+            .expect("the template is valid")
+            // Whole records per second: indicatif's own {per_sec} shows four
+            // decimals.
+            .with_key(
+                "rate",
+                |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                    let _ = write!(w, "{:.0} records/s", state.per_sec());
+                },
+            ),
     );
     let ticker = {
         let progress = progress.clone();
@@ -110,7 +118,9 @@ fn make_record(kind: Kind, source: &str, seq: u64) -> Record {
             let unit = ["celsius", "percent", "hectopascal"][(seq % 3) as usize];
             let base = [20.0, 50.0, 1013.0][(seq % 3) as usize];
             Payload::SensorReading(SensorReading {
-                sensor_id: format!("sensor-{}", seq % 16),
+                // The same names as `generate sensors`, so that the two
+                // group together in AggregateMetric.
+                sensor_id: format!("sensor-{:03}", seq % 16),
                 metric: metric.into(),
                 value: base + rand::rng().random_range(-5.0..5.0),
                 unit: unit.into(),
@@ -152,12 +162,18 @@ fn report(config: &Config, source: &str, totals: &Totals, elapsed: Duration) {
         );
     } else {
         println!(
-            "sent {} records from {source}: {acked} acked ({} duplicates), {} rejected, {} reconnects, in {:.2} s ({rate:.0} records/s)",
+            "sent {} records from {source}: {acked} acked ({} duplicates), {} rejected, {} reconnects, {} rollovers, in {:.2} s ({rate:.0} records/s)",
             load(&totals.sent),
             load(&totals.duplicates),
             load(&totals.rejected),
             load(&totals.reconnects),
+            load(&totals.rollovers),
             elapsed.as_secs_f64()
+        );
+        let url = config.publish.connect.trim_end_matches('/');
+        println!(
+            "find them: curl -s '{url}/v1/records?source={source}&parser=raw&limit=3'   \
+             (or: grpcurl -d '{{\"source\":\"{source}\",\"limit\":3}}' ... tributary.v1.Query/ListRecords)"
         );
     }
 }

@@ -126,6 +126,11 @@ impl App {
             Some(_) => Some(own_client_tls(&config)?),
             None => None,
         };
+        // Bound first, so that a busy port stops us before anything is
+        // created on disk.
+        let listener = tributary::grpc::bind(config.listen)
+            .await
+            .with_context(|| format!("binding {}", config.listen))?;
         anyhow::ensure!(
             config.queue.starts_with("embedded"),
             "--queue must be an embedded queue (`embedded[:PATH][?OPTIONS]`); for JetStream run the services separately"
@@ -138,9 +143,6 @@ impl App {
             config.data_dir.join("tributary.db").display()
         );
         let store = store::open(&store_url).await.context("opening the store")?;
-        let listener = TcpListener::bind(config.listen)
-            .await
-            .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self {
             listener,
             queue,
@@ -158,6 +160,50 @@ impl App {
     /// The address actually bound.
     pub fn local_addr(&self) -> SocketAddr {
         grpc::bound_addr(&self.listener)
+    }
+
+    /// What to do next, for the person who started `up`: the dashboard,
+    /// REST and grpcurl one-liners, a producer, and where the data lives.
+    pub fn banner(&self) -> String {
+        let mut addr = self.local_addr();
+        if addr.ip().is_unspecified() {
+            addr.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+        }
+        let (scheme, grpcurl, curl, send) = match &self.config.tls_ca {
+            Some(ca) => {
+                let ca = ca.display();
+                (
+                    "https",
+                    format!("grpcurl -cacert {ca} localhost:{}", addr.port()),
+                    format!("curl -s --cacert {ca}"),
+                    format!(" --tls-ca {ca}"),
+                )
+            }
+            None => (
+                "http",
+                format!("grpcurl -plaintext {addr}"),
+                "curl -s".to_owned(),
+                String::new(),
+            ),
+        };
+        let host = match self.config.tls_ca {
+            Some(_) => format!("localhost:{}", addr.port()),
+            None => addr.to_string(),
+        };
+        let token = if self.token.is_some() {
+            " --auth-token-file FILE"
+        } else {
+            ""
+        };
+        format!(
+            "dashboard  {scheme}://{host}/\n\
+             REST       {curl} {scheme}://{host}/v1/stats\n\
+             gRPC       {grpcurl} list\n\
+             send       tributary send --connect {scheme}://{host}{send}{token} --count 1000\n\
+             data       {} (queue.db: the queue; tributary.db: the SQLite store)\n\
+             stop       Ctrl-C (or SIGTERM): drains and closes cleanly",
+            self.config.data_dir.display()
+        )
     }
 
     /// Runs until `shutdown`; then parsers finish their batches, streams
@@ -246,7 +292,9 @@ impl App {
             let _ = producer.await;
         }
         for worker in workers {
-            let _ = worker.await;
+            if let Ok(Err(e)) = worker.await {
+                tracing::error!(error = %format!("{e:#}"), "a parser worker stopped");
+            }
         }
         server.await??;
         self.queue.close().await;

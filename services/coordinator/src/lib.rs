@@ -49,7 +49,7 @@ impl App {
             access: config.auth.guard()?,
             limits: config.server,
         };
-        let listener = TcpListener::bind(config.listen)
+        let listener = tributary::grpc::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         Ok(Self { listener, serving })

@@ -298,12 +298,19 @@ impl Workloads {
             token: Default::default(),
         };
         let background = |publisher: Publisher, producers: Vec<JoinHandle<()>>| {
+            let shutdown = shutdown.clone();
             tokio::spawn(async move {
                 for producer in producers {
                     let _ = producer.await;
                 }
-                if let Err(e) = publisher.finish().await {
-                    tracing::warn!(error = %format!("{e:#}"), "demo producer stopped");
+                match publisher.finish().await {
+                    Ok(_) => {}
+                    // Records in flight when the mesh stops are expected:
+                    // the demo producers have no one to hand them to.
+                    Err(e) if shutdown.is_cancelled() => {
+                        tracing::info!(error = %format!("{e:#}"), "demo producer stopped with the mesh");
+                    }
+                    Err(e) => tracing::warn!(error = %format!("{e:#}"), "demo producer stopped"),
                 }
             })
         };

@@ -183,6 +183,9 @@ pub struct NumberGenerator<C: Claimer> {
     pub ticks: u64,
 }
 
+/// Ticks in a row without a value before a warning: one second.
+const QUIET_TICKS: u64 = 10;
+
 impl<C: Claimer> NumberGenerator<C> {
     /// Emits until `shutdown` (or `ticks` ticks), then drops its sender.
     pub async fn run(mut self, shutdown: CancellationToken) {
@@ -214,10 +217,10 @@ impl<C: Claimer> NumberGenerator<C> {
             }
             match claimed {
                 Some(Ok(value)) => {
-                    if unclaimed_streak > 0 {
+                    if unclaimed_streak >= QUIET_TICKS {
                         tracing::info!(source = %self.source, skipped = unclaimed_streak, "values granted again; emitting");
-                        unclaimed_streak = 0;
                     }
+                    unclaimed_streak = 0;
                     let record = Record {
                         source: self.source.clone(),
                         seq,
@@ -233,14 +236,22 @@ impl<C: Claimer> NumberGenerator<C> {
                 }
                 failed => {
                     self.stats.unclaimed.fetch_add(1, Ordering::Relaxed);
-                    if unclaimed_streak == 0 {
+                    unclaimed_streak += 1;
+                    // A refusal or two is routine (a coordinator refuses
+                    // the ticks right after its own start); a second of
+                    // them is worth a warning.
+                    let level_warn = unclaimed_streak == QUIET_TICKS;
+                    if unclaimed_streak == 1 || level_warn {
                         let why = match failed {
                             Some(Err(e)) => e.to_string(),
                             _ => "no answer within the tick".to_owned(),
                         };
-                        tracing::warn!(source = %self.source, tick, reason = %why, "no value granted; pausing until the coordinator grants again");
+                        if level_warn {
+                            tracing::warn!(source = %self.source, tick, skipped = unclaimed_streak, reason = %why, "no value granted; pausing until the coordinator grants again");
+                        } else {
+                            tracing::debug!(source = %self.source, tick, reason = %why, "no value granted for this tick");
+                        }
                     }
-                    unclaimed_streak += 1;
                 }
             }
             done += 1;

@@ -32,6 +32,7 @@ use tracing::Span;
 use tributary::{
     backoff::Backoff,
     bearer::{AttachBearer, SendTokenArgs},
+    call_failure,
     channel::{ClientTlsArgs, Link},
     grpc_client, kind,
     log_throttle::{DEFAULT_INTERVAL, Throttle},
@@ -233,6 +234,7 @@ async fn publish(
     let mut outbox = Outbox::default();
     let mut failing_since: Option<Instant> = None;
     let mut reconnect = backoff();
+    let url = endpoint.uri().clone();
     loop {
         let answered = totals.answered();
         match session(&args, &endpoint, &bearer, &mut input, &mut outbox, &totals).await {
@@ -251,14 +253,25 @@ async fn publish(
                     failing_since = None;
                     reconnect.reset();
                 }
+                if let Some(hint) = call_failure::lasting_cause(e.as_ref()) {
+                    bail!("cannot publish to {url}: {hint} ({e:#})");
+                }
                 let since = *failing_since.get_or_insert_with(Instant::now);
                 if since.elapsed() > Duration::from_secs(args.retry_secs) {
-                    bail!("gave up after {} s of failures: {e:#}", args.retry_secs);
+                    bail!(
+                        "gave up on {url} after {} s of failures (--retry-secs): {e:#}",
+                        args.retry_secs
+                    );
                 }
                 totals.reconnects.fetch_add(1, Ordering::Relaxed);
+                // A stream the server ends because the process is stopping
+                // is no outage; otherwise once per interval, not once per
+                // attempt, so an outage does not flood the log.
                 static FAILED: Throttle = Throttle::new(DEFAULT_INTERVAL);
-                if let Some(repeats) = FAILED.admit() {
-                    tracing::warn!(error = %format!("{e:#}"), unacked = outbox.unacked_records, repeats, "publish stream failed; reconnecting");
+                if shutdown.is_cancelled() {
+                    tracing::debug!(connect = %url, error = %format!("{e:#}"), "publish stream ended while stopping");
+                } else if let Some(repeats) = FAILED.admit() {
+                    tracing::warn!(connect = %url, error = %format!("{e:#}"), unacked = outbox.unacked_records, retrying_for = ?since.elapsed(), repeats, "publish stream failed; reconnecting");
                 }
                 // Everything unanswered goes again, in order.
                 outbox.resend = outbox.unacked.keys().copied().collect();

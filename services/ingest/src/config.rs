@@ -33,7 +33,9 @@ pub struct Config {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Limits {
     /// Most records one Publish stream may have waiting for the queue; the
-    /// server stops reading the stream until acks bring it below.
+    /// server stops reading the stream until acks bring it below. The
+    /// server's side of publishing; not --pull-window, which is how many
+    /// deliveries `up`'s own parsers hold.
     #[arg(long, env = "TRIBUTARY_PUBLISH_WINDOW", default_value_t = 20_000)]
     pub publish_window: usize,
     /// Most encoded bytes of records one Publish stream may have waiting
@@ -74,7 +76,8 @@ pub struct Limits {
     #[arg(long, env = "TRIBUTARY_MAX_ATTEMPTS", default_value_t = 5)]
     pub max_attempts: u32,
     /// Milliseconds a delivery may stay unacknowledged before it is
-    /// redelivered, when the subscriber does not choose.
+    /// redelivered, when the subscriber does not choose. The server's
+    /// default; --pull-ack-deadline-ms is what a parser asks for, and wins.
     #[arg(long, env = "TRIBUTARY_ACK_DEADLINE_MS", default_value_t = 30_000)]
     pub ack_deadline_ms: u32,
     /// Records a Pull subscriber may hold unacknowledged, when it does not

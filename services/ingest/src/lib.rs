@@ -46,7 +46,7 @@ impl App {
         let tls = config.tls.load()?;
         let access = config.auth.guard()?;
         let queue = queue::open(&config.queue, &config.data_dir).await?;
-        let listener = TcpListener::bind(config.listen).await?;
+        let listener = tributary::grpc::bind(config.listen).await?;
         Ok(Self {
             listener,
             queue,

@@ -26,14 +26,17 @@ use crate::parsers::ParserSpec;
 /// Configuration of a stand-alone parser worker.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Config {
-    /// Address to serve health and reflection on; port 0 picks a free port.
-    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:50053")]
+    /// Address to serve health and reflection on. The default port 0 picks
+    /// a free port (printed at start), so several parsers run side by side;
+    /// containers set a fixed one for their health checks.
+    #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:0")]
     pub listen: SocketAddr,
-    /// Ingest server (or Envoy) to pull from.
+    /// Ingest server (or Envoy) to pull from; the default is where
+    /// `tributary up` listens.
     #[arg(
         long,
         env = "TRIBUTARY_CONNECT",
-        default_value = "http://127.0.0.1:50051"
+        default_value = "http://127.0.0.1:8080"
     )]
     pub connect: String,
     /// Where results go: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`
@@ -70,7 +73,9 @@ pub struct Config {
 /// Pull and batching knobs, as flags.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TuningArgs {
-    /// Records a worker may hold unacknowledged (its pull window).
+    /// Records a worker may hold unacknowledged (its pull window): the
+    /// parser's side of pulling, not --publish-window (a producer stream's
+    /// window on the server).
     #[arg(long, env = "TRIBUTARY_PULL_WINDOW", default_value_t = 20_000)]
     pub pull_window: u32,
     /// Records per store transaction, at most.
@@ -80,7 +85,9 @@ pub struct TuningArgs {
     #[arg(long, env = "TRIBUTARY_LINGER_MS", default_value_t = 5)]
     pub linger_ms: u64,
     /// Milliseconds a delivery may stay unacknowledged before it is
-    /// redelivered, as asked of the ingest server.
+    /// redelivered, as asked of the ingest server; this is the one to set
+    /// for a parser (--ack-deadline-ms is the server's default for
+    /// subscribers that ask for none).
     #[arg(long, env = "TRIBUTARY_PULL_ACK_DEADLINE_MS", default_value_t = 30_000)]
     pub pull_ack_deadline_ms: u64,
 }
@@ -125,7 +132,7 @@ impl App {
         let store = store::open(&config.store)
             .await
             .context("opening the store")?;
-        let listener = TcpListener::bind(config.listen)
+        let listener = tributary::grpc::bind(config.listen)
             .await
             .with_context(|| format!("binding {}", config.listen))?;
         let worker = Worker {
@@ -158,10 +165,12 @@ impl App {
             self.tls,
             shutdown.clone(),
         ));
-        self.worker.run(shutdown).await;
+        let pulled = self.worker.run(shutdown.clone()).await;
+        // A worker that cannot go on takes its health listener down with it.
+        shutdown.cancel();
         store.close().await;
         health.await??;
-        Ok(())
+        pulled
     }
 }
 
@@ -172,7 +181,7 @@ pub fn spawn_workers(
     store: Arc<dyn store::Store>,
     tuning: &Tuning,
     shutdown: &CancellationToken,
-) -> Vec<tokio::task::JoinHandle<()>> {
+) -> Vec<tokio::task::JoinHandle<anyhow::Result<()>>> {
     specs
         .iter()
         .map(|spec| {

@@ -24,6 +24,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, Span};
 use tributary::{
     backoff::Backoff,
+    call_failure,
     channel::Link,
     clock, grpc_client, kind,
     log_throttle::{DEFAULT_INTERVAL, Throttle},
@@ -111,8 +112,10 @@ fn backoff() -> Backoff {
 
 impl Worker {
     /// Runs until `shutdown`: reconnects with back-off whenever the stream
-    /// breaks. On shutdown it finishes and acks the batch in hand.
-    pub async fn run(self, shutdown: CancellationToken) {
+    /// breaks. On shutdown it finishes and acks the batch in hand. Fails at
+    /// once on what waiting cannot heal (a refused token, an untrusted
+    /// certificate), naming the address and what to change.
+    pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let this = Arc::new(self);
         // Names this instance's partial aggregates in the store.
         let writer: Arc<str> = format!("{}-{:016x}", this.name, rand::rng().random::<u64>()).into();
@@ -121,9 +124,13 @@ impl Worker {
             match this.clone().session(writer.clone(), &shutdown).await {
                 Ok(()) => reconnect.reset(),
                 Err(e) => {
+                    let url = this.link.url();
+                    if let Some(hint) = call_failure::lasting_cause(e.as_ref()) {
+                        anyhow::bail!("cannot pull from {url}: {hint} ({e:#})");
+                    }
                     static FAILED: Throttle = Throttle::new(DEFAULT_INTERVAL);
                     if let Some(repeats) = FAILED.admit() {
-                        tracing::warn!(parser = %this.name, error = %e, repeats, "pull stream failed; reconnecting");
+                        tracing::warn!(parser = %this.name, connect = %url, error = %format!("{e:#}"), repeats, "pull stream failed; reconnecting");
                     }
                 }
             }
@@ -132,6 +139,7 @@ impl Worker {
                 () = tokio::time::sleep(reconnect.next_wait()) => {}
             }
         }
+        Ok(())
     }
 
     async fn session(

@@ -7,7 +7,10 @@ use std::{
     time::Duration,
 };
 
-use tokio::{io::AsyncReadExt, process::Command};
+use tokio::{
+    io::{AsyncBufReadExt, AsyncReadExt, BufReader},
+    process::Command,
+};
 use tributary::{
     clock,
     proto::{
@@ -294,6 +297,15 @@ async fn sms_senders_split_the_messages_and_the_monitor_ends_at_the_totals() {
         .kill_on_drop(true)
         .spawn()
         .expect("the monitor starts");
+    // `--until-done` counts from the monitor's first reading: the producer
+    // starts once that reading is out.
+    let mut readings = BufReader::new(monitor.stdout.take().unwrap());
+    let mut output = String::new();
+    tokio::time::timeout(Duration::from_secs(30), readings.read_line(&mut output))
+        .await
+        .expect("the monitor prints its first reading")
+        .unwrap();
+    assert_eq!(counts(&output), (0, 0), "{output}");
     let summary = run_ok(&[
         "generate",
         "sms",
@@ -310,14 +322,7 @@ async fn sms_senders_split_the_messages_and_the_monitor_ends_at_the_totals() {
         .await
         .expect("the monitor ends once 1,000 are done")
         .unwrap();
-    let mut output = String::new();
-    monitor
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut output)
-        .await
-        .unwrap();
+    readings.read_to_string(&mut output).await.unwrap();
     assert!(status.success(), "monitor failed; output:\n{output}");
 
     let lines: Vec<&str> = output.lines().collect();

@@ -216,7 +216,7 @@ async fn dead_letters_after_max_attempts(queue: &str) {
         ("cannot digest poison", 3)
     );
     shutdown.cancel();
-    running.await.unwrap();
+    running.await.unwrap().unwrap();
     server.shutdown.cancel();
 }
 
@@ -359,6 +359,6 @@ async fn unstorable_records_are_dead_lettered_and_the_rest_stored(store_url: &st
         .collect();
     assert_eq!(windows, vec![(1_000_000, 2, 10), (0, 1, max)]);
     shutdown.cancel();
-    running.await.unwrap();
+    running.await.unwrap().unwrap();
     server.shutdown.cancel();
 }
