@@ -14,7 +14,7 @@ step() { printf '==> %s\n' "$*"; }
 timed() {
     local start=$SECONDS
     "$@"
-    printf '    (%s: %d s)\n' "$1 $2" $((SECONDS - start))
+    printf '    (%s: %d s)\n' "$*" $((SECONDS - start))
 }
 
 step "tools (target/tools/venv)"
