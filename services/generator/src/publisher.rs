@@ -234,6 +234,8 @@ async fn publish(
     let mut outbox = Outbox::default();
     let mut failing_since: Option<Instant> = None;
     let mut reconnect = backoff();
+    // Consecutive failed streams of the current outage.
+    let mut failures = 0u32;
     let url = endpoint.uri().clone();
     loop {
         let answered = totals.answered();
@@ -252,7 +254,9 @@ async fn publish(
                     // The stream made progress before failing: a new outage.
                     failing_since = None;
                     reconnect.reset();
+                    failures = 0;
                 }
+                failures += 1;
                 if let Some(hint) = call_failure::lasting_cause(e.as_ref()) {
                     bail!("cannot publish to {url}: {hint} ({e:#})");
                 }
@@ -267,9 +271,15 @@ async fn publish(
                 // A stream the server ends because the process is stopping
                 // is no outage; otherwise once per interval, not once per
                 // attempt, so an outage does not flood the log.
+                // The first failure of an outage is only noted: a stream
+                // that comes back on the next attempt needs nobody's action,
+                // and the attempt may yet show a cause that waiting cannot
+                // heal.
                 static FAILED: Throttle = Throttle::new(DEFAULT_INTERVAL);
                 if shutdown.is_cancelled() {
                     tracing::debug!(connect = %url, error = %format!("{e:#}"), "publish stream ended while stopping");
+                } else if failures <= 1 {
+                    tracing::debug!(connect = %url, error = %format!("{e:#}"), "publish stream failed; reconnecting");
                 } else if let Some(repeats) = FAILED.admit() {
                     tracing::warn!(connect = %url, error = %format!("{e:#}"), unacked = outbox.unacked_records, retrying_for = ?since.elapsed(), repeats, "publish stream failed; reconnecting");
                 }

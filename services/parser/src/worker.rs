@@ -120,16 +120,26 @@ impl Worker {
         // Names this instance's partial aggregates in the store.
         let writer: Arc<str> = format!("{}-{:016x}", this.name, rand::rng().random::<u64>()).into();
         let mut reconnect = backoff();
+        // Failed sessions since the last one that ended cleanly.
+        let mut failures = 0u32;
         while !shutdown.is_cancelled() {
             match this.clone().session(writer.clone(), &shutdown).await {
-                Ok(()) => reconnect.reset(),
+                Ok(()) => {
+                    reconnect.reset();
+                    failures = 0;
+                }
                 Err(e) => {
                     let url = this.link.url();
                     if let Some(hint) = call_failure::lasting_cause(e.as_ref()) {
                         anyhow::bail!("cannot pull from {url}: {hint} ({e:#})");
                     }
+                    failures += 1;
+                    // A first failure is only noted: the next attempt may
+                    // succeed, or show a cause that waiting cannot heal.
                     static FAILED: Throttle = Throttle::new(DEFAULT_INTERVAL);
-                    if let Some(repeats) = FAILED.admit() {
+                    if failures == 1 {
+                        tracing::debug!(parser = %this.name, connect = %url, error = %format!("{e:#}"), "pull stream failed; reconnecting");
+                    } else if let Some(repeats) = FAILED.admit() {
                         tracing::warn!(parser = %this.name, connect = %url, error = %format!("{e:#}"), repeats, "pull stream failed; reconnecting");
                     }
                 }

@@ -109,6 +109,15 @@ impl Rest {
         answer(response, path_and_query).await
     }
 
+    async fn delete(&mut self, route: &str, path: &str) -> reqwest::Response {
+        self.called.insert(("delete".into(), route.into()));
+        self.client
+            .delete(format!("{}{path}", self.base))
+            .send()
+            .await
+            .unwrap()
+    }
+
     async fn post(&mut self, route: &str, path: &str, body: &Value) -> Value {
         self.called.insert(("post".into(), route.into()));
         let response = self
@@ -332,6 +341,60 @@ async fn every_annotated_method_answers_over_rest_as_over_grpc() {
         .into_inner();
     let body = rest.get("/v1/sms/progress", "/v1/sms/progress").await;
     assert_eq!(without(body, "readAt"), without(canonical(&grpc), "readAt"));
+
+    // The queue's groups: the same names and kinds both ways (lag and idle
+    // time move between two reads). An idle group is deleted over REST,
+    // and a second delete is NOT_FOUND both ways.
+    let mut ingest = IngestClient::new(channel.clone());
+    let subscribe = tributary::proto::PullRequest {
+        subscribe: Some(tributary::proto::Subscription {
+            parser: "rest-idle".into(),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let mut pull = ingest
+        .pull(futures::stream::iter(vec![subscribe]))
+        .await
+        .unwrap()
+        .into_inner();
+    while pull.next().await.is_some() {}
+    let grpc = ingest
+        .list_groups(tributary::proto::ListGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let body = rest.get("/v1/groups", "/v1/groups").await;
+    let names_and_kinds = |v: &Value| -> Vec<(Value, Value)> {
+        v["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| (g["name"].clone(), g["kinds"].clone()))
+            .collect()
+    };
+    assert_eq!(names_and_kinds(&body), names_and_kinds(&canonical(&grpc)));
+    assert!(
+        names_and_kinds(&body)
+            .iter()
+            .any(|(name, _)| name == "rest-idle"),
+        "{body}"
+    );
+    let deleted = rest
+        .delete("/v1/groups/{group}", "/v1/groups/rest-idle")
+        .await;
+    assert_eq!(deleted.status(), 200);
+    let again = rest
+        .delete("/v1/groups/{group}", "/v1/groups/rest-idle")
+        .await;
+    assert_eq!(again.status(), 404);
+    let status = ingest
+        .delete_group(tributary::proto::DeleteGroupRequest {
+            group: "rest-idle".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
 
     // The server stream: its first message over SSE equals the first over gRPC.
     let mut stream = query
