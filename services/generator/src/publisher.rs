@@ -271,14 +271,15 @@ async fn publish(
                 // A stream the server ends because the process is stopping
                 // is no outage; otherwise once per interval, not once per
                 // attempt, so an outage does not flood the log.
-                // The first failure of an outage is only noted: a stream
-                // that comes back on the next attempt needs nobody's action,
-                // and the attempt may yet show a cause that waiting cannot
-                // heal.
+                // The first failures of an outage are only noted: a stream
+                // that comes back within QUIET_OUTAGE needs nobody's action,
+                // and the next attempts may yet show a cause that waiting
+                // cannot heal (a TLS listener answers a plaintext client with
+                // a broken pipe as often as with a telling protocol error).
                 static FAILED: Throttle = Throttle::new(DEFAULT_INTERVAL);
                 if shutdown.is_cancelled() {
                     tracing::debug!(connect = %url, error = %format!("{e:#}"), "publish stream ended while stopping");
-                } else if failures <= 1 {
+                } else if failures <= 1 || since.elapsed() < QUIET_OUTAGE {
                     tracing::debug!(connect = %url, error = %format!("{e:#}"), "publish stream failed; reconnecting");
                 } else if let Some(repeats) = FAILED.admit() {
                     tracing::warn!(connect = %url, error = %format!("{e:#}"), unacked = outbox.unacked_records, retrying_for = ?since.elapsed(), repeats, "publish stream failed; reconnecting");
@@ -298,6 +299,9 @@ async fn publish(
         }
     }
 }
+
+/// How long an outage is only noted at debug level before it is warned of.
+const QUIET_OUTAGE: Duration = Duration::from_secs(2);
 
 /// How a publish stream ended without error.
 enum Ended {

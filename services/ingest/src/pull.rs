@@ -345,22 +345,23 @@ async fn apply(
     refusals
 }
 
-/// Records a refused ack id; a queue that could not answer is logged, not
-/// blamed on the id.
+/// Records a refused ack id; a queue that could not answer (it is closing,
+/// or its backend is down) is noted, not blamed on the id: the delivery's
+/// deadline or a restart redelivers it.
 fn refuse(refusals: &mut Vec<AckRefusal>, ack_id: String, error: QueueError) {
-    let status = Status::from(error);
-    if matches!(
-        status.code(),
-        tonic::Code::InvalidArgument | tonic::Code::PermissionDenied
-    ) {
-        metrics::counter!(metrics::QUEUE_ACKS_REFUSED, "code" => crate::publish::code_label(status.code() as i32))
-            .increment(1);
-        refusals.push(AckRefusal {
-            ack_id: ack_id.chars().take(SHOWN_ACK_ID_CHARS).collect(),
-            code: status.code() as i32,
-            reason: status.message().to_owned(),
-        });
-    } else {
-        tracing::warn!(%status, "ack, nack or extend failed; the deadline will redeliver");
-    }
+    let (code, reason) = match error {
+        QueueError::Invalid(reason) => (tonic::Code::InvalidArgument, reason),
+        QueueError::Denied(reason) => (tonic::Code::PermissionDenied, reason),
+        other => {
+            tracing::debug!(error = %other, "ack, nack or extend not applied; the deadline will redeliver");
+            return;
+        }
+    };
+    metrics::counter!(metrics::QUEUE_ACKS_REFUSED, "code" => crate::publish::code_label(code as i32))
+        .increment(1);
+    refusals.push(AckRefusal {
+        ack_id: ack_id.chars().take(SHOWN_ACK_ID_CHARS).collect(),
+        code: code as i32,
+        reason,
+    });
 }

@@ -110,6 +110,10 @@ fn backoff() -> Backoff {
     Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
 
+/// How long a run of failed sessions is only noted at debug level before
+/// it is warned of.
+const QUIET_OUTAGE: Duration = Duration::from_secs(2);
+
 impl Worker {
     /// Runs until `shutdown`: reconnects with back-off whenever the stream
     /// breaks. On shutdown it finishes and acks the batch in hand. Fails at
@@ -120,24 +124,27 @@ impl Worker {
         // Names this instance's partial aggregates in the store.
         let writer: Arc<str> = format!("{}-{:016x}", this.name, rand::rng().random::<u64>()).into();
         let mut reconnect = backoff();
-        // Failed sessions since the last one that ended cleanly.
-        let mut failures = 0u32;
+        // When the current run of failed sessions began.
+        let mut failing_since: Option<Instant> = None;
         while !shutdown.is_cancelled() {
             match this.clone().session(writer.clone(), &shutdown).await {
                 Ok(()) => {
                     reconnect.reset();
-                    failures = 0;
+                    failing_since = None;
                 }
                 Err(e) => {
                     let url = this.link.url();
                     if let Some(hint) = call_failure::lasting_cause(e.as_ref()) {
                         anyhow::bail!("cannot pull from {url}: {hint} ({e:#})");
                     }
-                    failures += 1;
-                    // A first failure is only noted: the next attempt may
-                    // succeed, or show a cause that waiting cannot heal.
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    // The first failures are only noted: the stream may come
+                    // back within QUIET_OUTAGE, or the next attempts show a
+                    // cause that waiting cannot heal (a TLS listener answers
+                    // a plaintext client with a closed connection as often
+                    // as with a telling protocol error).
                     static FAILED: Throttle = Throttle::new(DEFAULT_INTERVAL);
-                    if failures == 1 {
+                    if since.elapsed() < QUIET_OUTAGE {
                         tracing::debug!(parser = %this.name, connect = %url, error = %format!("{e:#}"), "pull stream failed; reconnecting");
                     } else if let Some(repeats) = FAILED.admit() {
                         tracing::warn!(parser = %this.name, connect = %url, error = %format!("{e:#}"), repeats, "pull stream failed; reconnecting");
