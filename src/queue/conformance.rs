@@ -52,24 +52,22 @@ async fn forged_acks_are_refused(queue: &dyn Queue) {
     queue.ack("victim", &again.ack_id).await.unwrap();
 }
 
-async fn groups_are_listed_and_deleted(queue: &dyn Queue) {
-    let names: Vec<String> = queue
+async fn names(queue: &dyn Queue) -> Vec<String> {
+    queue
         .groups()
         .await
         .unwrap()
         .into_iter()
         .map(|g| g.name)
-        .collect();
+        .collect()
+}
+
+async fn groups_are_listed_and_deleted(queue: &dyn Queue) {
+    let names = self::names(queue).await;
     assert!(names.contains(&"victim".to_string()), "{names:?}");
     assert!(names.contains(&"evil".to_string()), "{names:?}");
     assert!(queue.delete_group("evil").await.unwrap().is_some());
     assert_eq!(queue.delete_group("evil").await.unwrap(), None);
-    let names: Vec<String> = queue
-        .groups()
-        .await
-        .unwrap()
-        .into_iter()
-        .map(|g| g.name)
-        .collect();
+    let names = self::names(queue).await;
     assert!(!names.contains(&"evil".to_string()), "{names:?}");
 }

@@ -183,6 +183,10 @@ async fn a_forged_ack_is_refused_and_the_delivery_stays_with_its_group(queue: &s
     let mut replica = Puller::open(&server.url, "victim", &[RecordKind::Text], 10, 30_000).await;
     let started = tokio::time::Instant::now();
     let again = replica.delivery().await;
+    println!(
+        "handed back to the next subscriber in {:?}",
+        started.elapsed()
+    );
     assert!(
         started.elapsed() < Duration::from_secs(10),
         "handed back, not left to its deadline"
