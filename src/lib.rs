@@ -12,6 +12,7 @@ pub mod channel;
 pub mod clock;
 pub mod grpc;
 pub mod grpc_client;
+pub mod held_body;
 pub mod kind;
 pub mod limits;
 pub mod log_throttle;

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::Semaphore;
 use tonic::codegen::http::{self, HeaderValue, StatusCode, header};
 
 /// Calls shed because a server-wide limit was reached, by `limit`.
@@ -154,7 +154,7 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             let response = response.await?;
-            Ok(response.map(|body| tonic::body::Body::new(Holding { body, permit })))
+            Ok(response.map(|body| crate::held_body::Held::wrap(body, permit)))
         })
     }
 }
@@ -190,35 +190,6 @@ fn busy(grpc: bool) -> http::Response<tonic::body::Body> {
         HeaderValue::from(RETRY_AFTER.as_millis() as u64),
     );
     response
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that holds its call's slot until it ends.
-    struct Holding {
-        #[pin]
-        body: tonic::body::Body,
-        permit: OwnedSemaphorePermit,
-    }
-}
-
-impl http_body::Body for Holding {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
-    }
 }
 
 /// The body read past its deadline.

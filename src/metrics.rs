@@ -253,7 +253,7 @@ where
                     .is_none();
             let guard = guard.or_else(|| rest.filter(|_| streaming).map(|m| OpenGuard::new(&m)));
             Ok(match guard {
-                Some(guard) => response.map(|body| tonic::body::Body::new(Guarded { body, guard })),
+                Some(guard) => response.map(|body| crate::held_body::Held::wrap(body, guard)),
                 None => response,
             })
         })
@@ -274,35 +274,6 @@ impl OpenGuard {
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.decrement(1.0);
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A response body that holds its call's [`OpenGuard`] until it ends.
-    struct Guarded {
-        #[pin]
-        body: tonic::body::Body,
-        guard: OpenGuard,
-    }
-}
-
-impl http_body::Body for Guarded {
-    type Data = bytes::Bytes;
-    type Error = tonic::Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        self.body.size_hint()
     }
 }
 
