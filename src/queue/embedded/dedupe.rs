@@ -200,3 +200,43 @@ pub(crate) fn decode_ranges(bytes: &[u8]) -> RangeInclusiveSet<u64> {
     }
     set
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Random keys over a few sources, in commits that succeed or fail
+        /// (and are taken back), against a set of the committed keys: a key
+        /// is new exactly when the model has not seen it, and a failed
+        /// commit leaves no key behind.
+        #[test]
+        fn the_index_answers_as_a_set_of_committed_keys(
+            commits in proptest::collection::vec(
+                (proptest::collection::vec((0usize..3, 0u64..64), 0..40), any::<bool>()),
+                0..40,
+            )
+        ) {
+            let mut dedupe = Dedupe::default();
+            let mut committed: HashSet<(usize, u64)> = HashSet::new();
+            for (keys, fails) in commits {
+                let mut added = Added::default();
+                let mut staged = HashSet::new();
+                for (source, seq) in keys {
+                    let new = dedupe.add(&format!("s{source}"), seq, &mut added);
+                    let expected = !committed.contains(&(source, seq)) && staged.insert((source, seq));
+                    prop_assert_eq!(new, expected, "key ({}, {})", source, seq);
+                }
+                if fails {
+                    dedupe.undo(added);
+                } else {
+                    committed.extend(staged);
+                }
+            }
+        }
+    }
+}
