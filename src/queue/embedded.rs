@@ -20,13 +20,15 @@
 //! policy drops that a group had not acked is logged per group and counted
 //! in `tributary_queue_dropped_messages_total{group,reason}`.
 
+mod ack_id;
 mod dedupe;
 mod ledger;
+
+pub use self::ack_id::AckId;
 
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    str::FromStr,
     sync::{Arc, Mutex, MutexGuard},
     time::Duration,
 };
@@ -306,7 +308,11 @@ impl EmbeddedQueue {
 
     /// Checks that `ack_id` is one of this queue's and names `group`.
     fn own(&self, group: &str, ack_id: &str) -> Result<u64, QueueError> {
-        let (store, id, named) = parse_ack_id(ack_id)?;
+        let AckId {
+            store,
+            id,
+            group: named,
+        } = AckId::parse(ack_id)?;
         if store != self.inner.store_id {
             return Err(QueueError::Invalid(format!(
                 "ack id {ack_id:?} is not from this queue"
@@ -582,7 +588,12 @@ impl Inner {
             QueueError::Unavailable(format!("message {} is corrupt: {e}", claim.id))
         })?;
         Ok(Some(Message {
-            ack_id: format!("{:016x}:{}:{group}", self.store_id, claim.id),
+            ack_id: AckId {
+                store: self.store_id,
+                id: claim.id,
+                group,
+            }
+            .to_string(),
             kind: claim.meta.kind,
             records: batch.records,
             attempt: claim.attempt,
@@ -1021,20 +1032,6 @@ async fn load(
     changes.extend(doomed.into_iter().map(|id| Change::Delete { id }));
     let dedupe = Dedupe::load(conn).await.map_err(unavailable)?;
     Ok((ledger, dedupe, changes))
-}
-
-/// Splits `STORE:ID:GROUP` (the store id in hex).
-fn parse_ack_id(ack_id: &str) -> Result<(u64, u64, &str), QueueError> {
-    let mut parts = ack_id.splitn(3, ':');
-    let store = parts.next().and_then(|s| u64::from_str_radix(s, 16).ok());
-    let id = parts.next().and_then(|s| u64::from_str(s).ok());
-    match (store, id, parts.next()) {
-        (Some(store), Some(id), Some(group)) if !group.is_empty() => Ok((store, id, group)),
-        _ => Err(QueueError::Invalid(format!(
-            "malformed ack id {:?}",
-            ack_id.chars().take(80).collect::<String>()
-        ))),
-    }
 }
 
 fn unavailable(e: sqlx::Error) -> QueueError {

@@ -285,7 +285,7 @@ fn consumer_name(group: &str, kind: RecordKind) -> String {
 /// The stream and consumer a JetStream reply subject names:
 /// `$JS.ACK.<stream>.<consumer>.…` (9 tokens), or with a domain and account
 /// hash after `$JS.ACK.` (11 or more).
-fn reply_parts(ack_id: &str) -> Option<(&str, &str)> {
+pub fn reply_parts(ack_id: &str) -> Option<(&str, &str)> {
     let tokens: Vec<&str> = ack_id.split('.').collect();
     if tokens.first() != Some(&"$JS") || tokens.get(1) != Some(&"ACK") {
         return None;
@@ -302,7 +302,7 @@ fn reply_parts(ack_id: &str) -> Option<(&str, &str)> {
 /// `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>`, or
 /// with a domain and account hash after `$JS.ACK.` (11 or more tokens).
 /// async-nats parses this too, but only for messages it built itself.
-fn delivered(ack_id: &str) -> Option<u32> {
+pub fn delivered(ack_id: &str) -> Option<u32> {
     let tokens: Vec<&str> = ack_id.split('.').collect();
     let index = match tokens.len() {
         9 => 4,

@@ -86,6 +86,34 @@ pub struct Message {
     pub traceparent: Option<String>,
 }
 
+/// Longest consumer group name, in bytes: a group name is kept in memory, in
+/// the queue file, in JetStream consumer names and in metric labels.
+pub const MAX_GROUP_BYTES: usize = 200;
+
+/// Checks a consumer group name: 1 to [`MAX_GROUP_BYTES`] bytes of ASCII
+/// letters, digits, `_` and `-`. Both backends take the same names: a
+/// JetStream consumer name cannot hold `.`, `*`, `>`, `/`, `\` or white
+/// space, and a name also appears in URLs (`/v1/groups/{group}`) and in
+/// metric labels.
+pub fn check_group(group: &str) -> Result<(), String> {
+    if group.is_empty() || group.len() > MAX_GROUP_BYTES {
+        return Err(format!(
+            "a consumer group name must be 1 to {MAX_GROUP_BYTES} bytes, not {}",
+            group.len()
+        ));
+    }
+    match group
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || *c == '_' || *c == '-'))
+    {
+        Some(bad) => Err(format!(
+            "consumer group {:?} holds {bad:?}; a name takes ASCII letters, digits, `_` and `-`",
+            group.chars().take(64).collect::<String>()
+        )),
+        None => Ok(()),
+    }
+}
+
 /// What a subscriber receives and how long it may hold a message.
 #[derive(Debug, Clone)]
 pub struct SubscribeOptions {
@@ -225,6 +253,31 @@ impl From<QueueError> for tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn group_names_are_what_both_backends_and_urls_take() {
+        for good in ["raw", "sms_sender", "raw-2", &"g".repeat(MAX_GROUP_BYTES)] {
+            assert_eq!(check_group(good), Ok(()), "{good:?}");
+        }
+        for bad in [
+            "",
+            "a.b",
+            "a b",
+            "a*",
+            "a>",
+            "a/b",
+            "é",
+            "a\0",
+            &"g".repeat(201),
+        ] {
+            assert!(check_group(bad).is_err(), "{bad:?} was taken");
+        }
+        let err = check_group("orders.eu").unwrap_err();
+        assert!(
+            err.contains("'.'") && err.contains("letters, digits"),
+            "{err}"
+        );
+    }
 
     #[test]
     fn backoff_doubles_then_caps() {

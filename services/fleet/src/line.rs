@@ -64,8 +64,10 @@ pub fn parse_line(line: &[u8]) -> Result<i64, JunkReason> {
     }
     // Only ASCII digits and a sign remain, so the text is valid UTF-8 and the
     // one way left for `parse` to fail is overflow.
-    let text = std::str::from_utf8(digits).expect("ASCII digits are UTF-8");
-    text.parse::<i64>().map_err(|_| JunkReason::OutOfRange)
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|text| text.parse::<i64>().ok())
+        .ok_or(JunkReason::OutOfRange)
 }
 
 /// The parser state: the unfinished line carried from one chunk to the next.
@@ -144,10 +146,13 @@ impl LineParser {
 }
 
 fn item(line: &[u8]) -> Item {
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    // The length is checked with any `\r` still on, as `append` counts it
+    // for a line that spans chunks: a line is junk or not whatever the
+    // chunking.
     if line.len() > MAX_LINE {
         return Item::Junk(junk(line, JunkReason::TooLong));
     }
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
     match parse_line(line) {
         Ok(value) => Item::Sample(value),
         Err(reason) => Item::Junk(junk(line, reason)),

@@ -4,10 +4,10 @@
 #![forbid(unsafe_code)]
 
 mod config;
-mod publish;
-mod pull;
+pub mod publish;
+pub mod pull;
 mod service;
-mod validate;
+pub mod validate;
 
 pub use config::{Config, Limits};
 pub use service::IngestService;

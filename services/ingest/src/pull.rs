@@ -23,17 +23,13 @@ use tributary::{
     kind::{self, KindSet},
     metrics,
     proto::{AckRefusal, Delivery, PullRequest, PullResponse, RecordKind},
-    queue::{Queue, QueueError, SubscribeOptions, Subscription},
+    queue::{self, Queue, QueueError, SubscribeOptions, Subscription},
     trace_context,
 };
 
-use crate::IngestService;
+use crate::{IngestService, Limits};
 
 type ResponseStream = Pin<Box<dyn Stream<Item = Result<PullResponse, Status>> + Send>>;
-
-/// Longest consumer group name accepted, in bytes: a group name is kept in
-/// memory, in the queue file and in metric labels.
-pub(crate) const MAX_GROUP_BYTES: usize = 200;
 
 /// Longest ack id echoed back in a refusal.
 const SHOWN_ACK_ID_CHARS: usize = 200;
@@ -78,6 +74,59 @@ impl Shared {
     }
 }
 
+/// A subscription as the server takes it: the first `PullRequest`'s
+/// `subscribe`, checked and held to the server's limits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribed {
+    /// The consumer group, as [`queue::check_group`] takes it.
+    pub group: String,
+    /// The kinds asked for, each a known kind; empty means every kind.
+    pub kinds: Vec<RecordKind>,
+    /// Records the stream may hold unacked: the caller's ask, or the
+    /// server's default for 0, never above `--max-outstanding-cap`.
+    pub max_outstanding: u32,
+    /// How long a delivery stays with the stream unacked: at least 100 ms.
+    pub ack_deadline: Duration,
+}
+
+/// Checks the first message of a Pull stream. Everything a caller may send
+/// gets an answer: INVALID_ARGUMENT naming what is wrong, or a subscription
+/// within `limits` (a fuzz target: `fuzz/fuzz_targets/pull_request.rs`).
+pub fn subscription(first: &PullRequest, limits: &Limits) -> Result<Subscribed, Status> {
+    let subscription = first
+        .subscribe
+        .as_ref()
+        .ok_or_else(|| Status::invalid_argument("the first PullRequest must carry `subscribe`"))?;
+    queue::check_group(&subscription.parser)
+        .map_err(|e| Status::invalid_argument(format!("subscribe.parser: {e}")))?;
+    let mut kinds = Vec::with_capacity(subscription.kinds.len().min(16));
+    for raw in &subscription.kinds {
+        match RecordKind::try_from(*raw) {
+            Ok(RecordKind::Unspecified) | Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "subscribe.kinds holds {raw}, which is not a record kind"
+                )));
+            }
+            Ok(kind) => kinds.push(kind),
+        }
+    }
+    let max_outstanding = match subscription.max_outstanding {
+        0 => limits.max_outstanding,
+        n => n,
+    }
+    .min(limits.max_outstanding_cap);
+    let ack_deadline = match subscription.ack_deadline_ms {
+        0 => limits.ack_deadline(),
+        ms => Duration::from_millis(u64::from(ms.max(100))),
+    };
+    Ok(Subscribed {
+        group: subscription.parser.clone(),
+        kinds,
+        max_outstanding,
+        ack_deadline,
+    })
+}
+
 /// Opens a Pull stream: reads the subscription, joins the consumer group and
 /// starts delivering.
 pub async fn stream(
@@ -89,50 +138,23 @@ pub async fn stream(
         .await
         .map_err(grpc::inbound_status)?
         .ok_or_else(|| Status::invalid_argument("the Pull stream ended before subscribing"))?;
-    let subscription = first
-        .subscribe
-        .clone()
-        .ok_or_else(|| Status::invalid_argument("the first PullRequest must carry `subscribe`"))?;
-    if subscription.parser.is_empty() || subscription.parser.len() > MAX_GROUP_BYTES {
-        return Err(Status::invalid_argument(format!(
-            "subscribe.parser must be 1 to {MAX_GROUP_BYTES} bytes"
-        )));
-    }
-    let mut kinds = Vec::with_capacity(subscription.kinds.len());
-    for raw in &subscription.kinds {
-        match RecordKind::try_from(*raw) {
-            Ok(RecordKind::Unspecified) | Err(_) => {
-                return Err(Status::invalid_argument(format!(
-                    "subscribe.kinds holds {raw}, which is not a record kind"
-                )));
-            }
-            Ok(kind) => kinds.push(kind),
-        }
-    }
-    let limits = &service.limits;
-    let max_outstanding = match subscription.max_outstanding {
-        0 => limits.max_outstanding,
-        n => n.min(limits.max_outstanding_cap),
-    };
-    let deadline = match subscription.ack_deadline_ms {
-        0 => limits.ack_deadline(),
-        ms => Duration::from_millis(u64::from(ms.max(100))),
-    };
+    let subscription = subscription(&first, &service.limits)?;
     let queue_sub = service
         .queue
         .subscribe(SubscribeOptions {
-            group: subscription.parser.clone(),
-            kinds: KindSet::of(kinds),
-            ack_deadline: deadline,
+            group: subscription.group.clone(),
+            kinds: KindSet::of(subscription.kinds.iter().copied()),
+            ack_deadline: subscription.ack_deadline,
         })
         .await?;
-    tracing::info!(parser = %subscription.parser, max_outstanding, "parser subscribed");
+    let max_outstanding = subscription.max_outstanding;
+    tracing::info!(parser = %subscription.group, max_outstanding, "parser subscribed");
 
     let shared = Arc::new(Shared {
         credit: Mutex::new(Credit::default()),
         freed: Notify::new(),
     });
-    let group = subscription.parser.clone();
+    let group = subscription.group.clone();
     let (tx, rx) = mpsc::channel(4);
     let refusals = apply(&service.queue, &group, &shared, first).await;
     if !refusals.is_empty() {
@@ -142,7 +164,7 @@ pub async fn stream(
         }));
     }
     let fetcher = tokio::spawn(fetch(
-        subscription.parser.clone(),
+        subscription.group.clone(),
         queue_sub,
         shared.clone(),
         tx.clone(),
@@ -152,7 +174,7 @@ pub async fn stream(
     let watching = CancellationToken::new();
     tokio::spawn(watch_lag(
         service.queue.clone(),
-        subscription.parser.clone(),
+        subscription.group.clone(),
         watching.clone(),
     ));
     tokio::spawn(read(

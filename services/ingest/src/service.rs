@@ -116,12 +116,7 @@ impl Ingest for IngestService {
         request: Request<DeleteGroupRequest>,
     ) -> Result<Response<DeleteGroupResponse>, Status> {
         let group = request.into_inner().group;
-        if group.is_empty() || group.len() > pull::MAX_GROUP_BYTES {
-            return Err(Status::invalid_argument(format!(
-                "group must be 1 to {} bytes",
-                pull::MAX_GROUP_BYTES
-            )));
-        }
+        tributary::queue::check_group(&group).map_err(Status::invalid_argument)?;
         match self.queue.delete_group(&group).await? {
             Some(dropped) => Ok(Response::new(DeleteGroupResponse { dropped })),
             None => Err(Status::not_found(format!("no consumer group {group:?}"))),

@@ -248,3 +248,43 @@ async fn max_outstanding_is_capped_by_the_server() {
     let more = greedy.delivery().await;
     assert_ne!(more.ack_id, held[0].ack_id);
 }
+
+/// A group name one backend could not hold (a JetStream consumer name takes
+/// no `.`) is refused by both alike, before anything is created, with
+/// INVALID_ARGUMENT naming the character.
+async fn a_group_name_no_backend_can_hold_is_refused_up_front(queue: &str) {
+    let server = start(queue, Limits::default()).await;
+    let mut client = IngestClient::connect(server.url.clone()).await.unwrap();
+    for bad in ["orders.eu", "a b", "x>", ""] {
+        let first = PullRequest {
+            subscribe: Some(Subscription {
+                parser: bad.into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let status = client
+            .pull(tokio_stream::once(first))
+            .await
+            .expect_err("the subscription is refused");
+        assert_eq!(status.code(), Code::InvalidArgument, "{bad:?}: {status:?}");
+        assert!(status.message().contains("subscribe.parser"), "{status:?}");
+    }
+    let groups = client
+        .list_groups(tributary::proto::ListGroupsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .groups;
+    assert!(groups.is_empty(), "{groups:?}");
+}
+
+#[tokio::test]
+async fn embedded_a_group_name_no_backend_can_hold_is_refused_up_front() {
+    a_group_name_no_backend_can_hold_is_refused_up_front("embedded").await;
+}
+
+#[tokio::test]
+async fn jetstream_a_group_name_no_backend_can_hold_is_refused_up_front() {
+    a_group_name_no_backend_can_hold_is_refused_up_front(&jetstream()).await;
+}

@@ -93,10 +93,14 @@ impl ParserSpec {
         };
         let group = match json.as_object_mut().and_then(|o| o.remove("group")) {
             None => None,
-            Some(serde_json::Value::String(g)) if !g.is_empty() => Some(g),
+            Some(serde_json::Value::String(g)) => {
+                tributary::queue::check_group(&g)
+                    .map_err(|e| format!("bad parser spec {spec:?}: {e}"))?;
+                Some(g)
+            }
             Some(other) => {
                 return Err(format!(
-                    "bad parser spec {spec:?}: group must be a non-empty string, not {other}"
+                    "bad parser spec {spec:?}: group must be a string, not {other}"
                 ));
             }
         };
@@ -189,5 +193,16 @@ mod tests {
         assert!(ParserSpec::from_spec(r#"{"type":"raw","speed":3}"#).is_err());
         let err = ParserSpec::from_spec(r#"{"type":"sms_sender","failure_rate":2}"#).unwrap_err();
         assert!(err.contains("failure_rate"), "{err}");
+    }
+
+    #[test]
+    fn specs_name_only_groups_every_queue_backend_takes() {
+        let spec = ParserSpec::from_spec(r#"{"type":"raw","group":"raw-eu"}"#).unwrap();
+        assert_eq!(spec.group, "raw-eu");
+        for bad in [r#""""#, r#""orders.eu""#, r#""a b""#, "7"] {
+            let err =
+                ParserSpec::from_spec(&format!(r#"{{"type":"raw","group":{bad}}}"#)).unwrap_err();
+            assert!(err.contains("group"), "{bad}: {err}");
+        }
     }
 }
