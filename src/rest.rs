@@ -31,6 +31,8 @@ use crate::proto::{
 };
 pub use rest_over_grpc::transcoding::Transcode;
 
+pub mod openapi;
+
 /// Tokens are checked for every route of a listener, REST included, by
 /// [`crate::access::AccessLayer`] before a request reaches a transcoder.
 type Guard = fn(&tonic::metadata::MetadataMap) -> Result<(), tonic::Status>;
@@ -71,7 +73,9 @@ pub mod transcoders {
 }
 
 /// The OpenAPI 3.1 document of the whole REST face (every annotated service
-/// of the mesh, as users reach it through `tributary up` or Envoy).
+/// of the mesh, as users reach it through `tributary up` or Envoy), as
+/// generated; what is served is [`openapi::document`], which adds the
+/// value ranges.
 pub const OPENAPI_JSON: &str = include_str!(concat!(
     env!("OUT_DIR"),
     "/rest/all/tributary.v1.openapi.json"
@@ -85,7 +89,8 @@ pub const OPENAPI_PATH: &str = "/openapi.json";
 pub const MAX_BODY_BYTES: usize = 4 << 20;
 
 /// The REST routes of `transcoder`, plus the OpenAPI document. Anything the
-/// transcoder does not know is answered 404 with a JSON error body. `HEAD`
+/// transcoder does not know is answered 404 with a JSON error body, a verb
+/// a known path does not take 405 (and `OPTIONS` 204) with `Allow`. `HEAD`
 /// is answered wherever `GET` is, and a number the JSON mapping cannot take
 /// gets a message that says so.
 pub fn router<T>(transcoder: T) -> Router
@@ -97,6 +102,8 @@ where
         .fallback_service(RestService::new(transcoder).with_max_body_bytes(MAX_BODY_BYTES))
         .layer(middleware::from_fn(clear_number_errors))
         .layer(middleware::from_fn(head_as_get))
+        // Outermost, so that HEAD is still HEAD when checked against `Allow`.
+        .layer(middleware::from_fn(openapi::methods_and_bodies))
 }
 
 /// `HEAD` as `GET` without the body (RFC 9110 §9.3.2): the transcoder
@@ -162,7 +169,10 @@ async fn clear_number_errors(request: Request, next: Next) -> Response {
 }
 
 async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON)
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        openapi::document(),
+    )
 }
 
 /// Two transcoders as one: a request goes to the first that has a route for

@@ -7,16 +7,7 @@ use std::future::Future;
 use tonic::Status;
 use tributary::store::StoreError;
 
-/// Page size when a request gives none, and the most a page may hold.
-pub const DEFAULT_LIMIT: u32 = 100;
-pub const MAX_LIMIT: u32 = 1000;
-
-/// Bytes a page may hold when a request gives no bound: under the 4 MiB
-/// message limit that gRPC clients (grpcurl, grpcio, tonic) default to, with
-/// room for the fields beside the bodies.
-pub const DEFAULT_MAX_BYTES: usize = 3 << 20;
-/// The most bytes a client may ask for in one page.
-pub const MAX_MAX_BYTES: usize = 64 << 20;
+pub use tributary::ranges::{DEFAULT_LIMIT, DEFAULT_MAX_BYTES, MAX_LIMIT, MAX_MAX_BYTES};
 
 /// Rows read by the first query of a page: enough for one query to fill a
 /// page of small rows' first stretch, few enough that large rows stay within

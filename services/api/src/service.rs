@@ -15,6 +15,7 @@ use tributary::{
         ListDeadLettersRequest, ListDeadLettersResponse, ListRecordsRequest, ListRecordsResponse,
         SmsProgress, Stats, WatchDashboardRequest, WatchStatsRequest, query_server::Query,
     },
+    queue,
     store::{AggregateQuery, AverageFilter, DeadLetterFilter, RecordFilter, Store},
 };
 
@@ -24,16 +25,12 @@ use crate::{
     paging::{self, Bounds, DEFAULT_LIMIT, MAX_LIMIT},
 };
 
-/// The shortest and longest interval between two updates of a watch
-/// stream: a bound below keeps one client from making the server poll the
-/// store in a loop, a bound above keeps a stream from idling for days.
-pub const MIN_INTERVAL_MS: u32 = 100;
-pub const MAX_INTERVAL_MS: u32 = 60_000;
+pub use tributary::ranges::{DEFAULT_INTERVAL_MS, MAX_INTERVAL_MS, MIN_INTERVAL_MS};
 
 /// A watch stream's interval: 0 means a second; out of bounds is refused.
 pub fn interval(requested: u32) -> Result<Duration, Status> {
     let ms = match requested {
-        0 => 1000,
+        0 => DEFAULT_INTERVAL_MS,
         ms @ MIN_INTERVAL_MS..=MAX_INTERVAL_MS => ms,
         ms => {
             return Err(Status::invalid_argument(format!(
@@ -89,9 +86,19 @@ fn non_empty(s: String) -> Option<String> {
     (!s.is_empty()).then_some(s)
 }
 
+/// A parser (consumer group) filter: none when empty, else a name
+/// [`queue::check_group`] takes; no stored row has any other.
+fn parser_filter(requested: String) -> Result<Option<String>, Status> {
+    let Some(parser) = non_empty(requested) else {
+        return Ok(None);
+    };
+    queue::check_group(&parser).map_err(|e| Status::invalid_argument(format!("parser: {e}")))?;
+    Ok(Some(parser))
+}
+
 /// The consumer group asked for, or the parser type's default group.
-fn group(requested: String, default: &str) -> String {
-    non_empty(requested).unwrap_or_else(|| default.to_owned())
+fn group(requested: String, default: &str) -> Result<String, Status> {
+    Ok(parser_filter(requested)?.unwrap_or_else(|| default.to_owned()))
 }
 
 /// The window the latency figures cover.
@@ -159,7 +166,7 @@ impl Query for QueryService {
     ) -> Result<Response<ListRecordsResponse>, Status> {
         let request = request.into_inner();
         let bounds = Bounds::new(request.limit, request.max_bytes)?;
-        let parser = non_empty(request.parser);
+        let parser = parser_filter(request.parser)?;
         let source = non_empty(request.source);
         let (rows, next_after_id) = paging::read(bounds, request.after_id, |after_id, limit| {
             let filter = RecordFilter {
@@ -183,7 +190,7 @@ impl Query for QueryService {
     ) -> Result<Response<ListDeadLettersResponse>, Status> {
         let request = request.into_inner();
         let bounds = Bounds::new(request.limit, request.max_bytes)?;
-        let parser = non_empty(request.parser);
+        let parser = parser_filter(request.parser)?;
         let (rows, next_after_id) = paging::read(bounds, request.after_id, |after_id, limit| {
             let filter = DeadLetterFilter {
                 parser: parser.clone(),
@@ -208,7 +215,7 @@ impl Query for QueryService {
         let rows = self
             .store
             .averages(&AverageFilter {
-                parser: group(request.parser, "average"),
+                parser: group(request.parser, "average")?,
                 from,
                 to,
                 limit: limit(request.limit)?,
@@ -222,7 +229,7 @@ impl Query for QueryService {
         &self,
         request: Request<GetLatencyRequest>,
     ) -> Result<Response<Latency>, Status> {
-        let parser = group(request.into_inner().parser, "probe");
+        let parser = group(request.into_inner().parser, "probe")?;
         let now = clock::now_micros();
         let row = self
             .store
@@ -247,7 +254,7 @@ impl Query for QueryService {
         let rows = self
             .store
             .aggregate(&AggregateQuery {
-                parser: group(request.parser, "sensor"),
+                parser: group(request.parser, "sensor")?,
                 metric: request.metric.clone(),
                 from,
                 to,
@@ -264,7 +271,7 @@ impl Query for QueryService {
         &self,
         request: Request<GetSmsProgressRequest>,
     ) -> Result<Response<SmsProgress>, Status> {
-        let parser = group(request.into_inner().parser, "sms_sender");
+        let parser = group(request.into_inner().parser, "sms_sender")?;
         let rows = self.store.sms_progress(&parser).await?;
         Ok(Response::new(convert::sms_progress(rows)))
     }

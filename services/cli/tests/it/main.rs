@@ -19,6 +19,7 @@ mod observability;
 mod peers;
 mod queue;
 mod rest;
+mod schemathesis;
 mod server_limits;
 mod support;
 mod tls;

@@ -571,7 +571,17 @@ async fn bad_rest_input_gets_a_4xx_json_error() {
         (
             "unknown verb on a known path",
             client.delete(format!("{base}/v1/stats")),
-            404,
+            405,
+        ),
+        (
+            "POST without a body",
+            client.post(format!("{base}/v1/records")),
+            400,
+        ),
+        (
+            "a group name no queue backend takes",
+            get("/v1/records?parser=orders.eu"),
+            400,
         ),
         ("missing path parameter", get("/v1/metrics//aggregate"), 404),
         ("missing path segment", get("/v1/metrics/aggregate"), 404),
@@ -624,4 +634,44 @@ async fn bad_rest_input_gets_a_4xx_json_error() {
             "{what}: no message in {text}"
         );
     }
+}
+
+/// HTTP's answers for verbs: `OPTIONS` lists what a path takes, another
+/// verb gets 405 with the same list, and the document states the ranges
+/// the server enforces.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn options_and_wrong_verbs_name_the_verbs_a_path_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let client = http();
+    let base = mesh.url();
+    let options = client
+        .request(reqwest::Method::OPTIONS, format!("{base}/v1/records"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(options.status(), 204);
+    assert_eq!(options.headers()["allow"], "GET, HEAD, POST, OPTIONS");
+    let put = client
+        .put(format!("{base}/v1/groups/raw"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 405);
+    assert_eq!(put.headers()["allow"], "DELETE");
+    let openapi: Value = client
+        .get(format!("{base}/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let limit = &openapi["paths"]["/v1/records"]["get"]["parameters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "limit")
+        .unwrap()["schema"];
+    assert_eq!(limit["maximum"], 1000, "{limit}");
 }
