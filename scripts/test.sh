@@ -24,7 +24,7 @@ step "tools (target/tools/venv)"
 source scripts/tools.sh
 printf '    %s\n' "TRIBUTARY_PYTHON=$TRIBUTARY_PYTHON" "TRIBUTARY_GRPCURL=$TRIBUTARY_GRPCURL" \
     "TRIBUTARY_ENVOY=$TRIBUTARY_ENVOY" "TRIBUTARY_COMPOSE=$TRIBUTARY_COMPOSE" \
-    "TRIBUTARY_PROMTOOL=$TRIBUTARY_PROMTOOL"
+    "TRIBUTARY_PROMTOOL=$TRIBUTARY_PROMTOOL" "TRIBUTARY_SCHEMATHESIS=$TRIBUTARY_SCHEMATHESIS"
 
 step "services (PostgreSQL 127.0.0.1:5432, NATS JetStream 127.0.0.1:4222)"
 tributary_ensure_services
@@ -55,3 +55,7 @@ else
     step "cargo test (cargo-nextest not found)"
     cargo test --workspace --locked --no-fail-fast
 fi
+
+step "fuzz targets (corpus replay, then ${TRIBUTARY_FUZZ_SECONDS:-20} s each; docs/fuzzing.md)"
+# Installs cargo-fuzz when missing; a crash or failed oracle fails the suite.
+timed scripts/fuzz.sh "${TRIBUTARY_FUZZ_SECONDS:-20}"
