@@ -28,7 +28,13 @@ mod tests {
     /// a subnormal one (serde_json's default parse was one ulp off here).
     #[test]
     fn doubles_read_from_json_are_the_doubles_written() {
-        for value in [9.178429666345241e-308, 0.1, 21.5, f64::MAX, f64::MIN_POSITIVE / 3.0] {
+        for value in [
+            9.178429666345241e-308,
+            0.1,
+            21.5,
+            f64::MAX,
+            f64::MIN_POSITIVE / 3.0,
+        ] {
             let reading = SensorReading {
                 value,
                 ..Default::default()

@@ -195,6 +195,42 @@ pub async fn aggregates_match_a_computation_in_rust(store: &dyn Store) {
     );
 }
 
+/// The metrics a parser has readings of are listed once each, in order,
+/// and only that parser's.
+pub async fn metrics_are_listed_once_each(store: &dyn Store) {
+    assert!(store.metrics("sensor").await.unwrap().is_empty());
+    let records: Vec<NewRecord> = ["temperature", "humidity", "temperature", "pressure"]
+        .into_iter()
+        .enumerate()
+        .map(|(seq, metric)| {
+            with_fact(
+                "s",
+                seq as u64,
+                0,
+                0,
+                Fact::Reading {
+                    sensor_id: "a".into(),
+                    metric: metric.into(),
+                    value: 1.0,
+                    unit: "u".into(),
+                    measured_at: 10,
+                },
+            )
+        })
+        .collect();
+    store.write(&batch("sensor", "w", records)).await.unwrap();
+    store
+        .write(&batch("other", "w", vec![reading(9, "a", 1.0, 10)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.metrics("sensor").await.unwrap(),
+        ["humidity", "pressure", "temperature"]
+    );
+    assert_eq!(store.metrics("other").await.unwrap(), ["temperature"]);
+    assert!(store.metrics("nobody").await.unwrap().is_empty());
+}
+
 pub async fn sms_progress_counts_outcomes_per_sender(store: &dyn Store) {
     let outcome = |seq, sender: &str, sent, duration_us| {
         with_fact(

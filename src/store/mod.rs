@@ -334,6 +334,9 @@ pub trait Store: Send + Sync {
     /// Aggregates of one sensor metric, computed by the database.
     async fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>, StoreError>;
 
+    /// The sensor metrics `parser` has readings of, sorted, at most 100.
+    async fn metrics(&self, parser: &str) -> Result<Vec<String>, StoreError>;
+
     /// SMS outcomes of `parser`, per sender, sorted by sender.
     async fn sms_progress(&self, parser: &str) -> Result<Vec<SmsRow>, StoreError>;
 

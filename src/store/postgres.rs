@@ -416,6 +416,10 @@ impl Store for PostgresStore {
         reads::aggregate(&self.pool, query).await
     }
 
+    async fn metrics(&self, parser: &str) -> Result<Vec<String>, StoreError> {
+        reads::metrics(&self.pool, parser).await
+    }
+
     async fn sms_progress(&self, parser: &str) -> Result<Vec<SmsRow>, StoreError> {
         reads::sms_progress(&self.pool, parser).await
     }
@@ -470,6 +474,11 @@ mod tests {
     #[tokio::test]
     async fn aggregates_match_a_computation_in_rust() {
         facts::aggregates_match_a_computation_in_rust(&open_store().await).await;
+    }
+
+    #[tokio::test]
+    async fn metrics_are_listed_once_each() {
+        facts::metrics_are_listed_once_each(&open_store().await).await;
     }
 
     #[tokio::test]

@@ -199,6 +199,23 @@ pub fn aggregate_row(row: AggregateTuple) -> AggregateRow {
     }
 }
 
+/// The metrics `$1` (a parser) has readings of, in order, at most
+/// [`MAX_LISTED_METRICS`]: a loose index scan over
+/// `sensor_readings_covering` (parser, metric, …) that costs one index seek
+/// per metric, however many readings each has, on both backends.
+pub const SELECT_METRICS: &str = "
+WITH RECURSIVE known(metric) AS (
+    SELECT (SELECT min(metric) FROM sensor_readings WHERE parser = $1)
+    UNION ALL
+    SELECT (SELECT min(metric) FROM sensor_readings WHERE parser = $1 AND metric > known.metric)
+    FROM known
+    WHERE known.metric IS NOT NULL
+)
+SELECT metric FROM known WHERE metric IS NOT NULL LIMIT $2";
+
+/// The most metrics [`SELECT_METRICS`] lists.
+pub const MAX_LISTED_METRICS: i64 = 100;
+
 /// A row of [`SELECT_SMS_PROGRESS`].
 pub type SmsTuple = (String, i64, i64, i64);
 
@@ -274,6 +291,16 @@ macro_rules! workload_reads {
                     .await
                     .map_err(unavailable)?;
                 Ok(rows.into_iter().map(sql::aggregate_row).collect())
+            }
+
+            pub async fn metrics(pool: &$pool, parser: &str) -> Result<Vec<String>, StoreError> {
+                let rows: Vec<(String,)> = sqlx::query_as(sql::SELECT_METRICS)
+                    .bind(parser)
+                    .bind(sql::MAX_LISTED_METRICS)
+                    .fetch_all(pool)
+                    .await
+                    .map_err(unavailable)?;
+                Ok(rows.into_iter().map(|(metric,)| metric).collect())
             }
 
             pub async fn sms_progress(

@@ -348,6 +348,10 @@ impl Store for SqliteStore {
         reads::aggregate(&self.reader, query).await
     }
 
+    async fn metrics(&self, parser: &str) -> Result<Vec<String>, StoreError> {
+        reads::metrics(&self.reader, parser).await
+    }
+
     async fn sms_progress(&self, parser: &str) -> Result<Vec<SmsRow>, StoreError> {
         reads::sms_progress(&self.reader, parser).await
     }
@@ -440,6 +444,12 @@ mod tests {
     async fn aggregates_match_a_computation_in_rust() {
         let (_dir, store) = open_store().await;
         facts::aggregates_match_a_computation_in_rust(&store).await;
+    }
+
+    #[tokio::test]
+    async fn metrics_are_listed_once_each() {
+        let (_dir, store) = open_store().await;
+        facts::metrics_are_listed_once_each(&store).await;
     }
 
     #[tokio::test]

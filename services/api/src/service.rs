@@ -251,19 +251,33 @@ impl Query for QueryService {
             return Err(Status::invalid_argument("metric is required"));
         }
         let (from, to) = range(request.from, request.to)?;
+        let parser = group(request.parser, "sensor")?;
         let rows = self
             .store
             .aggregate(&AggregateQuery {
-                parser: group(request.parser, "sensor")?,
+                parser: parser.clone(),
                 metric: request.metric.clone(),
                 from,
                 to,
                 group_by_sensor: request.group_by_sensor,
             })
             .await?;
+        // No readings in the range: a metric with none at all is unknown,
+        // and the answer says so and lists the ones there are.
+        let mut known_metrics = Vec::new();
+        let mut unknown_metric = false;
+        if rows.is_empty() {
+            let known = self.store.metrics(&parser).await?;
+            if !known.contains(&request.metric) {
+                unknown_metric = true;
+                known_metrics = known;
+            }
+        }
         Ok(Response::new(AggregateMetricResponse {
             metric: request.metric,
             groups: rows.into_iter().map(convert::aggregate).collect(),
+            known_metrics,
+            unknown_metric,
         }))
     }
 

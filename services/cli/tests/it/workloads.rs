@@ -434,6 +434,33 @@ async fn sensor_readings_are_aggregated() {
         .into_inner();
     assert_eq!(grouped.groups.len(), 4);
     assert_eq!(grouped.groups.iter().map(|g| g.count).sum::<u64>(), 400);
+    assert!(!grouped.unknown_metric && grouped.known_metrics.is_empty());
+    // A metric the sensors never sent is said to be unknown, with the ones
+    // they did send; a known one outside the range is merely empty.
+    let unknown = client
+        .aggregate_metric(AggregateMetricRequest {
+            metric: "temprature".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(unknown.groups.is_empty() && unknown.unknown_metric);
+    assert_eq!(
+        unknown.known_metrics,
+        ["humidity", "pressure", "temperature"]
+    );
+    let long_ago = client
+        .aggregate_metric(AggregateMetricRequest {
+            metric: "temperature".into(),
+            to: Some(tributary::clock::from_micros(1_000_000)),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(long_ago.groups.is_empty() && !long_ago.unknown_metric);
+    assert!(long_ago.known_metrics.is_empty());
     let missing = client
         .aggregate_metric(AggregateMetricRequest::default())
         .await
