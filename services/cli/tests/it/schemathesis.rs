@@ -56,6 +56,8 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
             "--report-junit-path",
         ])
         .arg(&report)
+        // Its cache and reports go to the test's directory, not the tree.
+        .current_dir(dir.path())
         .output();
     let run = tokio::time::timeout(Duration::from_secs(600), run)
         .await
