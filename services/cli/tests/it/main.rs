@@ -18,6 +18,7 @@ mod notebook;
 mod observability;
 mod peers;
 mod queue;
+mod readme;
 mod rest;
 mod schemathesis;
 mod server_limits;
