@@ -110,11 +110,6 @@ struct Outbox {
     refused_since: Option<Instant>,
 }
 
-/// Back-off of reconnects and of refused samples.
-fn backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
-}
-
 async fn run(
     link: Link,
     source: String,
@@ -134,11 +129,11 @@ async fn run(
         input_open: true,
         held: Vec::new(),
         retry_at: None,
-        refusals: backoff(),
+        refusals: Backoff::client(),
         refused_since: None,
     };
     let mut failing_since: Option<Instant> = None;
-    let mut reconnect = backoff();
+    let mut reconnect = Backoff::client();
     loop {
         let answered = summary.accepted + summary.duplicates + summary.rejected;
         match session(&endpoint, &bearer, &mut rx, &mut outbox, &mut summary).await {

@@ -19,6 +19,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::{net::TcpStream, sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
+use tributary::backoff::Backoff;
 
 use crate::{
     connection::{self, Sink, StreamEnd, StreamError},
@@ -126,6 +127,17 @@ pub struct Config {
     /// `--`; for example `-- -crashProb 0.1 -stallProb 0.02`.
     #[arg(last = true, value_name = "WORKER_ARGS")]
     pub worker_args: Vec<String>,
+}
+
+impl Config {
+    /// The pause before a worker's replacement starts, or before a broken
+    /// connection to a live worker is made again: `--backoff` doubling up to
+    /// `--backoff-max`. Exact, not jittered: the workers are our own
+    /// children, not a crowd of clients to spread out, and the flags promise
+    /// these values.
+    fn restart_backoff(&self) -> Backoff {
+        Backoff::exact(self.backoff, self.backoff_max)
+    }
 }
 
 /// The outcome of a run.
@@ -491,7 +503,8 @@ struct Slot {
 
 impl Slot {
     async fn run(self) {
-        let mut failures_in_row = 0u32;
+        // Restarts of this slot with no sample streamed since.
+        let mut restarts = self.config.restart_backoff();
         let mut start_failures_in_row = 0u32;
         let mut ever_streamed = false;
         let mut first = true;
@@ -533,7 +546,7 @@ impl Slot {
             self.fleet.reaped(self.id);
             ever_streamed |= streamed;
             if streamed {
-                failures_in_row = 0;
+                restarts.reset();
             }
             match outcome {
                 Outcome::Stop => break,
@@ -574,14 +587,9 @@ impl Slot {
                     );
                 }
             }
-            failures_in_row += 1;
             self.fleet
                 .worker(self.id, |w| w.state = SlotState::BackingOff);
-            let pause = self
-                .config
-                .backoff
-                .saturating_mul(1 << (failures_in_row - 1).min(16))
-                .min(self.config.backoff_max);
+            let pause = restarts.next_wait();
             tokio::select! {
                 () = self.run.cancelled() => break,
                 () = tokio::time::sleep(pause) => {}
@@ -605,7 +613,8 @@ impl Slot {
             samples: 0,
         };
         let mut connected = false;
-        let mut broken_in_row = 0u32;
+        // Broken connections in a row to this process.
+        let mut broken = self.config.restart_backoff();
         let mut busy_since = None;
         loop {
             let deadline = tokio::time::Instant::now() + self.config.start_timeout;
@@ -649,7 +658,7 @@ impl Slot {
             };
             match result {
                 Ok(StreamEnd::Complete) => {
-                    broken_in_row = 0;
+                    broken.reset();
                     busy_since = None;
                 }
                 Err(StreamError::Busy) => {
@@ -675,12 +684,11 @@ impl Slot {
                         return (exited(status.ok(), &sink, process).await, sink.samples > 0);
                     }
                     self.fleet.worker(self.id, |w| w.broken_connections += 1);
-                    broken_in_row += 1;
+                    let pause = broken.next_wait();
                     tracing::debug!(worker_id = self.id, error = %e, "connection to worker broke; reconnecting");
-                    if broken_in_row >= BROKEN_BEFORE_REPLACING {
+                    if broken.failures() >= BROKEN_BEFORE_REPLACING {
                         return (Outcome::Broken, sink.samples > 0);
                     }
-                    let pause = self.config.backoff.saturating_mul(broken_in_row);
                     tokio::select! {
                         () = self.run.cancelled() => return (Outcome::Stop, sink.samples > 0),
                         () = tokio::time::sleep(pause) => {}

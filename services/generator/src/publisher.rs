@@ -211,16 +211,10 @@ impl Default for Outbox {
             input_closed: false,
             held: Vec::new(),
             retry_at: None,
-            refusals: backoff(),
+            refusals: Backoff::client(),
             refused_since: None,
         }
     }
-}
-
-/// Back-off of reconnects and of refused records: from 100 ms, doubling
-/// to 5 s, jittered.
-fn backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
 }
 
 async fn publish(
@@ -233,7 +227,7 @@ async fn publish(
 ) -> anyhow::Result<()> {
     let mut outbox = Outbox::default();
     let mut failing_since: Option<Instant> = None;
-    let mut reconnect = backoff();
+    let mut reconnect = Backoff::client();
     // Consecutive failed streams of the current outage.
     let mut failures = 0u32;
     let url = endpoint.uri().clone();
