@@ -23,7 +23,6 @@ use tributary::backoff::Backoff;
 
 use crate::{
     connection::{self, Sink, StreamEnd, StreamError},
-    duration,
     line::{Item, Junk},
     process::{Process, free_port},
     publish::{PublishSummary, Publisher},
@@ -70,24 +69,24 @@ pub struct Config {
     /// A stream that sends nothing for this long is a stall: its worker is
     /// replaced. Covers a worker that answers and then sends nothing. Keep
     /// it above the workers' interval between numbers (Go duration).
-    #[arg(long, env = "TRIBUTARY_FLEET_STALL_TIMEOUT", default_value = "3s", value_parser = duration::parse)]
+    #[arg(long, env = "TRIBUTARY_FLEET_STALL_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub stall_timeout: Duration,
     /// How long a new worker may take to accept its first connection.
-    #[arg(long, env = "TRIBUTARY_FLEET_START_TIMEOUT", default_value = "5s", value_parser = duration::parse)]
+    #[arg(long, env = "TRIBUTARY_FLEET_START_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub start_timeout: Duration,
     /// Back-off before a failed worker's replacement starts; it doubles on
     /// each failure in a row of the same worker, up to `--backoff-max`.
-    #[arg(long, env = "TRIBUTARY_FLEET_BACKOFF", default_value = "50ms", value_parser = duration::parse)]
+    #[arg(long, env = "TRIBUTARY_FLEET_BACKOFF", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub backoff: Duration,
     /// The longest back-off.
-    #[arg(long, env = "TRIBUTARY_FLEET_BACKOFF_MAX", default_value = "2s", value_parser = duration::parse)]
+    #[arg(long, env = "TRIBUTARY_FLEET_BACKOFF_MAX", default_value = "2s", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
     /// The most worker restarts in one run; past it the run fails rather
     /// than restart a hopeless fleet forever.
     #[arg(long, env = "TRIBUTARY_FLEET_MAX_RESTARTS", default_value_t = 1000)]
     pub max_restarts: u64,
     /// How long a worker has to exit after SIGTERM before it gets SIGKILL.
-    #[arg(long, env = "TRIBUTARY_FLEET_KILL_GRACE", default_value = "2s", value_parser = duration::parse)]
+    #[arg(long, env = "TRIBUTARY_FLEET_KILL_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub kill_grace: Duration,
     /// Serve the fleet's status (gRPC `tributary.v1.Fleet/GetFleetStatus`,
     /// with health and reflection) on this address while the run lasts.
