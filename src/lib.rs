@@ -18,6 +18,7 @@ pub mod limits;
 pub mod log_throttle;
 pub mod metrics;
 pub mod proto;
+pub mod publisher;
 pub mod queue;
 pub mod rest;
 pub mod shutdown;
