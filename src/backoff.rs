@@ -1,41 +1,88 @@
-//! The one retry back-off every client of the mesh uses: exponential, capped
-//! and jittered, so that a fleet of producers or parsers refused at the same
-//! moment does not come back at the same moment, nor hammer a server that
-//! is down.
+//! The one retry back-off of the project: exponential and capped, jittered
+//! where many clients may retry at the same moment. Producers, parsers,
+//! start-up connects to NATS and PostgreSQL, nack redelivery, the fleet's
+//! worker restarts and the TLS accept loop all take their waits from it.
 //!
-//! Hand-written: it is one formula over `rand`, which the workspace already
-//! has; the retry crates on crates.io either wrap whole futures (we retry
-//! inside stream sessions) or are unmaintained.
+//! Hand-written rather than taken from `backon` (the kept retry crate):
+//! backon's policies are iterators that cannot be reset after a success nor
+//! asked for the wait of a given attempt, and it is built around wrapping a
+//! whole future in `retry()`; we retry inside long-lived stream sessions
+//! (reset on progress) and compute nack delays from an attempt count that
+//! the queue stores. Its jitter also adds up to a whole extra delay, past
+//! the cap, where ours stays below it. The formula is a few lines over
+//! `rand`, which the workspace already has.
 
 use std::time::Duration;
 
 use rand::RngExt;
 
-/// Exponential back-off with "equal jitter": the n-th wait is half of
-/// `min(max, base * 2^n)` plus a random part of up to the other half. Waits
-/// never fall below half the nominal value, so retries per second stay
-/// bounded, and spread over the other half, so callers desynchronise.
+/// Exponential back-off: the n-th wait in a row is `min(max, base * 2^(n-1))`.
+///
+/// Jittered ([`Backoff::new`]) it uses "equal jitter": half of that value
+/// plus a random part of up to the other half. Waits never fall below half
+/// the nominal value, so retries per second stay bounded, and spread over
+/// the other half, so callers desynchronise. Exact ([`Backoff::exact`]) it
+/// waits the nominal value, for delays that a test or an operator must be
+/// able to predict.
 #[derive(Debug, Clone)]
 pub struct Backoff {
     base: Duration,
     max: Duration,
+    jitter: bool,
     failures: u32,
 }
 
 impl Backoff {
-    /// A back-off starting at `base` and doubling up to `max`.
+    /// A jittered back-off starting at `base` and doubling up to `max`.
     pub fn new(base: Duration, max: Duration) -> Self {
         Self {
             base,
             max: max.max(base),
+            jitter: true,
             failures: 0,
         }
     }
 
+    /// A back-off without jitter, starting at `base` and doubling up to
+    /// `max`.
+    pub fn exact(base: Duration, max: Duration) -> Self {
+        Self {
+            jitter: false,
+            ..Self::new(base, max)
+        }
+    }
+
+    /// The back-off of a client of the mesh (a producer or a parser) that
+    /// reconnects or retries refused work: from 100 ms, so that a blip is
+    /// recovered from quickly, doubling to 5 s, so that an outage costs a
+    /// request every few seconds per client, jittered.
+    pub fn client() -> Self {
+        Self::new(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// The back-off of a server waiting at start-up for a broker or a
+    /// database that is starting too: from 100 ms doubling to 2 s, so that
+    /// it is seen within moments of being ready, jittered so that replicas
+    /// started together do not knock together.
+    pub fn startup() -> Self {
+        Self::new(Duration::from_millis(100), Duration::from_secs(2))
+    }
+
     /// The wait before the next retry; each call doubles the next one.
     pub fn next_wait(&mut self) -> Duration {
-        let nominal = self.nominal();
         self.failures = self.failures.saturating_add(1);
+        self.wait_for(self.failures)
+    }
+
+    /// The wait after `failures` failures in a row (1 for the first),
+    /// leaving the count alone: for callers that keep the count themselves,
+    /// such as a queue that stores each message's attempts.
+    pub fn wait_for(&self, failures: u32) -> Duration {
+        let exponent = failures.saturating_sub(1).min(20);
+        let nominal = self.base.saturating_mul(1u32 << exponent).min(self.max);
+        if !self.jitter {
+            return nominal;
+        }
         let half = nominal / 2;
         let spread = u64::try_from((nominal - half).as_micros()).unwrap_or(u64::MAX);
         half + Duration::from_micros(rand::rng().random_range(0..=spread))
@@ -49,12 +96,6 @@ impl Backoff {
     /// Starts over after a success.
     pub fn reset(&mut self) {
         self.failures = 0;
-    }
-
-    fn nominal(&self) -> Duration {
-        self.base
-            .saturating_mul(1u32 << self.failures.min(20))
-            .min(self.max)
     }
 }
 
@@ -85,5 +126,23 @@ mod tests {
             .map(|_| Backoff::new(Duration::from_secs(1), Duration::from_secs(1)).next_wait())
             .collect();
         assert!(waits.len() > 1, "all twenty waits were equal");
+    }
+
+    #[test]
+    fn exact_waits_are_the_nominal_ones() {
+        let mut backoff = Backoff::exact(Duration::from_millis(50), Duration::from_millis(300));
+        let waits: Vec<u64> = (0..5)
+            .map(|_| backoff.next_wait().as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [50, 100, 200, 300, 300]);
+        assert_eq!(backoff.wait_for(2), Duration::from_millis(100));
+        assert_eq!(backoff.failures(), 5, "wait_for leaves the count alone");
+    }
+
+    #[test]
+    fn huge_failure_counts_stay_at_the_cap() {
+        let backoff = Backoff::exact(Duration::from_secs(1), Duration::from_secs(10));
+        assert_eq!(backoff.wait_for(u32::MAX), Duration::from_secs(10));
+        assert_eq!(backoff.wait_for(0), Duration::from_secs(1));
     }
 }

@@ -1,7 +1,7 @@
 //! Shared library of the Tributary streaming mesh: the protobuf contracts, the
-//! queue and store traits with their backends, and the plumbing every service
-//! shares (gRPC standard services, TLS, the bearer token, shutdown,
-//! telemetry).
+//! queue and store traits with their backends, the publisher every producer
+//! uses, and the plumbing every service shares (gRPC standard services, TLS,
+//! the bearer token, shutdown, telemetry, the retry back-off).
 #![forbid(unsafe_code)]
 
 pub mod access;
@@ -18,6 +18,7 @@ pub mod limits;
 pub mod log_throttle;
 pub mod metrics;
 pub mod proto;
+pub mod publisher;
 pub mod queue;
 pub mod ranges;
 pub mod rest;

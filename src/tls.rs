@@ -32,6 +32,8 @@ use tokio_rustls::{
 };
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::backoff::Backoff;
+
 /// How long a client may take to finish its TLS handshake: generous for a
 /// real client on a slow link (a handshake is two round trips), short
 /// enough that a crowd of idle sockets is soon let go.
@@ -44,8 +46,12 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_HANDSHAKES: usize = 10_000;
 
 /// How long the accept loop rests after the kernel refused an accept (out
-/// of file descriptors, say), instead of spinning on the error.
-const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
+/// of file descriptors, say), instead of spinning on the error: from 50 ms,
+/// doubling to 1 s while refusals go on, so that a lasting shortage is not
+/// retried (and logged) twenty times a second.
+fn accept_backoff() -> Backoff {
+    Backoff::exact(Duration::from_millis(50), Duration::from_secs(1))
+}
 
 /// A TLS setting that cannot be used, with the flag or file at fault.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +176,7 @@ async fn accept_loop(
     done: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
 ) {
     let slots = Arc::new(Semaphore::new(MAX_HANDSHAKES));
+    let mut refused = accept_backoff();
     loop {
         let permit = tokio::select! {
             () = done.closed() => return,
@@ -181,10 +188,13 @@ async fn accept_loop(
         let tcp = tokio::select! {
             () = done.closed() => return,
             accepted = listener.accept() => match accepted {
-                Ok((tcp, _)) => tcp,
+                Ok((tcp, _)) => {
+                    refused.reset();
+                    tcp
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "accepting a connection failed");
-                    tokio::time::sleep(ACCEPT_BACKOFF).await;
+                    tokio::time::sleep(refused.next_wait()).await;
                     continue;
                 }
             },

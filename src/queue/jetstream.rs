@@ -67,6 +67,7 @@ use super::{
     nack_backoff,
 };
 use crate::{
+    backoff::Backoff,
     kind::{self, KindSet},
     proto::{Record, RecordBatch, RecordKind},
 };
@@ -192,23 +193,23 @@ impl JetStreamQueue {
     pub async fn open(url: &str) -> Result<Self, QueueError> {
         let settings = Settings::parse(url)?;
         let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
-        let mut wait = Duration::from_millis(100);
+        let mut backoff = Backoff::startup();
         let client = loop {
             let options = async_nats::ConnectOptions::new()
                 .name("tributary")
                 .connection_timeout(Duration::from_secs(5));
             match options.connect(settings.servers.as_str()).await {
                 Ok(client) => break client,
-                Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                Err(e) => {
+                    let wait = backoff.next_wait();
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(QueueError::Unavailable(format!(
+                            "connecting to {}: {e}",
+                            settings.servers
+                        )));
+                    }
                     tracing::warn!(error = %e, servers = %settings.servers, "NATS not ready; retrying");
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    return Err(QueueError::Unavailable(format!(
-                        "connecting to {}: {e}",
-                        settings.servers
-                    )));
                 }
             }
         };

@@ -21,6 +21,7 @@ use std::{path::Path, sync::Arc, time::Duration};
 use async_trait::async_trait;
 
 use crate::{
+    backoff::Backoff,
     kind::KindSet,
     proto::{Record, RecordKind},
 };
@@ -228,9 +229,10 @@ pub async fn open(url: &str, data_dir: &Path) -> Result<Arc<dyn Queue>, QueueErr
 /// How long a nacked message waits before its next delivery: 100 ms after the
 /// first attempt, doubling each time, capped at 10 s so that a recovering
 /// parser is not kept waiting long.
+/// Exact, not jittered: JetStream is told the delay per message and the
+/// embedded ledger recomputes it from the stored attempt count.
 pub fn nack_backoff(attempt: u32) -> Duration {
-    let exp = attempt.saturating_sub(1).min(7);
-    Duration::from_millis(100 << exp).min(Duration::from_secs(10))
+    Backoff::exact(Duration::from_millis(100), Duration::from_secs(10)).wait_for(attempt)
 }
 
 impl From<QueueError> for tonic::Status {

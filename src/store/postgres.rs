@@ -27,7 +27,7 @@ use super::{
     DeadLetterRow, Fact, LatencyRow, NewRecord, RecordFilter, SmsRow, Store, StoreError, StoredRow,
     WriteBatch, Written, sql,
 };
-use crate::clock;
+use crate::{backoff::Backoff, clock};
 
 /// Rows per statement. Arrays have no bound-parameter limit, but keeping a
 /// statement to a few megabytes keeps server memory per writer modest.
@@ -132,18 +132,20 @@ impl PostgresStore {
             .acquire_timeout(Duration::from_secs(5))
             .connect_lazy_with(options);
         let deadline = tokio::time::Instant::now() + CONNECT_PATIENCE;
-        let mut wait = Duration::from_millis(100);
+        let mut backoff = Backoff::startup();
         loop {
             // Replicas starting together all migrate: sqlx takes an advisory
             // lock, so exactly one applies each migration.
             match sql::migrator(INIT).run(&pool).await {
                 Ok(()) => break,
-                Err(e) if tokio::time::Instant::now() + wait < deadline => {
+                Err(e) => {
+                    let wait = backoff.next_wait();
+                    if tokio::time::Instant::now() + wait >= deadline {
+                        return Err(StoreError::Unavailable(format!("migrating: {e}")));
+                    }
                     tracing::warn!(error = %e, "PostgreSQL not ready; retrying");
                     tokio::time::sleep(wait).await;
-                    wait = (wait * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => return Err(StoreError::Unavailable(format!("migrating: {e}"))),
             }
         }
         Ok(Self { pool })

@@ -1,6 +1,7 @@
 //! `tributary send`: streams generic records (sensor readings or text) at a
-//! chosen rate through the shared publisher, which keeps a bounded window,
-//! reconnects and republishes on failure, and reports what happened.
+//! chosen rate through the library's publisher ([`tributary::publisher`]),
+//! which keeps a bounded window, reconnects and republishes on failure, and
+//! reports what happened.
 
 use std::{sync::atomic::Ordering, time::Duration};
 
@@ -11,8 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tributary::{
     clock,
     proto::{Record, SensorReading, Text, record::Payload},
+    publisher::{PublishArgs, Publisher, Totals},
 };
-use tributary_generator::publisher::{PublishArgs, Publisher, Totals};
 
 /// What `send` publishes and how.
 #[derive(Debug, Clone, clap::Args)]
@@ -105,7 +106,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
         }
         Err(e) => {
             progress.abandon();
-            Err(e)
+            Err(e.into())
         }
     }
 }

@@ -5,7 +5,6 @@
 #![forbid(unsafe_code)]
 
 pub mod connection;
-pub mod duration;
 pub mod line;
 pub mod process;
 pub mod publish;

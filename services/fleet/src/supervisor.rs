@@ -19,10 +19,10 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use tokio::{net::TcpStream, sync::mpsc, task::JoinSet};
 use tokio_util::sync::CancellationToken;
+use tributary::backoff::Backoff;
 
 use crate::{
     connection::{self, Sink, StreamEnd, StreamError},
-    duration,
     line::{Item, Junk},
     process::{Process, free_port},
     publish::{PublishSummary, Publisher},
@@ -69,24 +69,24 @@ pub struct Config {
     /// A stream that sends nothing for this long is a stall: its worker is
     /// replaced. Covers a worker that answers and then sends nothing. Keep
     /// it above the workers' interval between numbers (Go duration).
-    #[arg(long, env = "TRIBUTARY_FLEET_STALL_TIMEOUT", default_value = "3s", value_parser = duration::parse)]
+    #[arg(long, env = "TRIBUTARY_FLEET_STALL_TIMEOUT", default_value = "3s", value_parser = humantime::parse_duration)]
     pub stall_timeout: Duration,
     /// How long a new worker may take to accept its first connection.
-    #[arg(long, env = "TRIBUTARY_FLEET_START_TIMEOUT", default_value = "5s", value_parser = duration::parse)]
+    #[arg(long, env = "TRIBUTARY_FLEET_START_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
     pub start_timeout: Duration,
     /// Back-off before a failed worker's replacement starts; it doubles on
     /// each failure in a row of the same worker, up to `--backoff-max`.
-    #[arg(long, env = "TRIBUTARY_FLEET_BACKOFF", default_value = "50ms", value_parser = duration::parse)]
+    #[arg(long, env = "TRIBUTARY_FLEET_BACKOFF", default_value = "50ms", value_parser = humantime::parse_duration)]
     pub backoff: Duration,
     /// The longest back-off.
-    #[arg(long, env = "TRIBUTARY_FLEET_BACKOFF_MAX", default_value = "2s", value_parser = duration::parse)]
+    #[arg(long, env = "TRIBUTARY_FLEET_BACKOFF_MAX", default_value = "2s", value_parser = humantime::parse_duration)]
     pub backoff_max: Duration,
     /// The most worker restarts in one run; past it the run fails rather
     /// than restart a hopeless fleet forever.
     #[arg(long, env = "TRIBUTARY_FLEET_MAX_RESTARTS", default_value_t = 1000)]
     pub max_restarts: u64,
     /// How long a worker has to exit after SIGTERM before it gets SIGKILL.
-    #[arg(long, env = "TRIBUTARY_FLEET_KILL_GRACE", default_value = "2s", value_parser = duration::parse)]
+    #[arg(long, env = "TRIBUTARY_FLEET_KILL_GRACE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub kill_grace: Duration,
     /// Serve the fleet's status (gRPC `tributary.v1.Fleet/GetFleetStatus`,
     /// with health and reflection) on this address while the run lasts.
@@ -126,6 +126,17 @@ pub struct Config {
     /// `--`; for example `-- -crashProb 0.1 -stallProb 0.02`.
     #[arg(last = true, value_name = "WORKER_ARGS")]
     pub worker_args: Vec<String>,
+}
+
+impl Config {
+    /// The pause before a worker's replacement starts, or before a broken
+    /// connection to a live worker is made again: `--backoff` doubling up to
+    /// `--backoff-max`. Exact, not jittered: the workers are our own
+    /// children, not a crowd of clients to spread out, and the flags promise
+    /// these values.
+    fn restart_backoff(&self) -> Backoff {
+        Backoff::exact(self.backoff, self.backoff_max)
+    }
 }
 
 /// The outcome of a run.
@@ -491,7 +502,8 @@ struct Slot {
 
 impl Slot {
     async fn run(self) {
-        let mut failures_in_row = 0u32;
+        // Restarts of this slot with no sample streamed since.
+        let mut restarts = self.config.restart_backoff();
         let mut start_failures_in_row = 0u32;
         let mut ever_streamed = false;
         let mut first = true;
@@ -533,7 +545,7 @@ impl Slot {
             self.fleet.reaped(self.id);
             ever_streamed |= streamed;
             if streamed {
-                failures_in_row = 0;
+                restarts.reset();
             }
             match outcome {
                 Outcome::Stop => break,
@@ -574,14 +586,9 @@ impl Slot {
                     );
                 }
             }
-            failures_in_row += 1;
             self.fleet
                 .worker(self.id, |w| w.state = SlotState::BackingOff);
-            let pause = self
-                .config
-                .backoff
-                .saturating_mul(1 << (failures_in_row - 1).min(16))
-                .min(self.config.backoff_max);
+            let pause = restarts.next_wait();
             tokio::select! {
                 () = self.run.cancelled() => break,
                 () = tokio::time::sleep(pause) => {}
@@ -605,7 +612,8 @@ impl Slot {
             samples: 0,
         };
         let mut connected = false;
-        let mut broken_in_row = 0u32;
+        // Broken connections in a row to this process.
+        let mut broken = self.config.restart_backoff();
         let mut busy_since = None;
         loop {
             let deadline = tokio::time::Instant::now() + self.config.start_timeout;
@@ -649,7 +657,7 @@ impl Slot {
             };
             match result {
                 Ok(StreamEnd::Complete) => {
-                    broken_in_row = 0;
+                    broken.reset();
                     busy_since = None;
                 }
                 Err(StreamError::Busy) => {
@@ -675,12 +683,11 @@ impl Slot {
                         return (exited(status.ok(), &sink, process).await, sink.samples > 0);
                     }
                     self.fleet.worker(self.id, |w| w.broken_connections += 1);
-                    broken_in_row += 1;
+                    let pause = broken.next_wait();
                     tracing::debug!(worker_id = self.id, error = %e, "connection to worker broke; reconnecting");
-                    if broken_in_row >= BROKEN_BEFORE_REPLACING {
+                    if broken.failures() >= BROKEN_BEFORE_REPLACING {
                         return (Outcome::Broken, sink.samples > 0);
                     }
-                    let pause = self.config.backoff.saturating_mul(broken_in_row);
                     tokio::select! {
                         () = self.run.cancelled() => return (Outcome::Stop, sink.samples > 0),
                         () = tokio::time::sleep(pause) => {}

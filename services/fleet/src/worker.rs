@@ -33,8 +33,6 @@ use tokio::{net::TcpListener, sync::mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 
-use crate::duration;
-
 /// The exit code of a crash that `-crashProb` asked for.
 pub const CRASH_EXIT_CODE: i32 = 3;
 
@@ -60,7 +58,7 @@ pub struct Config {
     #[arg(long, env = "TRIBUTARY_WORKER_HOST", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
     pub host: IpAddr,
     /// Time between two numbers (Go duration: 1s, 250ms).
-    #[arg(long, env = "TRIBUTARY_WORKER_INTERVAL", default_value = "1s", value_parser = duration::parse)]
+    #[arg(long, env = "TRIBUTARY_WORKER_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
     /// Numbers are drawn uniformly from 0 to this value, inclusive. Set it to
     /// 9223372036854775807 to exercise large numbers.
@@ -75,7 +73,7 @@ pub struct Config {
     #[arg(long = "stallProb", env = "TRIBUTARY_WORKER_STALL_PROB", default_value_t = 0.0, value_parser = probability)]
     pub stall_prob: f64,
     /// How long a stall lasts (Go duration).
-    #[arg(long, env = "TRIBUTARY_WORKER_STALL", default_value = "1h", value_parser = duration::parse)]
+    #[arg(long, env = "TRIBUTARY_WORKER_STALL", default_value = "1h", value_parser = humantime::parse_duration)]
     pub stall: Duration,
     /// Probability that a connection is answered 200 with its headers and
     /// then gets nothing at all (for `-stall`).
@@ -435,5 +433,40 @@ mod tests {
         assert!(parse(&["worker", "-workerId", "1", "-port", "1", "-bogus", "1"]).is_err());
         assert!(parse(&["worker", "-workerId", "1", "-port", "1", "-crashProb", "2"]).is_err());
         assert!(parse(&["worker", "-workerId", "1"]).is_err());
+    }
+
+    /// Durations are written as Go's `time.ParseDuration` writes them, as
+    /// the protocol's workers expect.
+    #[test]
+    fn go_durations() {
+        let parse = |text: &str| {
+            Config::try_parse_from(go_style(
+                args(&[
+                    "worker",
+                    "-workerId",
+                    "1",
+                    "-port",
+                    "1",
+                    &format!("-interval={text}"),
+                ]),
+                &Config::command(),
+            ))
+            .map(|config| config.interval)
+            .map_err(|e| e.to_string())
+        };
+        assert_eq!(parse("1s"), Ok(Duration::from_secs(1)));
+        assert_eq!(parse("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse("1h30m"), Ok(Duration::from_secs(5400)));
+        assert_eq!(parse("0"), Ok(Duration::ZERO));
+        for bad in ["", "1", "s", "1x", "-1s", "1..2s"] {
+            assert!(parse(bad).is_err(), "{bad:?} must be rejected");
+        }
+        // The error names the flag and the units it takes.
+        let error = parse("1x").unwrap_err();
+        assert!(
+            error.contains("--interval") && error.contains("ms"),
+            "{error}"
+        );
     }
 }

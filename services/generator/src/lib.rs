@@ -1,12 +1,11 @@
 //! The producers of the workloads (number generators, burst probe, sensor
-//! clients, SMS alerts) and the publisher they share. Each producer hands
-//! records to a [`publisher::Publisher`], which streams them to the ingest
-//! tier with a bounded window and survives reconnects.
+//! clients, SMS alerts). Each producer hands records to the library's
+//! [`Publisher`], which streams them to the ingest tier with a bounded
+//! window and survives reconnects.
 #![forbid(unsafe_code)]
 
 pub mod burst;
 pub mod numbers;
-pub mod publisher;
 pub mod sensors;
 pub mod sms;
 
@@ -21,9 +20,8 @@ use tokio_util::sync::CancellationToken;
 use tributary::{
     channel::Link,
     clock::{SystemClock, WallClock},
+    publisher::{PublishArgs, Publisher, Settings},
 };
-
-use crate::publisher::{PublishArgs, Publisher};
 
 /// `tributary generate`: the workload producers.
 #[derive(Debug, Clone, clap::Subcommand)]
@@ -122,7 +120,7 @@ pub async fn run(command: Generate, shutdown: CancellationToken) -> anyhow::Resu
         Generate::Numbers(args) => {
             anyhow::ensure!(args.generators > 0, "--generators must be at least 1");
             let link = args.publish.link()?;
-            let publisher = Publisher::start_on(&args.publish, &link, shutdown.clone())?;
+            let publisher = Publisher::start_on(&args.publish.settings(), &link, shutdown.clone())?;
             // The coordinator takes the same token as ingest.
             let coordinator = link.to(args.coordinator.clone());
             let (tasks, stats) = spawn_numbers(&args, &publisher, &coordinator, clock, &shutdown)?;
@@ -288,14 +286,11 @@ impl Workloads {
             return Ok(tasks);
         }
         let clock: Arc<dyn WallClock> = Arc::new(SystemClock);
-        let publish = |batch| PublishArgs {
-            connect: link.url().to_owned(),
+        // The demo producers publish with the defaults, in smaller batches:
+        // their records come a few at a time.
+        let settings = |batch| Settings {
             batch,
-            window: 20_000,
-            retry_secs: 30,
-            rollover_secs: 30,
-            tls: Default::default(),
-            token: Default::default(),
+            ..Settings::default()
         };
         let background = |publisher: Publisher, producers: Vec<JoinHandle<()>>| {
             let shutdown = shutdown.clone();
@@ -316,18 +311,21 @@ impl Workloads {
         };
         if self.generators > 0 {
             let args = NumbersArgs {
-                publish: publish(100),
+                publish: PublishArgs {
+                    batch: 100,
+                    ..PublishArgs::to(link.url())
+                },
                 coordinator: link.url().to_owned(),
                 generators: self.generators,
                 name: "numbers".into(),
                 ticks: 0,
             };
-            let publisher = Publisher::start_on(&args.publish, link, shutdown.clone())?;
+            let publisher = Publisher::start_on(&settings(100), link, shutdown.clone())?;
             let (producers, _) = spawn_numbers(&args, &publisher, link, clock.clone(), shutdown)?;
             tasks.push(background(publisher, producers));
         }
         if self.burst {
-            let publisher = Publisher::start_on(&publish(100), link, shutdown.clone())?;
+            let publisher = Publisher::start_on(&settings(100), link, shutdown.clone())?;
             let burst = burst::Burst {
                 source: unique_source("burst"),
                 clock: clock.clone(),
@@ -340,7 +338,7 @@ impl Workloads {
             tasks.push(background(publisher, vec![producer]));
         }
         if self.sensor_rate > 0.0 {
-            let publisher = Publisher::start_on(&publish(100), link, shutdown.clone())?;
+            let publisher = Publisher::start_on(&settings(100), link, shutdown.clone())?;
             let sensors = sensors::Sensors {
                 source: unique_source("sensors"),
                 clock: clock.clone(),
@@ -353,7 +351,7 @@ impl Workloads {
             tasks.push(background(publisher, vec![producer]));
         }
         if self.sms > 0 {
-            let publisher = Publisher::start_on(&publish(50), link, shutdown.clone())?;
+            let publisher = Publisher::start_on(&settings(50), link, shutdown.clone())?;
             let producer = tokio::spawn(sms::produce(
                 unique_source("sms"),
                 self.sms,

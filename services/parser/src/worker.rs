@@ -104,12 +104,6 @@ fn stage_span(deliveries: &[Span], make: impl FnOnce() -> Span) -> Span {
     span
 }
 
-/// Back-off between reconnects and store retries: it doubles from 100 ms up
-/// to 5 s, so an outage is not hammered and recovery is noticed quickly.
-fn backoff() -> Backoff {
-    Backoff::new(Duration::from_millis(100), Duration::from_secs(5))
-}
-
 /// How long a run of failed sessions is only noted at debug level before
 /// it is warned of.
 const QUIET_OUTAGE: Duration = Duration::from_secs(2);
@@ -123,7 +117,7 @@ impl Worker {
         let this = Arc::new(self);
         // Names this instance's partial aggregates in the store.
         let writer: Arc<str> = format!("{}-{:016x}", this.name, rand::rng().random::<u64>()).into();
-        let mut reconnect = backoff();
+        let mut reconnect = Backoff::client();
         // When the current run of failed sessions began.
         let mut failing_since: Option<Instant> = None;
         while !shutdown.is_cancelled() {
@@ -294,7 +288,7 @@ impl Worker {
             // Parts of the batch still to write, last first: the whole
             // batch, or the halves of a part the store refused as data.
             let mut parts = vec![(write, attempts)];
-            let mut retry = backoff();
+            let mut retry = Backoff::client();
             while let Some((part, attempts)) = parts.pop() {
                 let started = Instant::now();
                 match self.store.write(&part).instrument(commit.clone()).await {

@@ -16,6 +16,7 @@ use opentelemetry::trace::{SpanId, TraceId};
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
+use tributary::publisher::{PublishArgs, Publisher};
 use tributary::{
     grpc_client,
     proto::{
@@ -24,7 +25,6 @@ use tributary::{
     },
     store, telemetry, testkit, trace_context,
 };
-use tributary_generator::publisher::{PublishArgs, Publisher};
 use tributary_parser::{Tuning, Worker, parsers::ParserSpec};
 
 /// One exporter per test process, installed once (a process has one global

@@ -16,12 +16,12 @@ use async_trait::async_trait;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 use tonic::service::RoutesBuilder;
+use tributary::publisher::{PublishArgs, Publisher};
 use tributary::{
     grpc,
     proto::{Record, Text, record::Payload},
     queue::{self, Batch, GroupInfo, Published, Queue, QueueError, SubscribeOptions, Subscription},
 };
-use tributary_generator::publisher::{PublishArgs, Publisher};
 use tributary_ingest::Limits;
 
 /// A queue that refuses every publish while `refusing` is set, and counts
@@ -102,11 +102,11 @@ impl Write for Lines {
 }
 
 impl Lines {
-    /// Lines written so far whose target starts with `crate_name`.
-    fn of(&self, crate_name: &str) -> Vec<String> {
+    /// Lines written so far whose target starts with `target`.
+    fn of(&self, target: &str) -> Vec<String> {
         String::from_utf8_lossy(&self.0.lock().unwrap())
             .lines()
-            .filter(|line| line.contains(&format!(" {crate_name}")))
+            .filter(|line| line.contains(&format!(" {target}")))
             .map(str::to_owned)
             .collect()
     }
@@ -202,7 +202,7 @@ async fn a_refusing_queue_costs_a_few_requests_a_second_and_a_few_log_lines() {
     let before = queue.publishes.load(Ordering::SeqCst);
     let (server_before, producer_before) = (
         lines.of("tributary_ingest").len(),
-        lines.of("tributary_generator").len(),
+        lines.of("tributary::publisher").len(),
     );
     queue.refusing.store(true, Ordering::SeqCst);
     let outage = Duration::from_secs(5);
@@ -210,7 +210,7 @@ async fn a_refusing_queue_costs_a_few_requests_a_second_and_a_few_log_lines() {
     queue.refusing.store(false, Ordering::SeqCst);
     let attempts = queue.publishes.load(Ordering::SeqCst) - before;
     let server_lines = lines.of("tributary_ingest").len() - server_before;
-    let producer_lines = lines.of("tributary_generator").len() - producer_before;
+    let producer_lines = lines.of("tributary::publisher").len() - producer_before;
 
     eprintln!(
         "5 s outage: {attempts} publish attempts, {server_lines} server and \
@@ -235,7 +235,7 @@ async fn a_refusing_queue_costs_a_few_requests_a_second_and_a_few_log_lines() {
     assert!(
         producer_lines <= 2,
         "{producer_lines} producer log lines in a 5 s outage:\n{}",
-        lines.of("tributary_generator").join("\n")
+        lines.of("tributary::publisher").join("\n")
     );
 
     // Back again: everything offered is accepted, once.
