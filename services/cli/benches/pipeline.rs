@@ -1,6 +1,11 @@
 //! End-to-end benchmark of the embedded mesh, with the ceilings it is held
 //! against measured in the same run. Prints a Markdown table.
 //!
+//! Set-up: `tributary up --no-workloads --parser raw` (the demo workloads
+//! off, so only the benchmark's records are stored, by one group), then a
+//! second `up --no-workloads --parser raw --parser sensor`: two groups on
+//! the one kind, each storing every record.
+//!
 //! Run: `cargo bench -p tributary-cli --bench pipeline` (add `-- --records N`
 //! to change the bulk run's size; default 1,000,000).
 
@@ -69,11 +74,17 @@ async fn main() {
     let sqlite_ceiling = sqlite_ceiling(records).await;
 
     let dir = tempfile::tempdir().unwrap();
-    let (mut mesh, addr) = start_mesh(dir.path()).await;
+    let (mut mesh, addr) = start_mesh(dir.path(), &["raw"]).await;
     let url = format!("http://{addr}");
-    let (ingest_rate, e2e_rate) = bulk(&url, records).await;
+    let (ingest_rate, e2e_rate) = bulk(&url, records, &["raw"]).await;
     let (p50, p99, n) = latency(&url, dir.path(), records, 10_000, 10).await;
     let rss = peak_rss_kib(mesh.id().unwrap());
+    mesh.kill().await.unwrap();
+
+    let two = tempfile::tempdir().unwrap();
+    let (mut mesh, addr) = start_mesh(two.path(), &["raw", "sensor"]).await;
+    let (_, two_group_rate) = bulk(&format!("http://{addr}"), records, &["raw", "sensor"]).await;
+    let two_group_rss = peak_rss_kib(mesh.id().unwrap());
     mesh.kill().await.unwrap();
 
     println!("| figure | value |");
@@ -81,11 +92,16 @@ async fn main() {
     println!("| ingest, acked to the producer | {ingest_rate:.0} records/s |");
     println!("| end to end, stored (raw parser, SQLite) | {e2e_rate:.0} records/s |");
     println!(
+        "| end to end, two groups on one kind (raw + sensor), each storing every record | {two_group_rate:.0} records/s ({:.0} rows/s) |",
+        2.0 * two_group_rate
+    );
+    println!(
         "| send→stored latency at 10,000 records/s ({n} records) | p50 {p50:.1} ms, p99 {p99:.1} ms |"
     );
     println!(
-        "| peak RSS of `tributary up` | {:.0} MiB |",
-        rss as f64 / 1024.0
+        "| peak RSS of `tributary up`: one group, two groups | {:.0} MiB, {:.0} MiB |",
+        rss as f64 / 1024.0,
+        two_group_rss as f64 / 1024.0
     );
     println!("| ceiling: tonic bidi stream, ack-only server | {tonic_ceiling:.0} records/s |");
     println!(
@@ -97,16 +113,12 @@ async fn main() {
     );
 }
 
-async fn start_mesh(dir: &Path) -> (tokio::process::Child, String) {
+/// `tributary up --no-workloads` with one parser group per name in `parsers`.
+async fn start_mesh(dir: &Path, parsers: &[&str]) -> (tokio::process::Child, String) {
     let mut child = Command::new(BIN)
-        .args([
-            "up",
-            "--listen",
-            "127.0.0.1:0",
-            "--parser",
-            "raw",
-            "--data-dir",
-        ])
+        .args(["up", "--no-workloads", "--listen", "127.0.0.1:0"])
+        .args(parsers.iter().flat_map(|p| ["--parser", p]))
+        .arg("--data-dir")
         .arg(dir)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
@@ -119,12 +131,15 @@ async fn start_mesh(dir: &Path) -> (tokio::process::Child, String) {
     (child, addr)
 }
 
-/// Publishes `count` records with a window; returns (acked/s, stored/s).
-async fn bulk(url: &str, count: u64) -> (f64, f64) {
+/// Publishes `count` records with a window; returns (acked/s, stored/s),
+/// stored meaning every group in `groups` stored every record.
+async fn bulk(url: &str, count: u64, groups: &[&str]) -> (f64, f64) {
     let started = Instant::now();
     publish(url, "bulk", count, None).await;
     let acked = started.elapsed();
-    support::wait_stored(url, "raw", count).await;
+    for group in groups {
+        support::wait_stored(url, group, count).await;
+    }
     let stored = started.elapsed();
     (
         count as f64 / acked.as_secs_f64(),
