@@ -32,3 +32,4 @@ pub mod telemetry;
 pub mod testkit;
 pub mod tls;
 pub mod trace_context;
+pub mod workloads;

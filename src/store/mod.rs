@@ -5,12 +5,11 @@
 //! that SQLite and PostgreSQL keep them alike. Record bodies are stored as the
 //! encoded protobuf the parser produced; the query API owns their decoding.
 //!
-//! Beside the record, a parser may derive one typed [`Fact`] from it (a
-//! number for the averages, a probe's timings, a sensor reading, an SMS
-//! outcome). Facts are written in the same transaction as the record and
-//! only when the record's key is new, so redeliveries and republished keys
-//! never count twice, and a key repeated inside one batch counts once (the
-//! first copy is the one stored).
+//! Beside the record, a parser may derive one typed [`Fact`] from it; each
+//! kind of fact belongs to a workload ([`crate::workloads`]), which owns its
+//! tables and reads. The backends here hold records, dead letters and
+//! counts, loop over the registered workloads inside the write transaction,
+//! and bind the workloads' SQL ([`sql::Sql`]).
 //!
 //! # Errors are classified
 //!
@@ -26,7 +25,7 @@
 //! overflowing integer into a float.
 
 #[cfg(test)]
-mod facts;
+pub(crate) mod conformance;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
@@ -34,6 +33,8 @@ pub mod sqlite;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+
+pub use crate::workloads::Fact;
 
 /// Errors a caller of the store can act on.
 #[derive(Debug, thiserror::Error)]
@@ -72,43 +73,6 @@ pub struct NewRecord {
     pub body: Vec<u8>,
     /// What the parser derived from the record, if anything.
     pub fact: Option<Fact>,
-}
-
-/// A typed result a parser derives from one record.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Fact {
-    /// A number counted into its window's average.
-    Number {
-        /// Start of the window (µs since the epoch).
-        window_start: i64,
-        /// Length of the window in milliseconds.
-        window_ms: u32,
-        /// The number.
-        value: i64,
-    },
-    /// A burst probe; its send and arrival times are the record's.
-    Probe {
-        /// The probe's number.
-        number: u64,
-    },
-    /// A sensor reading.
-    Reading {
-        sensor_id: String,
-        metric: String,
-        value: f64,
-        unit: String,
-        /// When the sensor measured it (µs since the epoch).
-        measured_at: i64,
-    },
-    /// The outcome of one simulated SMS send.
-    Sms {
-        /// The label of the sender instance that handled it.
-        sender: String,
-        /// Whether the send succeeded.
-        sent: bool,
-        /// Simulated send time, retries included (µs).
-        duration_us: i64,
-    },
 }
 
 /// A record a parser gave up on.
@@ -220,91 +184,6 @@ pub struct DeadLetterFilter {
     pub limit: u32,
 }
 
-/// Selects windows of averages.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AverageFilter {
-    /// The average parser's consumer group.
-    pub parser: String,
-    /// Only windows starting at or after this time (µs).
-    pub from: i64,
-    /// Only windows starting before this time (µs).
-    pub to: i64,
-    /// At most this many windows, newest first.
-    pub limit: u32,
-}
-
-/// One window's combined partials.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AverageRow {
-    /// Start of the window (µs).
-    pub window_start: i64,
-    /// Length of the window (ms).
-    pub window_ms: u32,
-    /// Numbers in the window.
-    pub count: u64,
-    /// Their sum.
-    pub sum: i64,
-}
-
-/// The burst probe's figures.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LatencyRow {
-    /// Highest probe number stored, if any.
-    pub highest_number: Option<u64>,
-    /// Probes stored in all.
-    pub stored: u64,
-    /// Probes sent inside the window.
-    pub recent: u64,
-    /// Average of received_at - sent_at over the window (µs).
-    pub avg_to_ingest_us: Option<f64>,
-    /// Average of stored_at - sent_at over the window (µs).
-    pub avg_to_store_us: Option<f64>,
-}
-
-/// Selects sensor readings to aggregate.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AggregateQuery {
-    /// The sensor parser's consumer group.
-    pub parser: String,
-    /// The metric.
-    pub metric: String,
-    /// Measured at or after (µs).
-    pub from: i64,
-    /// Measured before (µs).
-    pub to: i64,
-    /// One group per sensor instead of one overall.
-    pub group_by_sensor: bool,
-}
-
-/// Aggregates of one group of readings (nearest-rank percentiles).
-#[derive(Debug, Clone, PartialEq)]
-pub struct AggregateRow {
-    /// The sensor id when grouped, empty otherwise.
-    pub sensor_id: String,
-    pub count: u64,
-    pub avg: f64,
-    pub min: f64,
-    pub max: f64,
-    pub p50: f64,
-    pub p95: f64,
-    pub p99: f64,
-    /// The unit (the alphabetically first, should sensors disagree).
-    pub unit: String,
-}
-
-/// SMS outcomes of one sender.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SmsRow {
-    /// The sender's label.
-    pub sender: String,
-    /// Messages sent.
-    pub sent: u64,
-    /// Messages failed.
-    pub failed: u64,
-    /// Total simulated send time (µs).
-    pub total_us: i64,
-}
-
 /// The store: idempotent batched writes and the reads the query API needs.
 #[async_trait]
 pub trait Store: Send + Sync {
@@ -324,21 +203,14 @@ pub trait Store: Send + Sync {
         filter: &DeadLetterFilter,
     ) -> Result<Vec<DeadLetterRow>, StoreError>;
 
-    /// Combined average partials per window, newest first.
-    async fn averages(&self, filter: &AverageFilter) -> Result<Vec<AverageRow>, StoreError>;
-
-    /// The probe figures of `parser`: averages over probes sent in
-    /// `[now - window, now]` (µs).
-    async fn latency(&self, parser: &str, now: i64, window: i64) -> Result<LatencyRow, StoreError>;
-
-    /// Aggregates of one sensor metric, computed by the database.
-    async fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>, StoreError>;
-
-    /// The sensor metrics `parser` has readings of, sorted, at most 100.
-    async fn metrics(&self, parser: &str) -> Result<Vec<String>, StoreError>;
-
-    /// SMS outcomes of `parser`, per sender, sorted by sender.
-    async fn sms_progress(&self, parser: &str) -> Result<Vec<SmsRow>, StoreError>;
+    /// Runs a read of a workload (see [`crate::workloads`]) on the read
+    /// pool: `params` bound to `$1…`, each row decoded with `types`.
+    async fn read(
+        &self,
+        sql: &str,
+        params: &[sql::Value<'_>],
+        types: &[sql::Type],
+    ) -> Result<Vec<sql::Row>, StoreError>;
 
     /// Closes connections.
     async fn close(&self);
@@ -385,19 +257,11 @@ fn nul_field(record: &NewRecord) -> Option<&'static str> {
     if has_nul(&record.source) {
         return Some("source");
     }
-    match &record.fact {
-        Some(Fact::Reading {
-            sensor_id,
-            metric,
-            unit,
-            ..
-        }) => [("sensor_id", sensor_id), ("metric", metric), ("unit", unit)]
-            .into_iter()
-            .find(|(_, v)| has_nul(v))
-            .map(|(name, _)| name),
-        Some(Fact::Sms { sender, .. }) if has_nul(sender) => Some("sender"),
-        _ => None,
-    }
+    let texts = record.fact.as_ref().map(Fact::texts).unwrap_or_default();
+    texts
+        .into_iter()
+        .find(|(_, text)| has_nul(text))
+        .map(|(name, _)| name)
 }
 
 /// Text as a dead letter keeps it: NUL characters, which PostgreSQL text
@@ -409,47 +273,6 @@ pub(crate) fn dead_letter_text(text: &str) -> std::borrow::Cow<'_, str> {
     } else {
         text.into()
     }
-}
-
-/// Per window `(start, ms)`: the count and exact sum of the new numbers
-/// of a batch.
-pub(crate) type NumberPartials = std::collections::BTreeMap<(i64, u32), (i64, i128)>;
-
-/// Folds the numbers of the newly stored records into per-window partials.
-pub(crate) fn number_partials(new: &[&NewRecord]) -> NumberPartials {
-    let mut partials = NumberPartials::new();
-    for record in new {
-        if let Some(Fact::Number {
-            window_start,
-            window_ms,
-            value,
-        }) = &record.fact
-        {
-            let partial = partials.entry((*window_start, *window_ms)).or_default();
-            partial.0 += 1;
-            partial.1 += i128::from(*value);
-        }
-    }
-    partials
-}
-
-/// A writer's stored partial `(count, sum)` plus new numbers, checked: a
-/// sum past the 64-bit range is refused as data, never wrapped nor (as
-/// SQLite would) turned into a float.
-pub(crate) fn add_partial(
-    window: (i64, u32),
-    stored: Option<(i64, i64)>,
-    new: (i64, i128),
-) -> Result<(i64, i64), StoreError> {
-    let (count, sum) = stored.unwrap_or_default();
-    let total = i128::from(sum) + new.1;
-    let sum = i64::try_from(total).map_err(|_| {
-        StoreError::Data(format!(
-            "the sum of the {} ms window at {} µs would be {total}, past the 64-bit range",
-            window.1, window.0
-        ))
-    })?;
-    Ok((count + new.0, sum))
 }
 
 /// Opens the store a URL names: `sqlite://PATH` (created if missing) or

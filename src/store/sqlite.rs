@@ -7,16 +7,14 @@
 use std::{collections::HashSet, path::Path};
 
 use async_trait::async_trait;
-use sqlx::{
-    QueryBuilder, Row, Sqlite, SqlitePool, query_builder::Separated, sqlite::SqlitePoolOptions,
-};
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, sqlite::SqlitePoolOptions};
 
 use super::{
-    AggregateQuery, AggregateRow, AverageFilter, AverageRow, Counts, DeadLetterFilter,
-    DeadLetterRow, Fact, LatencyRow, NewRecord, RecordFilter, SmsRow, Store, StoreError, StoredRow,
-    WriteBatch, Written, sql,
+    Counts, DeadLetterFilter, DeadLetterRow, NewRecord, RecordFilter, Store, StoreError, StoredRow,
+    WriteBatch, Written,
+    sql::{self, Cell, Sql, Table, Type, Value},
 };
-use crate::clock;
+use crate::{clock, workloads};
 
 /// Rows per INSERT statement: 9 bound values each stays under SQLite's limit
 /// of 32,766 variables per statement.
@@ -70,7 +68,7 @@ impl SqliteStore {
             .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
-        sql::migrator(INIT)
+        sql::migrator(INIT)?
             .run(&writer)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
@@ -83,98 +81,95 @@ impl SqliteStore {
     }
 }
 
-/// Rows per fact INSERT: at most 8 bound values each, under SQLite's limit.
-const FACTS_PER_INSERT: usize = 2000;
+/// SQLite's limit of bound variables per statement.
+const MAX_VARIABLES: usize = 32_766;
 
-/// Inserts fact rows in statements of [`FACTS_PER_INSERT`] rows, skipping
-/// keys already present.
-async fn insert_facts<'a, T>(
-    tx: &mut sqlx::SqliteConnection,
-    head: &'static str,
-    rows: &'a [T],
-    mut push: impl FnMut(&mut Separated<'_, Sqlite, &'static str>, &'a T),
-) -> Result<(), StoreError> {
-    for chunk in rows.chunks(FACTS_PER_INSERT) {
-        let mut insert = QueryBuilder::<Sqlite>::new(head);
-        insert.push_values(chunk, |mut row, item| push(&mut row, item));
-        insert.push(sql::ON_KEY_CONFLICT_SKIP);
-        insert.build().execute(&mut *tx).await.map_err(classify)?;
-    }
-    Ok(())
+/// A SQLite connection running the workloads' SQL; `fail` classifies its
+/// errors (a write's are classified, a read's are all unavailable).
+struct Connection<'c> {
+    conn: &'c mut SqliteConnection,
+    fail: fn(sqlx::Error) -> StoreError,
 }
 
-/// Writes the facts of the records whose keys were new in this transaction.
-async fn write_facts(
-    tx: &mut sqlx::SqliteConnection,
-    batch: &WriteBatch,
-    new: &[&NewRecord],
-    stored_at: i64,
-) -> Result<(), StoreError> {
-    let mut probes = Vec::new();
-    let mut readings = Vec::new();
-    let mut sms = Vec::new();
-    for record in new {
-        match &record.fact {
-            Some(Fact::Probe { number }) => probes.push((*record, *number)),
-            Some(Fact::Reading { .. }) => readings.push(*record),
-            Some(Fact::Sms { .. }) => sms.push(*record),
-            Some(Fact::Number { .. }) | None => {}
+type Arguments<'q> = <Sqlite as sqlx::Database>::Arguments;
+
+fn bind<'q>(
+    query: sqlx::query::Query<'q, Sqlite, Arguments<'q>>,
+    value: &Value<'q>,
+) -> sqlx::query::Query<'q, Sqlite, Arguments<'q>> {
+    match *value {
+        Value::Int(v) => query.bind(v),
+        Value::Real(v) => query.bind(v),
+        Value::Text(v) => query.bind(v),
+    }
+}
+
+fn decode(row: &sqlx::sqlite::SqliteRow, types: &[Type]) -> Result<sql::Row, sqlx::Error> {
+    let mut cells = Vec::with_capacity(types.len());
+    for (i, ty) in types.iter().enumerate() {
+        cells.push(match ty {
+            Type::Int => Cell::Int(row.try_get(i)?),
+            Type::Real => Cell::Real(row.try_get(i)?),
+            Type::Text => Cell::Text(row.try_get(i)?),
+        });
+    }
+    Ok(sql::Row(cells))
+}
+
+#[async_trait]
+impl Sql for Connection<'_> {
+    async fn execute(&mut self, text: &str, params: &[Value<'_>]) -> Result<u64, StoreError> {
+        let query = params
+            .iter()
+            .fold(sqlx::query(sqlx::AssertSqlSafe(text)), bind);
+        Ok(query
+            .execute(&mut *self.conn)
+            .await
+            .map_err(self.fail)?
+            .rows_affected())
+    }
+
+    async fn fetch(
+        &mut self,
+        text: &str,
+        params: &[Value<'_>],
+        types: &[Type],
+    ) -> Result<Vec<sql::Row>, StoreError> {
+        let query = params
+            .iter()
+            .fold(sqlx::query(sqlx::AssertSqlSafe(text)), bind);
+        let rows = query.fetch_all(&mut *self.conn).await.map_err(self.fail)?;
+        rows.iter()
+            .map(|row| decode(row, types).map_err(self.fail))
+            .collect()
+    }
+
+    async fn insert(&mut self, table: &Table, values: &[Value<'_>]) -> Result<(), StoreError> {
+        let width = table.columns.len();
+        let columns: Vec<&str> = table.columns.iter().map(|(name, _)| *name).collect();
+        let head = format!("INSERT INTO {} ({}) ", table.name, columns.join(", "));
+        let tail = format!(" ON CONFLICT ({}) DO NOTHING", table.key);
+        for chunk in values.chunks((MAX_VARIABLES / width) * width) {
+            let mut insert = QueryBuilder::<Sqlite>::new(head.as_str());
+            insert.push_values(chunk.chunks(width), |mut row, values| {
+                for value in values {
+                    match *value {
+                        Value::Int(v) => row.push_bind(v),
+                        Value::Real(v) => row.push_bind(v),
+                        Value::Text(v) => row.push_bind(v),
+                    };
+                }
+            });
+            insert.push(tail.as_str());
+            insert
+                .build()
+                .execute(&mut *self.conn)
+                .await
+                .map_err(self.fail)?;
         }
+        Ok(())
     }
-    sql::write_number_partials!(tx, batch, new, is_data).await?;
-    let parser = batch.parser.as_str();
-    insert_facts(tx, sql::INSERT_PROBES, &probes, |row, (r, number)| {
-        row.push_bind(parser)
-            .push_bind(r.source.as_str())
-            .push_bind(r.seq as i64)
-            .push_bind(*number as i64)
-            .push_bind(r.sent_at)
-            .push_bind(r.received_at)
-            .push_bind(stored_at);
-    })
-    .await?;
-    insert_facts(tx, sql::INSERT_READINGS, &readings, |row, r| {
-        let Some(Fact::Reading {
-            sensor_id,
-            metric,
-            value,
-            unit,
-            measured_at,
-        }) = &r.fact
-        else {
-            unreachable!("only readings were gathered here")
-        };
-        row.push_bind(parser)
-            .push_bind(r.source.as_str())
-            .push_bind(r.seq as i64)
-            .push_bind(sensor_id.as_str())
-            .push_bind(metric.as_str())
-            .push_bind(value)
-            .push_bind(unit.as_str())
-            .push_bind(measured_at);
-    })
-    .await?;
-    insert_facts(tx, sql::INSERT_SMS_OUTCOMES, &sms, |row, r| {
-        let Some(Fact::Sms {
-            sender,
-            sent,
-            duration_us,
-        }) = &r.fact
-        else {
-            unreachable!("only SMS outcomes were gathered here")
-        };
-        row.push_bind(parser)
-            .push_bind(r.source.as_str())
-            .push_bind(r.seq as i64)
-            .push_bind(sender.as_str())
-            .push_bind(if *sent { "sent" } else { "failed" })
-            .push_bind(duration_us);
-    })
-    .await?;
-    Ok(())
 }
-
-sql::workload_reads!(sqlx::SqlitePool);
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -222,7 +217,16 @@ impl Store for SqliteStore {
                 .copied()
                 .filter(|r| new_keys.contains(&(r.source.clone(), r.seq as i64)))
                 .collect();
-            write_facts(&mut tx, batch, &new, stored_at).await?;
+            let mut conn = Connection {
+                conn: &mut tx,
+                fail: classify,
+            };
+            let context = workloads::Batch {
+                parser: &batch.parser,
+                writer: &batch.writer,
+                stored_at,
+            };
+            workloads::write(&mut conn, context, &new).await?;
         }
         if stored > 0 {
             sqlx::query(
@@ -336,24 +340,18 @@ impl Store for SqliteStore {
             .collect())
     }
 
-    async fn averages(&self, filter: &AverageFilter) -> Result<Vec<AverageRow>, StoreError> {
-        reads::averages(&self.reader, filter).await
-    }
-
-    async fn latency(&self, parser: &str, now: i64, window: i64) -> Result<LatencyRow, StoreError> {
-        reads::latency(&self.reader, parser, now, window).await
-    }
-
-    async fn aggregate(&self, query: &AggregateQuery) -> Result<Vec<AggregateRow>, StoreError> {
-        reads::aggregate(&self.reader, query).await
-    }
-
-    async fn metrics(&self, parser: &str) -> Result<Vec<String>, StoreError> {
-        reads::metrics(&self.reader, parser).await
-    }
-
-    async fn sms_progress(&self, parser: &str) -> Result<Vec<SmsRow>, StoreError> {
-        reads::sms_progress(&self.reader, parser).await
+    async fn read(
+        &self,
+        text: &str,
+        params: &[Value<'_>],
+        types: &[Type],
+    ) -> Result<Vec<sql::Row>, StoreError> {
+        let mut conn = self.reader.acquire().await.map_err(unavailable)?;
+        let mut conn = Connection {
+            conn: &mut conn,
+            fail: unavailable,
+        };
+        conn.fetch(text, params, types).await
     }
 
     async fn close(&self) {
@@ -388,7 +386,7 @@ fn classify(e: sqlx::Error) -> StoreError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::{facts, facts::record};
+    use crate::store::{conformance, conformance::record};
 
     #[tokio::test]
     async fn writes_each_key_once_and_counts_it_once() {
@@ -419,7 +417,7 @@ mod tests {
     #[tokio::test]
     async fn reads_back_in_pages_and_keeps_dead_letters() {
         let (_dir, store) = open_store().await;
-        facts::reads_back_in_pages_and_keeps_dead_letters(&store).await;
+        conformance::reads_back_in_pages_and_keeps_dead_letters(&store).await;
     }
 
     async fn open_store() -> (tempfile::TempDir, SqliteStore) {
@@ -429,33 +427,15 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn averages_combine_partials_and_ignore_repeated_keys() {
-        let (_dir, store) = open_store().await;
-        facts::averages_combine_partials_and_ignore_repeated_keys(&store).await;
-    }
-
-    #[tokio::test]
-    async fn latency_averages_the_last_ten_seconds() {
-        let (_dir, store) = open_store().await;
-        facts::latency_averages_the_last_ten_seconds(&store).await;
-    }
-
-    #[tokio::test]
-    async fn aggregates_match_a_computation_in_rust() {
-        let (_dir, store) = open_store().await;
-        facts::aggregates_match_a_computation_in_rust(&store).await;
-    }
-
-    #[tokio::test]
-    async fn metrics_are_listed_once_each() {
-        let (_dir, store) = open_store().await;
-        facts::metrics_are_listed_once_each(&store).await;
-    }
-
-    #[tokio::test]
-    async fn sms_progress_counts_outcomes_per_sender() {
-        let (_dir, store) = open_store().await;
-        facts::sms_progress_counts_outcomes_per_sender(&store).await;
+    async fn every_workload_conforms() {
+        let dir = tempfile::tempdir().unwrap();
+        let next = std::sync::atomic::AtomicU32::new(0);
+        conformance::every_workload(|| {
+            let n = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let path = dir.path().join(format!("w{n}.db"));
+            async move { SqliteStore::open(&path).await.unwrap() }
+        })
+        .await;
     }
 
     #[tokio::test]
@@ -467,21 +447,9 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_key_repeated_in_one_batch_counts_once() {
-        let (_dir, store) = open_store().await;
-        facts::a_key_repeated_in_one_batch_counts_once(&store).await;
-    }
-
-    #[tokio::test]
-    async fn sums_never_wrap() {
-        let (_dir, store) = open_store().await;
-        facts::sums_never_wrap(&store).await;
-    }
-
-    #[tokio::test]
     async fn text_with_nul_is_refused_as_data_by_both() {
         let (_dir, store) = open_store().await;
-        facts::text_with_nul_is_refused_as_data_by_both(&store).await;
+        conformance::text_with_nul_is_refused_as_data_by_both(&store).await;
     }
 
     /// Constraint failures and integer overflow are data; they would fail

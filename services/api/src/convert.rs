@@ -16,7 +16,8 @@ use tributary::{
         Average, DeadLetter, Latency, MetricAggregate, ParserStats, Record, SenderProgress,
         SmsProgress, Stats, StoredRecord, record::Payload,
     },
-    store::{AggregateRow, AverageRow, Counts, DeadLetterRow, LatencyRow, SmsRow, StoredRow},
+    store::{Counts, DeadLetterRow, StoredRow},
+    workloads::{averages::AverageRow, probes::LatencyRow, sensors::AggregateRow, sms::SmsRow},
 };
 
 /// 0001-01-01T00:00:00Z, the first second RFC 3339 can write.

@@ -12,12 +12,17 @@ use tributary::{
         AggregateMetricRequest, Dashboard, GetLatencyRequest, GetSmsProgressRequest,
         ListAveragesRequest, WatchDashboardRequest, query_server::Query,
     },
+    workloads::sensors::DEMO_METRICS,
 };
 
 use crate::QueryService;
 
 /// The metrics the demo sensors report, aggregated when a request names none.
-const DEFAULT_METRICS: [&str; 3] = ["temperature", "humidity", "pressure"];
+const DEFAULT_METRICS: [&str; 3] = [
+    DEMO_METRICS[0].name,
+    DEMO_METRICS[1].name,
+    DEMO_METRICS[2].name,
+];
 /// Bounds the work of one update: each metric is one aggregate query.
 const MAX_METRICS: usize = 16;
 const DEFAULT_SENSOR_WINDOW_MS: u32 = 60_000;

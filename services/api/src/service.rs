@@ -16,7 +16,13 @@ use tributary::{
         SmsProgress, Stats, WatchDashboardRequest, WatchStatsRequest, query_server::Query,
     },
     queue,
-    store::{AggregateQuery, AverageFilter, DeadLetterFilter, RecordFilter, Store},
+    store::{DeadLetterFilter, RecordFilter, Store},
+    workloads::{
+        averages::{self, AverageFilter},
+        probes,
+        sensors::{self, AggregateQuery},
+        sms,
+    },
 };
 
 use crate::{
@@ -212,15 +218,13 @@ impl Query for QueryService {
     ) -> Result<Response<ListAveragesResponse>, Status> {
         let request = request.into_inner();
         let (from, to) = range(request.from, request.to)?;
-        let rows = self
-            .store
-            .averages(&AverageFilter {
-                parser: group(request.parser, "average")?,
-                from,
-                to,
-                limit: limit(request.limit)?,
-            })
-            .await?;
+        let filter = AverageFilter {
+            parser: group(request.parser, averages::GROUP)?,
+            from,
+            to,
+            limit: limit(request.limit)?,
+        };
+        let rows = averages::averages(self.store.as_ref(), &filter).await?;
         let (averages, skipped) = convert::averages(rows);
         Ok(Response::new(ListAveragesResponse { averages, skipped }))
     }
@@ -229,12 +233,9 @@ impl Query for QueryService {
         &self,
         request: Request<GetLatencyRequest>,
     ) -> Result<Response<Latency>, Status> {
-        let parser = group(request.into_inner().parser, "probe")?;
+        let parser = group(request.into_inner().parser, probes::GROUP)?;
         let now = clock::now_micros();
-        let row = self
-            .store
-            .latency(&parser, now, LATENCY_WINDOW_MICROS)
-            .await?;
+        let row = probes::latency(self.store.as_ref(), &parser, now, LATENCY_WINDOW_MICROS).await?;
         Ok(Response::new(convert::latency(
             row,
             LATENCY_WINDOW_MICROS,
@@ -251,23 +252,21 @@ impl Query for QueryService {
             return Err(Status::invalid_argument("metric is required"));
         }
         let (from, to) = range(request.from, request.to)?;
-        let parser = group(request.parser, "sensor")?;
-        let rows = self
-            .store
-            .aggregate(&AggregateQuery {
-                parser: parser.clone(),
-                metric: request.metric.clone(),
-                from,
-                to,
-                group_by_sensor: request.group_by_sensor,
-            })
-            .await?;
+        let parser = group(request.parser, sensors::GROUP)?;
+        let query = AggregateQuery {
+            parser: parser.clone(),
+            metric: request.metric.clone(),
+            from,
+            to,
+            group_by_sensor: request.group_by_sensor,
+        };
+        let rows = sensors::aggregate(self.store.as_ref(), &query).await?;
         // No readings in the range: a metric with none at all is unknown,
         // and the answer says so and lists the ones there are.
         let mut known_metrics = Vec::new();
         let mut unknown_metric = false;
         if rows.is_empty() {
-            let known = self.store.metrics(&parser).await?;
+            let known = sensors::metrics(self.store.as_ref(), &parser).await?;
             if !known.contains(&request.metric) {
                 unknown_metric = true;
                 known_metrics = known;
@@ -285,8 +284,8 @@ impl Query for QueryService {
         &self,
         request: Request<GetSmsProgressRequest>,
     ) -> Result<Response<SmsProgress>, Status> {
-        let parser = group(request.into_inner().parser, "sms_sender")?;
-        let rows = self.store.sms_progress(&parser).await?;
+        let parser = group(request.into_inner().parser, sms::GROUP)?;
+        let rows = sms::progress(self.store.as_ref(), &parser).await?;
         Ok(Response::new(convert::sms_progress(rows)))
     }
 

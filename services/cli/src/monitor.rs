@@ -37,7 +37,7 @@ pub struct Config {
     #[arg(long, env = "TRIBUTARY_EXIT_WHEN_IDLE")]
     pub exit_when_idle: bool,
     /// Consumer group of the SMS senders.
-    #[arg(long, env = "TRIBUTARY_SMS_GROUP", default_value = "sms_sender")]
+    #[arg(long, env = "TRIBUTARY_SMS_GROUP", default_value = tributary::workloads::sms::GROUP)]
     pub parser: String,
     #[command(flatten)]
     pub tls: ClientTlsArgs,

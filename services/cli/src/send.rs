@@ -13,6 +13,7 @@ use tributary::{
     clock,
     proto::{Record, SensorReading, Text, record::Payload},
     publisher::{PublishArgs, Publisher, Totals},
+    workloads::sensors::DEMO_METRICS,
 };
 
 /// What `send` publishes and how.
@@ -115,9 +116,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
 fn make_record(kind: Kind, source: &str, seq: u64) -> Record {
     let payload = match kind {
         Kind::Sensor => {
-            let metric = ["temperature", "humidity", "pressure"][(seq % 3) as usize];
-            let unit = ["celsius", "percent", "hectopascal"][(seq % 3) as usize];
-            let base = [20.0, 50.0, 1013.0][(seq % 3) as usize];
+            let demo = DEMO_METRICS[seq as usize % DEMO_METRICS.len()];
+            let (metric, unit, base) = (demo.name, demo.unit, demo.typical);
             Payload::SensorReading(SensorReading {
                 // The same names as `generate sensors`, so that the two
                 // group together in AggregateMetric.

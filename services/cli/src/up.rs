@@ -116,9 +116,9 @@ impl App {
         let parsers = config
             .parsers
             .iter()
-            .map(String::as_str)
+            .cloned()
             .chain(config.workloads.parsers())
-            .map(|spec| ParserSpec::from_spec(spec).map_err(anyhow::Error::msg))
+            .map(|spec| ParserSpec::from_spec(&spec).map_err(anyhow::Error::msg))
             .collect::<anyhow::Result<Vec<_>>>()?;
         let tls = config.tls.load()?;
         let (access, token) = config.auth.guard()?.with_internal_token();

@@ -21,6 +21,7 @@ use tributary::{
     channel::Link,
     clock::{SystemClock, WallClock},
     publisher::{PublishArgs, Publisher, Settings},
+    workloads,
 };
 
 /// `tributary generate`: the workload producers.
@@ -261,16 +262,17 @@ impl Workloads {
     /// Parser specs the workloads need: the average, probe and sensor
     /// parsers, and two SMS senders with different settings that split the
     /// messages between them.
-    pub fn parsers(&self) -> Vec<&'static str> {
+    pub fn parsers(&self) -> Vec<String> {
         if self.no_workloads {
             return Vec::new();
         }
+        let sender = |options: &str| format!(r#"{{"type":"{}",{options}}}"#, workloads::sms::GROUP);
         vec![
-            "average",
-            "probe",
-            "sensor",
-            r#"{"type":"sms_sender","mean_ms":20,"failure_rate":0.05,"concurrency":32,"label":"fast"}"#,
-            r#"{"type":"sms_sender","mean_ms":80,"failure_rate":0.15,"concurrency":16,"label":"flaky"}"#,
+            workloads::averages::GROUP.into(),
+            workloads::probes::GROUP.into(),
+            workloads::sensors::GROUP.into(),
+            sender(r#""mean_ms":20,"failure_rate":0.05,"concurrency":32,"label":"fast""#),
+            sender(r#""mean_ms":80,"failure_rate":0.15,"concurrency":16,"label":"flaky""#),
         ]
     }
 

@@ -9,14 +9,8 @@ use tokio_util::sync::CancellationToken;
 use tributary::{
     clock::{self, WallClock},
     proto::{Record, SensorReading, record::Payload},
+    workloads::sensors::{DEMO_METRICS, Metric},
 };
-
-/// Metrics each sensor reports: (name, unit, typical value, spread).
-const METRICS: [(&str, &str, f64, f64); 3] = [
-    ("temperature", "celsius", 21.0, 4.0),
-    ("humidity", "percent", 45.0, 15.0),
-    ("pressure", "hectopascal", 1013.0, 8.0),
-];
 
 /// A simulated sensor client.
 pub struct Sensors {
@@ -43,7 +37,12 @@ impl Sensors {
                 () = shutdown.cancelled() => return,
                 () = self.clock.sleep_until(due) => {}
             }
-            let (metric, unit, typical, spread) = METRICS[(seq % 3) as usize];
+            let Metric {
+                name: metric,
+                unit,
+                typical,
+                spread,
+            } = DEMO_METRICS[seq as usize % DEMO_METRICS.len()];
             let sensor = (seq / 3) % u64::from(self.sensors);
             let now = clock::from_micros(self.clock.now_micros());
             let record = Record {

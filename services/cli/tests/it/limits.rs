@@ -16,6 +16,7 @@ use tributary::{
         query_client::QueryClient, record::Payload,
     },
     store::{self, Fact, NewDeadLetter, NewRecord, WriteBatch},
+    workloads::averages::Number,
 };
 
 use crate::support::{Mesh, wait_stored};
@@ -214,20 +215,20 @@ async fn seed_unshowable_rows(data_dir: &Path) {
                 new(
                     0,
                     body(0, at!(i64::MAX, 0)),
-                    Some(Fact::Number {
+                    Some(Fact::Number(Number {
                         window_start: i64::MIN,
                         window_ms: 1000,
                         value: 1,
-                    }),
+                    })),
                 ),
                 new(
                     1,
                     body(1, at!(i64::MIN, 0)),
-                    Some(Fact::Number {
+                    Some(Fact::Number(Number {
                         window_start: i64::MAX / 2,
                         window_ms: 1000,
                         value: 1,
-                    }),
+                    })),
                 ),
             ],
         ),

@@ -19,6 +19,7 @@ use tributary::{
     clock,
     proto::{Record, RecordKind, record::Payload},
     store::Fact,
+    workloads::averages::Number,
 };
 
 use super::{Outcome, Parser};
@@ -51,6 +52,18 @@ impl Config {
         Average {
             window_ms: self.window_ms,
         }
+    }
+}
+
+impl super::ParserType for Config {
+    const NAME: &'static str = tributary::workloads::averages::GROUP;
+
+    fn check(&self) -> Result<(), String> {
+        Config::check(self)
+    }
+
+    fn build(&self) -> std::sync::Arc<dyn Parser> {
+        std::sync::Arc::new(Config::build(self))
     }
 }
 
@@ -101,11 +114,11 @@ impl Parser for Average {
                 number.tick
             )
         })?;
-        Ok(Some(Fact::Number {
+        Ok(Some(Fact::Number(Number {
             window_start,
             window_ms: self.window_ms,
             value: number.value,
-        }))
+        })))
     }
 }
 
@@ -126,11 +139,11 @@ mod tests {
         };
         assert_eq!(
             parser.process(&mut record).await.unwrap(),
-            Some(Fact::Number {
+            Some(Fact::Number(Number {
                 window_start: 1_763_800_001_000_000,
                 window_ms: 1000,
                 value: 42
-            })
+            }))
         );
         let mut text = Record::default();
         assert!(parser.process(&mut text).await.is_err());

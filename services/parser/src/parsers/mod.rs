@@ -1,6 +1,7 @@
-//! The parser registry. Adding a parser is one file in this folder plus one
-//! variant of [`ParserConfig`] and one arm in each of its matches; the
-//! compiler then checks that every parser is handled.
+//! The parser registry. Adding a parser is one file in this folder (its
+//! `Config` implements [`ParserType`]) plus one line in
+//! [`Registry::builtin`]; a program embedding the worker can register its
+//! own types with [`Registry::with`]. See `docs/extending.md`.
 
 pub mod average;
 pub mod probe;
@@ -12,7 +13,7 @@ pub mod uppercase;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use tributary::{
     proto::{Record, RecordKind},
     store::Fact,
@@ -51,30 +52,145 @@ pub trait Parser: Send + Sync {
     }
 }
 
-/// Every parser's configuration, tagged by its type name.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum ParserConfig {
-    /// Stores records as they are.
-    Raw(raw::Config),
-    /// Upper-cases the text of text, SMS and sensor records.
-    Uppercase(uppercase::Config),
-    /// Stores random numbers and their per-window averages.
-    Average(average::Config),
-    /// Stores burst probes with their arrival times.
-    Probe(probe::Config),
-    /// Stores sensor readings for aggregation.
-    Sensor(sensor::Config),
-    /// Simulates sending SMS messages and stores the outcomes.
-    SmsSender(sms_sender::Config),
+/// A parser type: its options as a spec gives them, checked, and the
+/// parser they build. Implemented by each parser's `Config`.
+pub trait ParserType: DeserializeOwned + std::fmt::Debug + Send + Sync + 'static {
+    /// The type name specs use, which is also the default consumer group.
+    const NAME: &'static str;
+
+    /// Checks option values that the types alone do not constrain.
+    fn check(&self) -> Result<(), String> {
+        Ok(())
+    }
+
+    /// Builds the parser.
+    fn build(&self) -> Arc<dyn Parser>;
 }
 
-const KNOWN: &str = "raw, uppercase, average, probe, sensor, sms_sender";
+/// A parser type's checked options, whatever the type.
+pub trait ParserConfig: std::fmt::Debug + Send + Sync {
+    /// The type name, which is also the default consumer-group name.
+    fn type_name(&self) -> &'static str;
+
+    /// Checks option values that the types alone do not constrain.
+    fn check(&self) -> Result<(), String>;
+
+    /// Builds the parser.
+    fn build(&self) -> Arc<dyn Parser>;
+
+    /// The options as their own type, for callers that know it.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
+impl<T: ParserType> ParserConfig for T {
+    fn type_name(&self) -> &'static str {
+        T::NAME
+    }
+
+    fn check(&self) -> Result<(), String> {
+        ParserType::check(self)
+    }
+
+    fn build(&self) -> Arc<dyn Parser> {
+        ParserType::build(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+type ParseFn = fn(serde_json::Value) -> Result<Arc<dyn ParserConfig>, String>;
+
+/// The parser types a spec may name.
+#[derive(Clone)]
+pub struct Registry {
+    types: Vec<(&'static str, ParseFn)>,
+}
+
+impl Registry {
+    /// No parser types.
+    pub fn empty() -> Self {
+        Self { types: Vec::new() }
+    }
+
+    /// Every parser type of Tributary: the one list they are declared in.
+    pub fn builtin() -> Self {
+        Self::empty()
+            .with::<raw::Config>()
+            .with::<uppercase::Config>()
+            .with::<average::Config>()
+            .with::<probe::Config>()
+            .with::<sensor::Config>()
+            .with::<sms_sender::Config>()
+    }
+
+    /// Adds a parser type; a later type of the same name replaces it.
+    pub fn with<T: ParserType>(mut self) -> Self {
+        self.types.retain(|(name, _)| *name != T::NAME);
+        self.types.push((T::NAME, |options| {
+            let config: T = serde_json::from_value(options).map_err(|e| e.to_string())?;
+            config.check()?;
+            Ok(Arc::new(config))
+        }));
+        self
+    }
+
+    /// The type names, in registration order.
+    pub fn names(&self) -> Vec<&'static str> {
+        self.types.iter().map(|(name, _)| *name).collect()
+    }
+
+    /// Parses a spec: a bare type name (`uppercase`) or a JSON object with
+    /// a `type`, that parser's options, and optionally a `group`.
+    pub fn spec(&self, spec: &str) -> Result<ParserSpec, String> {
+        let spec = spec.trim();
+        let bad = |reason: String| format!("bad parser spec {spec:?}: {reason}");
+        let json: serde_json::Value = if spec.starts_with('{') {
+            serde_json::from_str(spec).map_err(|e| bad(e.to_string()))?
+        } else {
+            serde_json::json!({ "type": spec })
+        };
+        let serde_json::Value::Object(mut options) = json else {
+            return Err(bad("expected a type name or a JSON object".into()));
+        };
+        let group = match options.remove("group") {
+            None => None,
+            Some(serde_json::Value::String(g)) => {
+                tributary::queue::check_group(&g).map_err(|e| bad(e.to_string()))?;
+                Some(g)
+            }
+            Some(other) => return Err(bad(format!("group must be a string, not {other}"))),
+        };
+        let known = || self.names().join(", ");
+        let type_name = match options.remove("type") {
+            Some(serde_json::Value::String(name)) => name,
+            Some(other) => {
+                return Err(bad(format!(
+                    "type must be a string, not {other} (known types: {})",
+                    known()
+                )));
+            }
+            None => return Err(bad(format!("no type (known types: {})", known()))),
+        };
+        let Some((_, parse)) = self.types.iter().find(|(name, _)| *name == type_name) else {
+            return Err(bad(format!(
+                "unknown type {type_name:?} (known types: {})",
+                known()
+            )));
+        };
+        let config = parse(serde_json::Value::Object(options)).map_err(bad)?;
+        Ok(ParserSpec {
+            group: group.unwrap_or_else(|| config.type_name().to_owned()),
+            config,
+        })
+    }
+}
 
 /// A parser to run: its configuration and its consumer group.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct ParserSpec {
-    pub config: ParserConfig,
+    pub config: Arc<dyn ParserConfig>,
     /// Consumer group: workers of one group split the records between them;
     /// each group gets every record of its kinds. Defaults to the type name,
     /// so replicas of one parser type share the work.
@@ -82,73 +198,9 @@ pub struct ParserSpec {
 }
 
 impl ParserSpec {
-    /// Parses a spec: a bare type name (`uppercase`) or a JSON object with a
-    /// `type`, that parser's options, and optionally a `group`.
+    /// Parses a spec naming one of the [built-in](Registry::builtin) types.
     pub fn from_spec(spec: &str) -> Result<Self, String> {
-        let spec = spec.trim();
-        let mut json: serde_json::Value = if spec.starts_with('{') {
-            serde_json::from_str(spec).map_err(|e| format!("bad parser spec {spec:?}: {e}"))?
-        } else {
-            serde_json::json!({ "type": spec })
-        };
-        let group = match json.as_object_mut().and_then(|o| o.remove("group")) {
-            None => None,
-            Some(serde_json::Value::String(g)) => {
-                tributary::queue::check_group(&g)
-                    .map_err(|e| format!("bad parser spec {spec:?}: {e}"))?;
-                Some(g)
-            }
-            Some(other) => {
-                return Err(format!(
-                    "bad parser spec {spec:?}: group must be a string, not {other}"
-                ));
-            }
-        };
-        let config: ParserConfig = serde_json::from_value(json)
-            .map_err(|e| format!("bad parser spec {spec:?}: {e} (known types: {KNOWN})"))?;
-        config.check()?;
-        Ok(Self {
-            group: group.unwrap_or_else(|| config.type_name().to_owned()),
-            config,
-        })
-    }
-}
-
-impl ParserConfig {
-    /// The type name, which is also the default consumer-group name.
-    pub fn type_name(&self) -> &'static str {
-        match self {
-            ParserConfig::Raw(_) => "raw",
-            ParserConfig::Uppercase(_) => "uppercase",
-            ParserConfig::Average(_) => "average",
-            ParserConfig::Probe(_) => "probe",
-            ParserConfig::Sensor(_) => "sensor",
-            ParserConfig::SmsSender(_) => "sms_sender",
-        }
-    }
-
-    /// Checks option values that the types alone do not constrain.
-    pub fn check(&self) -> Result<(), String> {
-        match self {
-            ParserConfig::Average(config) => config.check(),
-            ParserConfig::SmsSender(config) => config.check(),
-            ParserConfig::Raw(_)
-            | ParserConfig::Uppercase(_)
-            | ParserConfig::Probe(_)
-            | ParserConfig::Sensor(_) => Ok(()),
-        }
-    }
-
-    /// Builds the parser.
-    pub fn build(&self) -> Arc<dyn Parser> {
-        match self {
-            ParserConfig::Raw(config) => Arc::new(config.build()),
-            ParserConfig::Uppercase(config) => Arc::new(config.build()),
-            ParserConfig::Average(config) => Arc::new(config.build()),
-            ParserConfig::Probe(config) => Arc::new(config.build()),
-            ParserConfig::Sensor(config) => Arc::new(config.build()),
-            ParserConfig::SmsSender(config) => Arc::new(config.build()),
-        }
+        Registry::builtin().spec(spec)
     }
 }
 
@@ -158,13 +210,8 @@ mod tests {
 
     #[test]
     fn specs_name_or_configure_a_parser() {
-        assert_eq!(
-            ParserSpec::from_spec("raw").unwrap(),
-            ParserSpec {
-                config: ParserConfig::Raw(raw::Config {}),
-                group: "raw".into()
-            }
-        );
+        let raw = ParserSpec::from_spec("raw").unwrap();
+        assert_eq!((raw.config.type_name(), raw.group.as_str()), ("raw", "raw"));
         assert_eq!(
             ParserSpec::from_spec(r#"{"type":"uppercase"}"#)
                 .unwrap()
@@ -177,7 +224,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sender.group, "alerts");
-        let ParserConfig::SmsSender(config) = sender.config else {
+        let Some(config) = sender.config.as_any().downcast_ref::<sms_sender::Config>() else {
             panic!("{sender:?}")
         };
         assert_eq!(

@@ -6,6 +6,7 @@ use serde::Deserialize;
 use tributary::{
     proto::{Record, RecordKind, record::Payload},
     store::Fact,
+    workloads,
 };
 
 use super::{Outcome, Parser};
@@ -21,6 +22,14 @@ impl Config {
     }
 }
 
+impl super::ParserType for Config {
+    const NAME: &'static str = tributary::workloads::probes::GROUP;
+
+    fn build(&self) -> std::sync::Arc<dyn Parser> {
+        std::sync::Arc::new(Config::build(self))
+    }
+}
+
 /// The `probe` parser.
 pub struct Probe;
 
@@ -32,9 +41,11 @@ impl Parser for Probe {
 
     async fn process(&self, record: &mut Record) -> Outcome {
         match &record.payload {
-            Some(Payload::Probe(probe)) if record.sent_at.is_some() => Ok(Some(Fact::Probe {
-                number: probe.number,
-            })),
+            Some(Payload::Probe(probe)) if record.sent_at.is_some() => {
+                Ok(Some(Fact::Probe(workloads::probes::Probe {
+                    number: probe.number,
+                })))
+            }
             Some(Payload::Probe(_)) => Err("a probe must carry its send time (sent_at)".into()),
             _ => Err("probe takes only probe records".into()),
         }

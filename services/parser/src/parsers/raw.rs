@@ -17,6 +17,14 @@ impl Config {
     }
 }
 
+impl super::ParserType for Config {
+    const NAME: &'static str = "raw";
+
+    fn build(&self) -> std::sync::Arc<dyn Parser> {
+        std::sync::Arc::new(Config::build(self))
+    }
+}
+
 /// The `raw` parser.
 pub struct Raw;
 

@@ -7,6 +7,7 @@ use tributary::{
     clock,
     proto::{Record, RecordKind, record::Payload},
     store::Fact,
+    workloads::sensors::Reading,
 };
 
 use super::{Outcome, Parser};
@@ -19,6 +20,14 @@ pub struct Config {}
 impl Config {
     pub fn build(&self) -> Sensor {
         Sensor
+    }
+}
+
+impl super::ParserType for Config {
+    const NAME: &'static str = tributary::workloads::sensors::GROUP;
+
+    fn build(&self) -> std::sync::Arc<dyn Parser> {
+        std::sync::Arc::new(Config::build(self))
     }
 }
 
@@ -49,13 +58,13 @@ impl Parser for Sensor {
             .as_ref()
             .or(record.sent_at.as_ref())
             .map_or(0, clock::to_micros);
-        Ok(Some(Fact::Reading {
+        Ok(Some(Fact::Reading(Reading {
             sensor_id: reading.sensor_id.clone(),
             metric: reading.metric.clone(),
             value: reading.value,
             unit: reading.unit.clone(),
             measured_at,
-        }))
+        })))
     }
 }
 

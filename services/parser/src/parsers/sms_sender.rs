@@ -20,6 +20,7 @@ use tokio::sync::Semaphore;
 use tributary::{
     proto::{Record, RecordKind, record::Payload},
     store::Fact,
+    workloads::sms,
 };
 
 use super::{Outcome, Parser};
@@ -113,6 +114,18 @@ impl Config {
     }
 }
 
+impl super::ParserType for Config {
+    const NAME: &'static str = tributary::workloads::sms::GROUP;
+
+    fn check(&self) -> Result<(), String> {
+        Config::check(self)
+    }
+
+    fn build(&self) -> std::sync::Arc<dyn Parser> {
+        std::sync::Arc::new(Config::build(self))
+    }
+}
+
 /// The `sms_sender` parser.
 pub struct SmsSender {
     /// Send-time distribution in milliseconds; `None` for a zero mean.
@@ -157,11 +170,11 @@ impl SmsSender {
                 break;
             }
         }
-        Fact::Sms {
+        Fact::Sms(sms::Outcome {
             sender: self.label.clone(),
             sent,
             duration_us: duration_us as i64,
-        }
+        })
     }
 }
 
@@ -212,11 +225,11 @@ mod tests {
     fn tally(outcomes: &[Outcome]) -> (usize, usize, f64) {
         let (mut sent, mut failed, mut total) = (0, 0, 0i64);
         for outcome in outcomes {
-            let Ok(Some(Fact::Sms {
+            let Ok(Some(Fact::Sms(sms::Outcome {
                 sent: ok,
                 duration_us,
                 ..
-            })) = outcome
+            }))) = outcome
             else {
                 panic!("unexpected outcome {outcome:?}")
             };

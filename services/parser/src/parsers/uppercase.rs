@@ -18,6 +18,14 @@ impl Config {
     }
 }
 
+impl super::ParserType for Config {
+    const NAME: &'static str = "uppercase";
+
+    fn build(&self) -> std::sync::Arc<dyn Parser> {
+        std::sync::Arc::new(Config::build(self))
+    }
+}
+
 /// The `uppercase` parser.
 pub struct Uppercase;
 

@@ -2,6 +2,8 @@
 //! ephemeral port, over the embedded queue or NATS JetStream) and a real
 //! SQLite store.
 
+mod toy_parser;
+
 use std::{sync::Arc, time::Duration};
 
 use async_trait::async_trait;
@@ -13,6 +15,7 @@ use tributary::{
         ingest_client::IngestClient, record::Payload,
     },
     store::{self, Store},
+    workloads::averages,
 };
 use tributary_ingest::{App, Config, Limits};
 use tributary_parser::{
@@ -244,11 +247,11 @@ impl Parser for Numbers {
             return Ok(None);
         };
         let (window, value) = spec.split_once(':').ok_or("n:WINDOW:VALUE")?;
-        Ok(Some(store::Fact::Number {
+        Ok(Some(store::Fact::Number(averages::Number {
             window_start: window.parse().map_err(|_| "bad window")?,
             window_ms: 1000,
             value: value.parse().map_err(|_| "bad value")?,
-        }))
+        })))
     }
 }
 
@@ -344,16 +347,14 @@ async fn unstorable_records_are_dead_lettered_and_the_rest_stored(store_url: &st
     assert_eq!((count("64-bit"), count("NUL")), (2, 1), "{reasons:?}");
     // Refused by the store on the first delivery, not after retries.
     assert!(dead.iter().all(|d| d.attempts == 1), "{dead:?}");
-    let averages = store
-        .averages(&store::AverageFilter {
-            parser: "numbers".into(),
-            from: i64::MIN,
-            to: i64::MAX,
-            limit: 10,
-        })
-        .await
-        .unwrap();
-    let windows: Vec<(i64, u64, i64)> = averages
+    let filter = averages::AverageFilter {
+        parser: "numbers".into(),
+        from: i64::MIN,
+        to: i64::MAX,
+        limit: 10,
+    };
+    let windows = averages::averages(store.as_ref(), &filter).await.unwrap();
+    let windows: Vec<(i64, u64, i64)> = windows
         .iter()
         .map(|a| (a.window_start, a.count, a.sum))
         .collect();

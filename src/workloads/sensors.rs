@@ -1,0 +1,404 @@
+//! The sensors workload: readings per sensor and metric, aggregated by the
+//! database over a time range (count, average, extremes, percentiles).
+
+use async_trait::async_trait;
+
+use super::{Batch, Stored, Workload};
+use crate::store::{
+    Store, StoreError,
+    sql::{Migration, Sql, Table, Type, Value},
+};
+
+/// The parser type, and the consumer group it runs as by default.
+pub const GROUP: &str = "sensor";
+
+/// A metric the demo's sensors report.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Metric {
+    pub name: &'static str,
+    pub unit: &'static str,
+    /// A typical reading.
+    pub typical: f64,
+    /// How far readings stray from it.
+    pub spread: f64,
+}
+
+/// The metrics the demo's sensors (`generate sensors`, `send --kind
+/// sensor`) report, which the dashboard aggregates when asked for none.
+pub const DEMO_METRICS: [Metric; 3] = [
+    Metric {
+        name: "temperature",
+        unit: "celsius",
+        typical: 21.0,
+        spread: 4.0,
+    },
+    Metric {
+        name: "humidity",
+        unit: "percent",
+        typical: 45.0,
+        spread: 15.0,
+    },
+    Metric {
+        name: "pressure",
+        unit: "hectopascal",
+        typical: 1013.0,
+        spread: 8.0,
+    },
+];
+
+/// A sensor reading.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reading {
+    pub sensor_id: String,
+    pub metric: String,
+    pub value: f64,
+    pub unit: String,
+    /// When the sensor measured it (µs since the epoch).
+    pub measured_at: i64,
+}
+
+/// The sensors workload.
+pub struct Sensors;
+
+const TABLE: &str = "
+CREATE TABLE sensor_readings (
+    parser TEXT NOT NULL,
+    source TEXT NOT NULL,
+    seq BIGINT NOT NULL,
+    sensor_id TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    value DOUBLE PRECISION NOT NULL,
+    unit TEXT NOT NULL,
+    measured_at BIGINT NOT NULL,
+    PRIMARY KEY (parser, source, seq)
+);
+CREATE INDEX sensor_readings_by_metric ON sensor_readings (parser, metric, measured_at);";
+
+/// The index the aggregates read instead of the table: the filter's
+/// columns lead, so a time window is one range scan, and every column the
+/// query reads follows, so no row of the table is visited. It replaces the
+/// index on the filter columns alone, which is its prefix.
+const COVERING_INDEX: &str = "
+CREATE INDEX sensor_readings_covering
+    ON sensor_readings (parser, metric, measured_at, value, sensor_id, unit);
+DROP INDEX sensor_readings_by_metric;
+";
+
+const READINGS: Table = Table {
+    name: "sensor_readings",
+    columns: &[
+        ("parser", Type::Text),
+        ("source", Type::Text),
+        ("seq", Type::Int),
+        ("sensor_id", Type::Text),
+        ("metric", Type::Text),
+        ("value", Type::Real),
+        ("unit", Type::Text),
+        ("measured_at", Type::Int),
+    ],
+    key: "parser, source, seq",
+};
+
+/// Aggregates of one metric: `$1` parser, `$2` metric, `$3` from, `$4` to.
+///
+/// Percentiles are nearest-rank: the value at rank ceil(p/100 * n) in
+/// ascending order, found with ROW_NUMBER and COUNT window functions.
+/// `(n * p + 99) / 100` is that ceiling in integer arithmetic, which both
+/// databases share (SQLite has no CEIL unless built with math functions).
+fn aggregate_sql(group_by_sensor: bool) -> String {
+    let group = if group_by_sensor { "sensor_id" } else { "''" };
+    let partition = if group_by_sensor {
+        "PARTITION BY sensor_id "
+    } else {
+        ""
+    };
+    format!(
+        "WITH ranked AS (\
+           SELECT {group} AS grp, value, unit, \
+             ROW_NUMBER() OVER ({partition}ORDER BY value) AS rn, \
+             COUNT(*) OVER ({partition}) AS n \
+           FROM sensor_readings \
+           WHERE parser = $1 AND metric = $2 AND measured_at >= $3 AND measured_at < $4\
+         ) \
+         SELECT grp, COUNT(*), AVG(value), MIN(value), MAX(value), \
+           MIN(CASE WHEN rn = (n * 50 + 99) / 100 THEN value END), \
+           MIN(CASE WHEN rn = (n * 95 + 99) / 100 THEN value END), \
+           MIN(CASE WHEN rn = (n * 99 + 99) / 100 THEN value END), \
+           MIN(unit) \
+         FROM ranked GROUP BY grp ORDER BY grp"
+    )
+}
+
+/// The metrics `$1` (a parser) has readings of, in order, at most `$2`: a
+/// loose index scan over `sensor_readings_covering` (parser, metric, …)
+/// that costs one index seek per metric, however many readings each has,
+/// on both backends.
+const SELECT_METRICS: &str = "
+WITH RECURSIVE known(metric) AS (
+    SELECT (SELECT min(metric) FROM sensor_readings WHERE parser = $1)
+    UNION ALL
+    SELECT (SELECT min(metric) FROM sensor_readings WHERE parser = $1 AND metric > known.metric)
+    FROM known
+    WHERE known.metric IS NOT NULL
+)
+SELECT metric FROM known WHERE metric IS NOT NULL LIMIT $2";
+
+/// The most metrics [`metrics`] lists.
+pub const MAX_LISTED_METRICS: i64 = 100;
+
+#[async_trait]
+impl Workload for Sensors {
+    type Fact = Reading;
+
+    const MIGRATIONS: &'static [Migration] = &[
+        Migration {
+            version: 2,
+            name: "workloads",
+            sql: TABLE,
+        },
+        Migration {
+            version: 3,
+            name: "aggregate covering index",
+            sql: COVERING_INDEX,
+        },
+    ];
+
+    fn texts(fact: &Reading) -> Vec<(&'static str, &str)> {
+        vec![
+            ("sensor_id", &fact.sensor_id),
+            ("metric", &fact.metric),
+            ("unit", &fact.unit),
+        ]
+    }
+
+    async fn write(
+        sql: &mut dyn Sql,
+        batch: Batch<'_>,
+        facts: &[Stored<'_, Reading>],
+    ) -> Result<(), StoreError> {
+        let mut values = Vec::with_capacity(facts.len() * READINGS.columns.len());
+        for Stored { record, fact } in facts {
+            values.extend([
+                Value::Text(batch.parser),
+                Value::Text(&record.source),
+                Value::Int(record.seq as i64),
+                Value::Text(&fact.sensor_id),
+                Value::Text(&fact.metric),
+                Value::Real(fact.value),
+                Value::Text(&fact.unit),
+                Value::Int(fact.measured_at),
+            ]);
+        }
+        sql.insert(&READINGS, &values).await
+    }
+
+    #[cfg(test)]
+    fn conformance() -> Vec<super::Check> {
+        vec![
+            ("sensor aggregates match Rust", tests::aggregates_match_rust),
+            ("sensor metrics are listed once", tests::metrics_listed_once),
+        ]
+    }
+}
+
+/// Selects sensor readings to aggregate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AggregateQuery {
+    /// The sensor parser's consumer group.
+    pub parser: String,
+    /// The metric.
+    pub metric: String,
+    /// Measured at or after (µs).
+    pub from: i64,
+    /// Measured before (µs).
+    pub to: i64,
+    /// One group per sensor instead of one overall.
+    pub group_by_sensor: bool,
+}
+
+/// Aggregates of one group of readings (nearest-rank percentiles).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AggregateRow {
+    /// The sensor id when grouped, empty otherwise.
+    pub sensor_id: String,
+    pub count: u64,
+    pub avg: f64,
+    pub min: f64,
+    pub max: f64,
+    pub p50: f64,
+    pub p95: f64,
+    pub p99: f64,
+    /// The unit (the alphabetically first, should sensors disagree).
+    pub unit: String,
+}
+
+/// Aggregates of one sensor metric, computed by the database.
+pub async fn aggregate(
+    store: &dyn Store,
+    query: &AggregateQuery,
+) -> Result<Vec<AggregateRow>, StoreError> {
+    let params = [
+        Value::Text(&query.parser),
+        Value::Text(&query.metric),
+        Value::Int(query.from),
+        Value::Int(query.to),
+    ];
+    let types = [
+        Type::Text,
+        Type::Int,
+        Type::Real,
+        Type::Real,
+        Type::Real,
+        Type::Real,
+        Type::Real,
+        Type::Real,
+        Type::Text,
+    ];
+    store
+        .read(&aggregate_sql(query.group_by_sensor), &params, &types)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(AggregateRow {
+                sensor_id: row.text(0)?,
+                count: row.int(1)? as u64,
+                avg: row.real(2)?,
+                min: row.real(3)?,
+                max: row.real(4)?,
+                p50: row.real(5)?,
+                p95: row.real(6)?,
+                p99: row.real(7)?,
+                unit: row.text(8)?,
+            })
+        })
+        .collect()
+}
+
+/// The sensor metrics `parser` has readings of, sorted, at most
+/// [`MAX_LISTED_METRICS`].
+pub async fn metrics(store: &dyn Store, parser: &str) -> Result<Vec<String>, StoreError> {
+    store
+        .read(
+            SELECT_METRICS,
+            &[Value::Text(parser), Value::Int(MAX_LISTED_METRICS)],
+            &[Type::Text],
+        )
+        .await?
+        .iter()
+        .map(|row| row.text(0))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::store::{
+        NewRecord,
+        conformance::{batch, with_fact},
+    };
+    use crate::workloads::Fact;
+
+    fn reading(seq: u64, sensor: &str, value: f64, measured_at: i64) -> NewRecord {
+        with_fact(
+            "s",
+            seq,
+            0,
+            0,
+            Fact::Reading(Reading {
+                sensor_id: sensor.into(),
+                metric: "temperature".into(),
+                value,
+                unit: "celsius".into(),
+                measured_at,
+            }),
+        )
+    }
+
+    /// Nearest-rank percentiles computed by SQL match a sort in Rust.
+    pub fn aggregates_match_rust(store: &dyn Store) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            // 1..=200 for sensor a (shuffled order), 1000..=1009 for b, one
+            // reading outside the time range.
+            let mut records: Vec<NewRecord> = (1..=200)
+                .map(|i| reading(i, "a", ((i * 37) % 200 + 1) as f64, 10))
+                .collect();
+            records.extend((0..10).map(|i| reading(1000 + i, "b", 1000.0 + i as f64, 20)));
+            records.push(reading(5000, "a", -50.0, 99));
+            store.write(&batch(GROUP, "w", records)).await.unwrap();
+            let query = |group_by_sensor| AggregateQuery {
+                parser: GROUP.into(),
+                metric: "temperature".into(),
+                from: 0,
+                to: 50,
+                group_by_sensor,
+            };
+            let grouped = aggregate(store, &query(true)).await.unwrap();
+            assert_eq!(grouped.len(), 2);
+            let a = &grouped[0];
+            assert_eq!((a.sensor_id.as_str(), a.count), ("a", 200));
+            assert_eq!((a.min, a.max, a.avg), (1.0, 200.0, 100.5));
+            // Nearest rank: ceil(0.5*200)=100, ceil(0.95*200)=190, ceil(0.99*200)=198.
+            assert_eq!((a.p50, a.p95, a.p99), (100.0, 190.0, 198.0));
+            let b = &grouped[1];
+            // ceil(0.5*10)=5 -> 1004, ceil(9.5)=10 -> 1009, ceil(9.9)=10 -> 1009.
+            assert_eq!((b.count, b.p50, b.p95, b.p99), (10, 1004.0, 1009.0, 1009.0));
+            let overall = aggregate(store, &query(false)).await.unwrap();
+            assert_eq!(overall.len(), 1);
+            let all = &overall[0];
+            let mut values: Vec<f64> = (1..=200).map(f64::from).collect();
+            values.extend((0..10).map(|i| 1000.0 + f64::from(i)));
+            let rank = |p: usize| values[(values.len() * p).div_ceil(100) - 1];
+            assert_eq!(
+                (
+                    all.sensor_id.as_str(),
+                    all.count,
+                    all.p50,
+                    all.p95,
+                    all.p99,
+                    all.unit.as_str()
+                ),
+                ("", 210, rank(50), rank(95), rank(99), "celsius")
+            );
+        })
+    }
+
+    /// The metrics a parser has readings of are listed once each, in order,
+    /// and only that parser's.
+    pub fn metrics_listed_once(store: &dyn Store) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            assert!(metrics(store, GROUP).await.unwrap().is_empty());
+            let records: Vec<NewRecord> = ["temperature", "humidity", "temperature", "pressure"]
+                .into_iter()
+                .enumerate()
+                .map(|(seq, metric)| {
+                    with_fact(
+                        "s",
+                        seq as u64,
+                        0,
+                        0,
+                        Fact::Reading(Reading {
+                            sensor_id: "a".into(),
+                            metric: metric.into(),
+                            value: 1.0,
+                            unit: "u".into(),
+                            measured_at: 10,
+                        }),
+                    )
+                })
+                .collect();
+            store.write(&batch(GROUP, "w", records)).await.unwrap();
+            store
+                .write(&batch("other", "w", vec![reading(9, "a", 1.0, 10)]))
+                .await
+                .unwrap();
+            assert_eq!(
+                metrics(store, GROUP).await.unwrap(),
+                ["humidity", "pressure", "temperature"]
+            );
+            assert_eq!(metrics(store, "other").await.unwrap(), ["temperature"]);
+            assert!(metrics(store, "nobody").await.unwrap().is_empty());
+        })
+    }
+}
