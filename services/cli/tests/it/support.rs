@@ -243,33 +243,3 @@ pub async fn all_records(channel: &Channel, parser: &str) -> Vec<Record> {
         after_id = page.next_after_id;
     }
 }
-
-#[cfg(test)]
-mod tests {
-    use std::time::Duration;
-
-    use super::{eventually, ready_if};
-
-    /// Paused time: the deadline passes without the test waiting for it.
-    #[tokio::test(start_paused = true)]
-    async fn eventually_returns_what_the_probe_answered_once_it_holds() {
-        let mut polls = 0;
-        let answer = eventually("the third poll", Duration::from_secs(5), async || {
-            polls += 1;
-            ready_if(polls == 3, polls)
-        })
-        .await;
-        assert_eq!(answer, 3);
-    }
-
-    #[tokio::test(start_paused = true)]
-    #[should_panic(expected = "for the impossible; last seen: 41")]
-    async fn eventually_fails_naming_what_it_awaited_and_the_last_value_seen() {
-        let mut polls = 0;
-        eventually("the impossible", Duration::from_secs(1), async || {
-            polls += 1;
-            ready_if(false, 40 + polls.min(1))
-        })
-        .await;
-    }
-}
