@@ -137,7 +137,7 @@ impl App {
             .with_context(|| format!("binding {}", config.listen))?;
         let worker = Worker {
             link,
-            name: config.name.unwrap_or(parser.group),
+            group: config.name.unwrap_or(parser.group),
             parser: parser.config.build(),
             store,
             tuning,
@@ -187,7 +187,7 @@ pub fn spawn_workers(
         .map(|spec| {
             let worker = Worker {
                 link: link.clone(),
-                name: spec.group.clone(),
+                group: spec.group.clone(),
                 parser: spec.config.build(),
                 store: store.clone(),
                 tuning: tuning.clone(),

@@ -34,7 +34,7 @@ use tributary::{
     trace_context,
 };
 
-use crate::parsers::Parser;
+use crate::parsers::{Outcome, Parser};
 
 /// How a worker pulls and batches.
 #[derive(Debug, Clone)]
@@ -64,8 +64,8 @@ impl Default for Tuning {
 pub struct Worker {
     /// The ingest server (or Envoy) to pull from, with its TLS and token.
     pub link: Link,
-    /// Consumer group: replicas with the same name share the work.
-    pub name: String,
+    /// Consumer group: replicas in the same group share the work.
+    pub group: String,
     pub parser: Arc<dyn Parser>,
     pub store: Arc<dyn Store>,
     pub tuning: Tuning,
@@ -93,15 +93,31 @@ fn delivery_span(parser: &str, delivery: &Delivery) -> Span {
 /// A span for work on a whole gathered batch: a child of the first
 /// delivery's span, following from the others (one store transaction
 /// serves several traces).
-fn stage_span(deliveries: &[Span], make: impl FnOnce() -> Span) -> Span {
-    let Some(first) = deliveries.first() else {
+fn stage_span<'a>(
+    deliveries: impl IntoIterator<Item = &'a Span>,
+    make: impl FnOnce() -> Span,
+) -> Span {
+    let mut deliveries = deliveries.into_iter();
+    let Some(first) = deliveries.next() else {
         return make();
     };
     let span = first.in_scope(make);
-    for other in &deliveries[1..] {
+    for other in deliveries {
         span.follows_from(other);
     }
     span
+}
+
+/// A delivery waiting in a batch, with the span its trace continues in.
+struct Gathered {
+    delivery: Delivery,
+    span: Span,
+}
+
+/// Whether a delivery is past its last attempt: its records are
+/// dead-lettered as they are, without going through the parser again.
+fn exhausted(delivery: &Delivery) -> bool {
+    delivery.attempt > delivery.max_attempts
 }
 
 /// How long a run of failed sessions is only noted at debug level before
@@ -116,12 +132,13 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let this = Arc::new(self);
         // Names this instance's partial aggregates in the store.
-        let writer: Arc<str> = format!("{}-{:016x}", this.name, rand::rng().random::<u64>()).into();
+        let writer_id: Arc<str> =
+            format!("{}-{:016x}", this.group, rand::rng().random::<u64>()).into();
         let mut reconnect = Backoff::client();
         // When the current run of failed sessions began.
         let mut failing_since: Option<Instant> = None;
         while !shutdown.is_cancelled() {
-            match this.clone().session(writer.clone(), &shutdown).await {
+            match this.clone().session(writer_id.clone(), &shutdown).await {
                 Ok(()) => {
                     reconnect.reset();
                     failing_since = None;
@@ -139,9 +156,9 @@ impl Worker {
                     // as with a telling protocol error).
                     static FAILED: Throttle = Throttle::new(DEFAULT_INTERVAL);
                     if since.elapsed() < QUIET_OUTAGE {
-                        tracing::debug!(parser = %this.name, connect = %url, error = %format!("{e:#}"), "pull stream failed; reconnecting");
+                        tracing::debug!(parser = %this.group, connect = %url, error = %format!("{e:#}"), "pull stream failed; reconnecting");
                     } else if let Some(repeats) = FAILED.admit() {
-                        tracing::warn!(parser = %this.name, connect = %url, error = %format!("{e:#}"), repeats, "pull stream failed; reconnecting");
+                        tracing::warn!(parser = %this.group, connect = %url, error = %format!("{e:#}"), repeats, "pull stream failed; reconnecting");
                     }
                 }
             }
@@ -155,7 +172,7 @@ impl Worker {
 
     async fn session(
         self: Arc<Self>,
-        writer: Arc<str>,
+        writer_id: Arc<str>,
         shutdown: &CancellationToken,
     ) -> anyhow::Result<()> {
         let channel =
@@ -165,7 +182,7 @@ impl Worker {
         requests
             .send(PullRequest {
                 subscribe: Some(Subscription {
-                    parser: self.name.clone(),
+                    parser: self.group.clone(),
                     kinds: self.parser.kinds().into_iter().map(|k| k as i32).collect(),
                     max_outstanding: self
                         .parser
@@ -181,17 +198,17 @@ impl Worker {
             .pull(ReceiverStream::new(request_rx))
             .await?
             .into_inner();
-        tracing::info!(parser = %self.name, connect = %self.link.url(), "pulling");
+        tracing::info!(parser = %self.group, connect = %self.link.url(), "pulling");
 
         // Capacity 1: one batch is written while the next one gathers.
-        let (batches, batch_rx) = mpsc::channel::<Vec<(Delivery, Span)>>(1);
-        let writer =
+        let (batches, batch_rx) = mpsc::channel::<Vec<Gathered>>(1);
+        let write_task =
             tokio::spawn(
                 self.clone()
-                    .write_loop(writer, batch_rx, requests, shutdown.clone()),
+                    .write_loop(writer_id, batch_rx, requests, shutdown.clone()),
             );
 
-        let mut gathered: Vec<(Delivery, Span)> = Vec::new();
+        let mut gathered: Vec<Gathered> = Vec::new();
         let mut records = 0usize;
         let mut flush_at: Option<Instant> = None;
         let result = loop {
@@ -217,8 +234,8 @@ impl Worker {
                         }
                         for delivery in response.deliveries {
                             records += delivery.records.len();
-                            let span = delivery_span(&self.name, &delivery);
-                            gathered.push((delivery, span));
+                            let span = delivery_span(&self.group, &delivery);
+                            gathered.push(Gathered { delivery, span });
                         }
                         flush_at.get_or_insert_with(|| Instant::now() + self.tuning.linger);
                         if records >= self.tuning.batch_records {
@@ -238,83 +255,77 @@ impl Worker {
             let _ = batches.send(gathered).await;
         }
         drop(batches);
-        // The writer acks what it wrote, then drops the request stream.
-        let _ = writer.await;
+        // The write task acks what it wrote, then drops the request stream.
+        let _ = write_task.await;
         result
     }
 
     /// Writes gathered deliveries and sends their acks and nacks.
     async fn write_loop(
         self: Arc<Self>,
-        writer: Arc<str>,
-        mut batches: mpsc::Receiver<Vec<(Delivery, Span)>>,
+        writer_id: Arc<str>,
+        mut batches: mpsc::Receiver<Vec<Gathered>>,
         requests: mpsc::Sender<PullRequest>,
         shutdown: CancellationToken,
     ) {
         let process_seconds =
-            metrics::histogram!(metrics::PARSER_PROCESS_SECONDS, "parser" => self.name.clone());
+            metrics::histogram!(metrics::PARSER_PROCESS_SECONDS, "parser" => self.group.clone());
         let commit_seconds =
-            metrics::histogram!(metrics::STORE_COMMIT_SECONDS, "parser" => self.name.clone());
+            metrics::histogram!(metrics::STORE_COMMIT_SECONDS, "parser" => self.group.clone());
         let dead_letters =
-            metrics::counter!(metrics::PARSER_DEAD_LETTERS, "parser" => self.name.clone());
+            metrics::counter!(metrics::PARSER_DEAD_LETTERS, "parser" => self.group.clone());
         while let Some(gathered) = batches.recv().await {
-            let (deliveries, spans): (Vec<Delivery>, Vec<Span>) = gathered.into_iter().unzip();
-            let records: usize = deliveries.iter().map(|d| d.records.len()).sum();
+            let records: usize = gathered.iter().map(|g| g.delivery.records.len()).sum();
             let parse = stage_span(
-                &spans,
-                || tracing::info_span!("parse", parser = %self.name, records),
+                gathered.iter().map(|g| &g.span),
+                || tracing::info_span!("parse", parser = %self.group, records),
             );
             let started = Instant::now();
-            let (write, attempts, acks, nacks) =
-                self.process(&writer, deliveries).instrument(parse).await;
+            let (whole, answers) = self.process(&writer_id, gathered).instrument(parse).await;
             process_seconds.record(started.elapsed());
-            let commit = stage_span(&spans, || {
+            let commit = stage_span(&answers.spans, || {
                 tracing::info_span!(
                     "store commit",
-                    parser = %self.name,
-                    rows = write.records.len(),
-                    dead_letters = write.dead_letters.len(),
+                    parser = %self.group,
+                    rows = whole.batch.records.len(),
+                    dead_letters = whole.batch.dead_letters.len(),
                 )
             });
-            // Keeps the deliveries ours while the store recovers.
-            let extend = || PullRequest {
-                extend_ack_ids: acks
-                    .iter()
-                    .chain(nacks.iter().map(|n| &n.ack_id))
-                    .cloned()
-                    .collect(),
-                ..Default::default()
-            };
             // Parts of the batch still to write, last first: the whole
             // batch, or the halves of a part the store refused as data.
-            let mut parts = vec![(write, attempts)];
+            let mut parts = vec![whole];
             let mut retry = Backoff::client();
-            while let Some((part, attempts)) = parts.pop() {
+            while let Some(part) = parts.pop() {
                 let started = Instant::now();
-                match self.store.write(&part).instrument(commit.clone()).await {
+                match self
+                    .store
+                    .write(&part.batch)
+                    .instrument(commit.clone())
+                    .await
+                {
                     Ok(written) => {
                         retry.reset();
                         commit_seconds.record(started.elapsed());
-                        dead_letters.increment(part.dead_letters.len() as u64);
-                        tracing::debug!(parser = %self.name, stored = written.stored, duplicates = written.duplicates, "batch stored");
+                        dead_letters.increment(part.batch.dead_letters.len() as u64);
+                        tracing::debug!(parser = %self.group, stored = written.stored, duplicates = written.duplicates, "batch stored");
                     }
-                    Err(StoreError::Data(reason)) => match split(part, attempts, &reason) {
+                    Err(StoreError::Data(reason)) => match part.split(&reason) {
                         Some(halves) => parts.extend(halves),
                         None => {
                             // Even the dead letters alone cannot be held;
                             // the store only refuses those through a bug.
-                            tracing::error!(parser = %self.name, %reason, "dead letters cannot be stored; dropped");
-                            metrics::counter!(metrics::PARSER_UNSTORABLE, "parser" => self.name.clone())
+                            tracing::error!(parser = %self.group, %reason, "dead letters cannot be stored; dropped");
+                            metrics::counter!(metrics::PARSER_UNSTORABLE, "parser" => self.group.clone())
                                 .increment(1);
                         }
                     },
                     Err(e) => {
                         static FAILED: Throttle = Throttle::new(DEFAULT_INTERVAL);
                         if let Some(repeats) = FAILED.admit() {
-                            tracing::warn!(parser = %self.name, error = %e, failures = retry.failures() + 1, repeats, "store write failed; retrying");
+                            tracing::warn!(parser = %self.group, error = %e, failures = retry.failures() + 1, repeats, "store write failed; retrying");
                         }
-                        let _ = requests.send(extend()).await;
-                        parts.push((part, attempts));
+                        let _ = requests.send(answers.extend()).await;
+                        parts.push(part);
                         tokio::select! {
                             () = shutdown.cancelled() => return,
                             () = tokio::time::sleep(retry.next_wait()) => {}
@@ -323,159 +334,243 @@ impl Worker {
                 }
             }
             drop(commit);
-            let done = PullRequest {
-                ack_ids: acks,
-                nacks,
-                ..Default::default()
-            };
-            if requests.send(done).await.is_err() {
+            if !answers.send(&requests).await {
                 return;
             }
-            // The deliveries' spans end once their acks are on their way.
-            drop(spans);
         }
     }
 
     /// Runs the records through the parser, all deliveries of the batch in
     /// one call so that a parser may work on them concurrently. Returns what
-    /// to write, the delivery attempt of each record to write, the
-    /// deliveries to ack and those to nack.
-    async fn process(
-        &self,
-        writer: &str,
-        deliveries: Vec<Delivery>,
-    ) -> (WriteBatch, Vec<u32>, Vec<String>, Vec<Nack>) {
-        let mut write = WriteBatch {
-            parser: self.name.clone(),
-            writer: writer.to_owned(),
-            records: Vec::with_capacity(deliveries.iter().map(|d| d.records.len()).sum()),
-            dead_letters: Vec::new(),
+    /// to write, and how to answer the deliveries once it is written.
+    async fn process(&self, writer_id: &str, gathered: Vec<Gathered>) -> (Part, Answers) {
+        let total = gathered.iter().map(|g| g.delivery.records.len()).sum();
+        let mut part = Part {
+            batch: WriteBatch {
+                parser: self.group.clone(),
+                writer: writer_id.to_owned(),
+                records: Vec::with_capacity(total),
+                dead_letters: Vec::new(),
+            },
+            attempts: Vec::with_capacity(total),
         };
-        // Records of deliveries that may still be processed, flattened; the
-        // others are past their last attempt and are dead-lettered as is.
-        let mut records: Vec<Record> = deliveries
+        let mut answers = Answers {
+            acks: Vec::with_capacity(gathered.len()),
+            nacks: Vec::new(),
+            spans: Vec::with_capacity(gathered.len()),
+        };
+        // The records of deliveries that may still be processed, in
+        // delivery order; the others are dead-lettered as they are.
+        let mut records: Vec<Record> = gathered
             .iter()
-            .filter(|d| d.attempt <= d.max_attempts)
+            .map(|g| &g.delivery)
+            .filter(|d| !exhausted(d))
             .flat_map(|d| d.records.iter().cloned())
             .collect();
-        let mut outcomes = self.parser.process_batch(&mut records).await.into_iter();
-        let mut processed = records.into_iter();
-        let mut attempts = Vec::with_capacity(write.records.capacity());
-        let mut acks = Vec::with_capacity(deliveries.len());
-        let mut nacks = Vec::new();
-        for delivery in deliveries {
-            let received_at = delivery.received_at.as_ref().map_or(0, clock::to_micros);
-            let exhausted = delivery.attempt > delivery.max_attempts;
-            let last_try = delivery.attempt >= delivery.max_attempts;
+        let outcomes = self.parser.process_batch(&mut records).await;
+        // Each record as the parser left it, with its outcome.
+        let mut parsed =
+            records
+                .into_iter()
+                .zip(outcomes.into_iter().chain(std::iter::repeat_with(|| {
+                    Err("the parser returned fewer outcomes than records".into())
+                })));
+        for Gathered { mut delivery, span } in gathered {
+            answers.spans.push(span);
+            let delivered = std::mem::take(&mut delivery.records);
             let mut failure = None;
-            for delivered in delivery.records {
-                let (record, outcome) = if exhausted {
-                    let error = format!(
-                        "not acknowledged after {} deliveries (parser crashed or timed out)",
-                        delivery.max_attempts
-                    );
-                    (delivered, Err(error))
-                } else {
-                    let record = processed
-                        .next()
-                        .expect("process_batch keeps one record per record given");
-                    let outcome = outcomes.next().unwrap_or_else(|| {
-                        Err("the parser returned fewer outcomes than records".into())
-                    });
-                    (record, outcome)
-                };
-                match outcome {
-                    Ok(fact) => {
-                        attempts.push(delivery.attempt);
-                        write.records.push(NewRecord {
-                            sent_at: record
-                                .sent_at
-                                .as_ref()
-                                .map_or(received_at, clock::to_micros),
-                            received_at,
-                            kind: delivery.kind,
-                            seq: record.seq,
-                            body: record.encode_to_vec(),
-                            source: record.source,
-                            fact,
-                        });
-                    }
-                    Err(error) if last_try => {
-                        tracing::warn!(parser = %self.name, source = %record.source, seq = record.seq, %error, "dead-lettering record");
-                        write.dead_letters.push(NewDeadLetter {
-                            kind: delivery.kind,
-                            seq: record.seq,
-                            body: record.encode_to_vec(),
-                            source: record.source,
-                            error,
-                            attempts: delivery.attempt,
-                        });
-                    }
-                    Err(error) => failure = Some(error),
+            let mut keep = |processed| match processed {
+                Processed::Stored(record) => part.push(record, delivery.attempt),
+                Processed::DeadLettered(dead) => part.batch.dead_letters.push(dead),
+                Processed::Failed(error) => failure = Some(error),
+            };
+            if exhausted(&delivery) {
+                let error = format!(
+                    "not acknowledged after {} deliveries (parser crashed or timed out)",
+                    delivery.max_attempts
+                );
+                for record in delivered {
+                    keep(Processed::of(
+                        &self.group,
+                        &delivery,
+                        record,
+                        Err(error.clone()),
+                    ));
+                }
+            } else {
+                // `process_batch` keeps one record per record given, so the
+                // delivery's records are the next ones parsed.
+                for (record, outcome) in parsed.by_ref().take(delivered.len()) {
+                    keep(Processed::of(&self.group, &delivery, record, outcome));
                 }
             }
             match failure {
                 // The good records of the batch are stored now; the batch
                 // comes back later and only the failures are new work.
-                Some(error) => nacks.push(Nack {
+                Some(error) => answers.nacks.push(Nack {
                     ack_id: delivery.ack_id,
                     error,
                 }),
-                None => acks.push(delivery.ack_id),
+                None => answers.acks.push(delivery.ack_id),
             }
         }
-        (write, attempts, acks, nacks)
+        (part, answers)
     }
 }
 
-/// A part the store refused as data, split so the refusal can be narrowed
-/// down: in halves (the dead letters go with the first), or, for a lone
-/// record, into a dead letter carrying the store's reason. `None` when
-/// there is nothing left to narrow: only dead letters, and one of them at
-/// most.
-///
-/// A record that fails alone is found in about 2·log2(n) writes; a batch
-/// with k such records costs O(k log n) writes, and the good records are
-/// stored with the halves that hold no bad one.
-fn split(
-    mut part: WriteBatch,
-    mut attempts: Vec<u32>,
-    reason: &str,
-) -> Option<Vec<(WriteBatch, Vec<u32>)>> {
-    let empty = || WriteBatch {
-        parser: part.parser.clone(),
-        writer: part.writer.clone(),
-        ..Default::default()
-    };
-    match part.records.len() {
-        0 if part.dead_letters.len() <= 1 => None,
-        0 => {
-            let mut second = empty();
-            second.dead_letters = part.dead_letters.split_off(part.dead_letters.len() / 2);
-            Some(vec![(second, vec![]), (part, vec![])])
-        }
-        1 if part.dead_letters.is_empty() => {
-            let record = part.records.remove(0);
-            static REFUSED: Throttle = Throttle::new(DEFAULT_INTERVAL);
-            if let Some(repeats) = REFUSED.admit() {
-                tracing::warn!(parser = %part.parser, source = ?record.source, seq = record.seq, %reason, repeats, "the store cannot hold a record; dead-lettering it");
+/// What the parser made of one delivered record.
+enum Processed {
+    /// Parsed: stored, with its fact if it yields one.
+    Stored(NewRecord),
+    /// Failed on its delivery's last attempt, or never tried because the
+    /// delivery is past its last attempt: dead-lettered with the reason.
+    DeadLettered(NewDeadLetter),
+    /// Failed with attempts left: its delivery is nacked with this error
+    /// and comes back.
+    Failed(String),
+}
+
+impl Processed {
+    /// What becomes of `record`, delivered in `delivery`, given the
+    /// parser's `outcome` for it.
+    fn of(group: &str, delivery: &Delivery, record: Record, outcome: Outcome) -> Self {
+        match outcome {
+            Ok(fact) => {
+                let received_at = delivery.received_at.as_ref().map_or(0, clock::to_micros);
+                Self::Stored(NewRecord {
+                    sent_at: record
+                        .sent_at
+                        .as_ref()
+                        .map_or(received_at, clock::to_micros),
+                    received_at,
+                    kind: delivery.kind,
+                    seq: record.seq,
+                    body: record.encode_to_vec(),
+                    source: record.source,
+                    fact,
+                })
             }
-            part.dead_letters.push(NewDeadLetter {
-                source: record.source,
-                seq: record.seq,
-                kind: record.kind,
-                body: record.body,
-                error: reason.to_owned(),
-                attempts: attempts.first().copied().unwrap_or(1),
-            });
-            Some(vec![(part, vec![])])
+            Err(error) if delivery.attempt >= delivery.max_attempts => {
+                tracing::warn!(parser = %group, source = %record.source, seq = record.seq, %error, "dead-lettering record");
+                Self::DeadLettered(NewDeadLetter {
+                    kind: delivery.kind,
+                    seq: record.seq,
+                    body: record.encode_to_vec(),
+                    source: record.source,
+                    error,
+                    attempts: delivery.attempt,
+                })
+            }
+            Err(error) => Self::Failed(error),
         }
-        len => {
-            let mut second = empty();
-            second.records = part.records.split_off(len / 2);
-            let second_attempts = attempts.split_off(len / 2);
-            // Popped last first: the first half is written first.
-            Some(vec![(second, second_attempts), (part, attempts)])
+    }
+}
+
+/// How to answer a batch's deliveries once its records are written.
+struct Answers {
+    /// Deliveries whose every record is stored or dead-lettered.
+    acks: Vec<String>,
+    /// Deliveries holding records the parser failed and may try again.
+    nacks: Vec<Nack>,
+    /// The deliveries' spans, which end once the answers are on their way.
+    spans: Vec<Span>,
+}
+
+impl Answers {
+    /// A request that keeps the deliveries ours while the store recovers.
+    fn extend(&self) -> PullRequest {
+        PullRequest {
+            extend_ack_ids: self
+                .acks
+                .iter()
+                .chain(self.nacks.iter().map(|n| &n.ack_id))
+                .cloned()
+                .collect(),
+            ..Default::default()
+        }
+    }
+
+    /// Sends the acks and nacks, then ends the deliveries' spans. False when
+    /// the request stream is gone.
+    async fn send(self, requests: &mpsc::Sender<PullRequest>) -> bool {
+        let done = PullRequest {
+            ack_ids: self.acks,
+            nacks: self.nacks,
+            ..Default::default()
+        };
+        let sent = requests.send(done).await.is_ok();
+        drop(self.spans);
+        sent
+    }
+}
+
+/// Records and dead letters to write in one transaction, with the delivery
+/// attempt of each record: a record the store refuses alone is dead-lettered
+/// with its attempt.
+struct Part {
+    batch: WriteBatch,
+    /// The attempt of the delivery that brought each of `batch.records`, in
+    /// the same order.
+    attempts: Vec<u32>,
+}
+
+impl Part {
+    fn push(&mut self, record: NewRecord, attempt: u32) {
+        self.batch.records.push(record);
+        self.attempts.push(attempt);
+    }
+
+    /// A part the store refused as data, split so the refusal can be
+    /// narrowed down: in halves (the dead letters go with the first), or,
+    /// for a lone record, into a dead letter carrying the store's reason.
+    /// `None` when there is nothing left to narrow: only dead letters, and
+    /// one of them at most.
+    ///
+    /// A record that fails alone is found in about 2·log2(n) writes; a batch
+    /// with k such records costs O(k log n) writes, and the good records are
+    /// stored with the halves that hold no bad one.
+    fn split(mut self, reason: &str) -> Option<Vec<Part>> {
+        let empty = || Part {
+            batch: WriteBatch {
+                parser: self.batch.parser.clone(),
+                writer: self.batch.writer.clone(),
+                ..Default::default()
+            },
+            attempts: Vec::new(),
+        };
+        match self.batch.records.len() {
+            0 if self.batch.dead_letters.len() <= 1 => None,
+            0 => {
+                let mut second = empty();
+                let half = self.batch.dead_letters.len() / 2;
+                second.batch.dead_letters = self.batch.dead_letters.split_off(half);
+                Some(vec![second, self])
+            }
+            1 if self.batch.dead_letters.is_empty() => {
+                let record = self.batch.records.remove(0);
+                let attempts = self.attempts.first().copied().unwrap_or(1);
+                self.attempts.clear();
+                static REFUSED: Throttle = Throttle::new(DEFAULT_INTERVAL);
+                if let Some(repeats) = REFUSED.admit() {
+                    tracing::warn!(parser = %self.batch.parser, source = ?record.source, seq = record.seq, %reason, repeats, "the store cannot hold a record; dead-lettering it");
+                }
+                self.batch.dead_letters.push(NewDeadLetter {
+                    source: record.source,
+                    seq: record.seq,
+                    kind: record.kind,
+                    body: record.body,
+                    error: reason.to_owned(),
+                    attempts,
+                });
+                Some(vec![self])
+            }
+            len => {
+                let mut second = empty();
+                second.batch.records = self.batch.records.split_off(len / 2);
+                second.attempts = self.attempts.split_off(len / 2);
+                // Popped last first: the first half is written first.
+                Some(vec![second, self])
+            }
         }
     }
 }

@@ -20,7 +20,7 @@ use tributary::proto::{
     record::Payload,
 };
 
-use crate::support::{BIN, Mesh};
+use crate::support::{BIN, Mesh, eventually, ready_if};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_tributary-worker");
 const FULL: &str = "full-token-7f3a9c";
@@ -114,28 +114,25 @@ pub async fn wait_stored_with(
     want: u64,
     within: Duration,
 ) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let stats = QueryClient::new(channel.clone())
-            .get_stats(with_token(GetStatsRequest {}, Some(token)))
-            .await
-            .expect("GetStats answers with the token")
-            .into_inner();
-        let now = stats
-            .parsers
-            .iter()
-            .find(|p| p.parser == parser)
-            .map_or(0, |p| p.stored);
-        if now >= want {
-            assert_eq!(now, want, "{parser} stored more records than were sent");
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{parser} stored {now} of {want} records within {within:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let now = eventually(
+        &format!("{parser} storing {want} records"),
+        within,
+        async || {
+            let stats = QueryClient::new(channel.clone())
+                .get_stats(with_token(GetStatsRequest {}, Some(token)))
+                .await
+                .expect("GetStats answers with the token")
+                .into_inner();
+            let now = stats
+                .parsers
+                .iter()
+                .find(|p| p.parser == parser)
+                .map_or(0, |p| p.stored);
+            ready_if(now >= want, now)
+        },
+    )
+    .await;
+    assert_eq!(now, want, "{parser} stored more records than were sent");
 }
 
 fn assert_code(result: Result<(), tonic::Status>, code: Code, what: &str) {
@@ -390,7 +387,7 @@ async fn a_rotated_token_file_takes_effect_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "first-token\n").unwrap();
-    let mesh = Mesh::start(
+    let mesh = Mesh::start_bare(
         data.path(),
         "127.0.0.1:0",
         &["--auth-token-file", path(&token_file)],
@@ -405,14 +402,12 @@ async fn a_rotated_token_file_takes_effect_without_a_restart() {
     let next = dir.path().join("token.next");
     std::fs::write(&next, "second-token\n").unwrap();
     std::fs::rename(&next, &token_file).unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while list_records(&channel, Some("second-token")).await.is_err() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the rotated token is not accepted within 15 s"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        "the rotated token to be accepted",
+        Duration::from_secs(15),
+        async || list_records(&channel, Some("second-token")).await,
+    )
+    .await;
     assert_code(
         list_records(&channel, Some("first-token")).await,
         Code::Unauthenticated,

@@ -41,7 +41,7 @@ fn text(source: &str, seq: u64, body: String) -> Record {
 #[tokio::test]
 async fn bad_records_are_rejected_one_by_one() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let mut grpc = tonic::client::Grpc::new(mesh.channel().await);
     grpc.ready().await.unwrap();
     let batch = FutureBatch {
@@ -99,7 +99,7 @@ async fn bad_records_are_rejected_one_by_one() {
 #[tokio::test]
 async fn oversized_requests_are_resource_exhausted() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let mut client = IngestClient::new(mesh.channel().await);
     let huge = text("big", 0, "x".repeat(5 << 20));
 
@@ -142,7 +142,7 @@ async fn oversized_requests_are_resource_exhausted() {
 #[tokio::test]
 async fn garbage_on_the_port_does_not_crash_the_server() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     for garbage in [
         b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
         (0..65_536u32)
@@ -163,7 +163,7 @@ async fn garbage_on_the_port_does_not_crash_the_server() {
 #[tokio::test]
 async fn a_pull_stream_must_subscribe_first() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let mut client = IngestClient::new(mesh.channel().await);
     let ack_only = PullRequest {
         ack_ids: vec!["1:raw".into()],

@@ -10,7 +10,7 @@ use sqlx::{Connection, PgConnection, Row};
 use tokio::process::{Child, Command};
 use tributary::testkit::{self, certs::TestCerts};
 
-use crate::support::{spawn_listening, tool};
+use crate::support::{Verbatim, eventually, ready_if, spawn_listening, tool};
 
 /// A running `tributary` service process.
 pub struct Service {
@@ -155,35 +155,32 @@ impl Cluster {
     /// The index of the ingest server carrying the most streams right now,
     /// as Envoy counts them; waits until some server carries one.
     pub async fn busiest_server(&self) -> usize {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let clusters = admin_get(self.admin_port, "/clusters")
-                .await
-                .unwrap_or_default();
-            let active = |addr: SocketAddr| -> u64 {
-                let prefix = format!("server::{addr}::rq_active::");
-                clusters
-                    .lines()
-                    .find_map(|l| l.strip_prefix(&prefix))
-                    .and_then(|n| n.trim().parse().ok())
-                    .unwrap_or(0)
-            };
-            let (index, streams) = self
-                .servers
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (i, active(s.addr)))
-                .max_by_key(|&(_, n)| n)
-                .expect("the cluster has servers");
-            if streams > 0 {
-                return index;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no server carries a stream"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(
+            "a server carrying a stream",
+            Duration::from_secs(10),
+            async || {
+                let clusters = admin_get(self.admin_port, "/clusters")
+                    .await
+                    .unwrap_or_default();
+                let active = |addr: SocketAddr| -> u64 {
+                    let prefix = format!("server::{addr}::rq_active::");
+                    clusters
+                        .lines()
+                        .find_map(|l| l.strip_prefix(&prefix))
+                        .and_then(|n| n.trim().parse().ok())
+                        .unwrap_or(0)
+                };
+                let streams: Vec<u64> = self.servers.iter().map(|s| active(s.addr)).collect();
+                let (index, &most) = streams
+                    .iter()
+                    .enumerate()
+                    .max_by_key(|&(_, n)| n)
+                    .expect("the cluster has servers");
+                // What was seen: the streams each server carries.
+                if most > 0 { Ok(index) } else { Err(streams) }
+            },
+        )
+        .await
     }
 
     /// A connection to the cluster's database.
@@ -313,26 +310,24 @@ async fn admin_get(port: u16, path: &str) -> Option<String> {
 /// Waits until Envoy's active health checks pass for `servers` ingest
 /// servers and the api service.
 async fn wait_healthy(admin_port: u16, servers: usize) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let clusters = admin_get(admin_port, "/clusters").await.unwrap_or_default();
-        let healthy = |name: &str| {
-            clusters
-                .lines()
-                .filter(|l| {
-                    l.starts_with(&format!("{name}::")) && l.ends_with("health_flags::healthy")
-                })
-                .count()
-        };
-        if healthy("server") == servers && healthy("api") == 1 {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "Envoy did not see the servers healthy within 30 s:\n{clusters}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    eventually(
+        &format!("Envoy to see {servers} servers and the api healthy"),
+        Duration::from_secs(30),
+        async || {
+            let clusters = admin_get(admin_port, "/clusters").await.unwrap_or_default();
+            let healthy = |name: &str| {
+                clusters
+                    .lines()
+                    .filter(|l| {
+                        l.starts_with(&format!("{name}::")) && l.ends_with("health_flags::healthy")
+                    })
+                    .count()
+            };
+            let done = healthy("server") == servers && healthy("api") == 1;
+            ready_if(done, Verbatim(clusters))
+        },
+    )
+    .await;
 }
 
 /// Rows the `raw` parser stored.
@@ -346,26 +341,17 @@ pub async fn stored(db: &mut PgConnection) -> i64 {
 
 /// Polls until the `raw` parser has stored at least `want` rows.
 pub async fn wait_stored(cluster: &Cluster, want: i64, within: Duration) {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
+    eventually(&format!("{want} rows stored"), within, async || {
         // A fresh connection each time: the database may have restarted.
-        if let Ok(mut db) = PgConnection::connect(&cluster.backends.store).await {
-            let now = stored(&mut db).await;
-            if now >= want {
-                return;
+        match PgConnection::connect(&cluster.backends.store).await {
+            Ok(mut db) => {
+                let now = stored(&mut db).await;
+                ready_if(now >= want, format!("{now} rows stored"))
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "stored {now} of {want} within {within:?}"
-            );
-        } else {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the database did not come back within {within:?}"
-            );
+            Err(e) => Err(format!("the database is not back: {e}")),
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await;
 }
 
 /// (rows, distinct seqs, min seq, max seq) of one source.

@@ -1,6 +1,6 @@
 use std::time::Duration;
 
-use crate::support::{Mesh, rows_of, send_command, stored, wait_stored};
+use crate::support::{Mesh, eventually, ready_if, rows_of, send_command, stored, wait_stored};
 
 /// `kill -9` of the whole mesh in the middle of a stream. The sender
 /// reconnects to the restarted mesh and republishes what was not acked.
@@ -8,7 +8,7 @@ use crate::support::{Mesh, rows_of, send_command, stored, wait_stored};
 #[tokio::test]
 async fn a_killed_mesh_loses_nothing_and_stores_nothing_twice() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let addr = mesh.addr;
     let sender = send_command(
         &mesh.url(),
@@ -28,17 +28,18 @@ async fn a_killed_mesh_loses_nothing_and_stores_nothing_twice() {
 
     // Kill only once records are flowing all the way to the store.
     let channel = mesh.channel().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while stored(&channel, "raw").await == 0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "nothing was stored before the kill"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "a record stored before the kill",
+        Duration::from_secs(30),
+        async || {
+            let now = stored(&channel, "raw").await;
+            ready_if(now > 0, now)
+        },
+    )
+    .await;
     mesh.kill9().await;
 
-    let mesh = Mesh::start(dir.path(), &addr.to_string(), &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), &addr.to_string(), &[]).await;
     let output = tokio::time::timeout(Duration::from_secs(120), sender.wait_with_output())
         .await
         .expect("the sender finishes")

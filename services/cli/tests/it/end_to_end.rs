@@ -7,7 +7,7 @@ use crate::support::{Mesh, rows_of, send, wait_stored};
 #[tokio::test]
 async fn every_published_record_is_stored_exactly_once() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let summary = send(
         &mesh.url(),
         &["--count", "100000", "--kind", "text", "--source", "e2e"],
@@ -34,7 +34,7 @@ async fn every_published_record_is_stored_exactly_once() {
 #[tokio::test]
 async fn republished_keys_are_acked_as_duplicates() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let first = send(&mesh.url(), &["--count", "2000", "--source", "again"]).await;
     assert_eq!(first["accepted"], 2000);
     let second = send(&mesh.url(), &["--count", "2000", "--source", "again"]).await;

@@ -11,11 +11,10 @@ use std::{
 use tokio::{
     io::{AsyncBufReadExt, AsyncRead, BufReader},
     process::{Child, Command},
-    time::Instant,
 };
 use tributary::testkit::certs::TestCerts;
 
-use crate::support::{BIN, Mesh, spawn_listening, wait_stored};
+use crate::support::{BIN, Mesh, Verbatim, eventually, ready_if, spawn_listening, wait_stored};
 
 fn path(p: &Path) -> &str {
     p.to_str().expect("temp paths are UTF-8")
@@ -82,18 +81,11 @@ impl Lines {
 
     /// Waits until a line satisfies `want`, failing after `within`.
     async fn wait_for(&self, what: &str, within: Duration, want: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(line) = self.seen.lock().unwrap().iter().find(|l| want(l)) {
-                return line.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "no line {what} within {within:?}; output:\n{}",
-                self.all()
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        eventually(&format!("a line {what}"), within, async || {
+            let found = self.seen.lock().unwrap().iter().find(|l| want(l)).cloned();
+            found.ok_or_else(|| Verbatim(self.all()))
+        })
+        .await
     }
 }
 
@@ -272,13 +264,21 @@ async fn up_prints_signposts_and_logs_plain_text_without_warnings() {
         .connect()
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    for parser in ["average", "probe", "sensor", "raw"] {
-        while crate::support::stored(&channel, parser).await == 0 {
-            assert!(Instant::now() < deadline, "{parser} stored nothing");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
+    eventually(
+        "every workload's parser storing records",
+        Duration::from_secs(60),
+        async || {
+            let mut idle = Vec::new();
+            for parser in ["average", "probe", "sensor", "raw"] {
+                if crate::support::stored(&channel, parser).await == 0 {
+                    idle.push(parser);
+                }
+            }
+            // What was seen: the parsers that stored nothing yet.
+            ready_if(idle.is_empty(), idle)
+        },
+    )
+    .await;
     sigterm(&child);
     assert!(exits(&mut child, Duration::from_secs(60), "up after SIGTERM").await);
 
@@ -369,7 +369,7 @@ async fn clients_stop_at_once_with_a_hint_on_what_cannot_heal() {
     let certs = TestCerts::generate(dir.path());
     let token = dir.path().join("token");
     std::fs::write(&token, "s3cret\n").unwrap();
-    let mesh = Mesh::start(
+    let mesh = Mesh::start_bare(
         data.path(),
         "127.0.0.1:0",
         &[
@@ -443,7 +443,7 @@ async fn clients_stop_at_once_with_a_hint_on_what_cannot_heal() {
 #[tokio::test]
 async fn two_parsers_run_side_by_side_without_port_flags() {
     let data = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(data.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(data.path(), "127.0.0.1:0", &[]).await;
     let store = format!("sqlite://{}", data.path().join("tributary.db").display());
     let mut addrs = Vec::new();
     let mut parsers = Vec::new();
@@ -556,7 +556,7 @@ async fn tls_quick_start() {
         .expect("bash runs");
     assert!(made.status.success(), "{made:?}");
     let file = |name: &str| dir.path().join(name).display().to_string();
-    let mesh = Mesh::start(
+    let mesh = Mesh::start_bare(
         &dir.path().join("data"),
         "127.0.0.1:0",
         &[

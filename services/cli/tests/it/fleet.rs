@@ -20,7 +20,7 @@ use tributary::proto::{
     fleet_client::FleetClient, query_client::QueryClient, record::Payload,
 };
 
-use crate::support::{BIN, Mesh, tool, wait_stored};
+use crate::support::{BIN, Mesh, eventually, ready_if, tool, wait_stored};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_tributary-worker");
 const MARKER_VAR: &str = "TRIBUTARY_FLEET_TEST_MARKER";
@@ -351,27 +351,24 @@ async fn sigint_mid_run_leaves_no_worker_alive() {
     let mut client = FleetClient::new(channel);
 
     // Wait until all 16 workers stream and samples flow.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        let status = client
-            .get_fleet_status(GetFleetStatusRequest {})
-            .await
-            .expect("GetFleetStatus answers")
-            .into_inner();
-        let streaming = status
-            .workers
-            .iter()
-            .filter(|w| w.state() == FleetWorkerState::Streaming && w.pid != 0)
-            .count();
-        if streaming == 16 && status.collected > 0 {
-            break status;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "16 workers streaming within 30 s: {status:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = eventually(
+        "16 workers streaming and samples flowing",
+        Duration::from_secs(30),
+        async || {
+            let status = client
+                .get_fleet_status(GetFleetStatusRequest {})
+                .await
+                .expect("GetFleetStatus answers")
+                .into_inner();
+            let streaming = status
+                .workers
+                .iter()
+                .filter(|w| w.state() == FleetWorkerState::Streaming && w.pid != 0)
+                .count();
+            ready_if(streaming == 16 && status.collected > 0, status)
+        },
+    )
+    .await;
     assert_eq!(status.phase(), FleetPhase::Running);
     // The same status over the listener's REST face, as canonical JSON.
     let rest: serde_json::Value = reqwest::get(format!("http://{addr}/v1/fleet/status"))
@@ -490,7 +487,7 @@ async fn a_worker_dribbling_bytes_without_samples_is_replaced_as_a_stall() {
 #[tokio::test]
 async fn published_samples_are_stored_with_their_worker_id() {
     let data = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(data.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(data.path(), "127.0.0.1:0", &[]).await;
     let (report, ok, stderr) = Run::new(&[
         "--json",
         "--worker-bin",
@@ -593,29 +590,27 @@ async fn our_workers_exit_when_the_supervisor_is_killed_with_sigkill() {
     ]);
     let mut child = run.command.spawn().expect("tributary fleet collect starts");
     // Four workers and the supervisor carry the marker once all are up.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while marked_processes(&run.marker).len() < 5 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "4 workers within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually(
+        "4 workers and the supervisor carrying the marker",
+        Duration::from_secs(30),
+        async || {
+            let marked = marked_processes(&run.marker);
+            ready_if(marked.len() >= 5, marked)
+        },
+    )
+    .await;
     // SIGKILL: the supervisor cannot stop anything. The workers see their
     // parent go and exit on their own (-exitWithParent, on by default).
     child.kill().await.expect("the supervisor can be killed");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let left = marked_processes(&run.marker);
-        if left.is_empty() {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "workers still alive 10 s after the supervisor's SIGKILL: {left:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "every worker to exit after the supervisor's SIGKILL",
+        Duration::from_secs(10),
+        async || {
+            let left = marked_processes(&run.marker);
+            ready_if(left.is_empty(), left)
+        },
+    )
+    .await;
 }
 
 /// Writes an executable shell script.

@@ -19,7 +19,7 @@ use tributary::{
     workloads::averages::Number,
 };
 
-use crate::support::{Mesh, wait_stored};
+use crate::support::{Mesh, eventually, ready_if, wait_stored};
 
 fn http() -> reqwest::Client {
     reqwest::Client::builder()
@@ -63,7 +63,7 @@ async fn get(client: &reqwest::Client, url: String) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn out_of_range_times_ticks_and_numbers_are_refused_over_grpc_and_rest() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &["--parser", "raw;average"]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &["--parser", "raw;average"]).await;
     let now = clock::now_micros();
     let tick_now = clock::tick_of(now);
     let mut bad = vec![
@@ -254,7 +254,7 @@ async fn seed_unshowable_rows(data_dir: &Path) {
 async fn a_row_that_cannot_be_encoded_does_not_break_any_read() {
     let dir = tempfile::tempdir().unwrap();
     seed_unshowable_rows(dir.path()).await;
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let client = http();
     let base = mesh.url();
 
@@ -355,7 +355,7 @@ async fn watch_and_hang_up(channel: &Channel, n: usize, interval_ms: u32) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closed_watch_streams_free_their_work_and_intervals_are_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let pid = mesh.child.id().unwrap();
     let channel = mesh.channel().await;
     // The longest interval allowed: before the fix each closed stream kept
@@ -384,7 +384,7 @@ async fn closed_watch_streams_free_their_work_and_intervals_are_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generator_id_past_the_bound_is_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let channel = mesh.channel().await;
     let claim = |id: String| {
         let mut client = CoordinatorClient::new(channel.clone());
@@ -422,7 +422,7 @@ async fn a_generator_id_past_the_bound_is_refused() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_huge_batch_is_refused_and_rejection_detail_is_bounded() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let mut client = IngestClient::new(mesh.channel().await);
     // The probe's request: 830,000 records without a source, under the
     // 4 MiB message limit.
@@ -470,7 +470,7 @@ async fn a_huge_batch_is_refused_and_rejection_detail_is_bounded() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pages_of_60_kb_records_stay_under_4_mib_with_a_cursor() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let channel = mesh.channel().await;
     let big = "x".repeat(60_000);
     for batch in 0..4u64 {
@@ -548,7 +548,7 @@ async fn dead_letters_page_past_1000() {
         .await
         .unwrap();
     store.close().await;
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let mut client = QueryClient::new(mesh.channel().await);
     let mut seqs = Vec::new();
     let mut after_id = 0;
@@ -592,7 +592,7 @@ async fn dead_letters_page_past_1000() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rest_answers_head_explains_numbers_and_counts_its_streams() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let client = http();
     let base = mesh.url();
     for path in [
@@ -640,12 +640,13 @@ async fn rest_answers_head_explains_numbers_and_counts_its_streams() {
     body.next().await.unwrap().unwrap();
     assert_eq!(gauge(client.clone()).await, 1.0);
     drop(body);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while gauge(client.clone()).await != 0.0 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the stream left the gauge"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(
+        "the stream to leave the gauge",
+        Duration::from_secs(10),
+        async || {
+            let open = gauge(client.clone()).await;
+            ready_if(open == 0.0, open)
+        },
+    )
+    .await;
 }

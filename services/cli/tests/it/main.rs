@@ -10,6 +10,7 @@ mod compose_stack;
 mod crash;
 mod dashboard;
 mod end_to_end;
+mod eventually;
 mod first_run;
 mod fleet;
 mod limits;

@@ -15,7 +15,8 @@ use tokio::{
 use tributary::proto::{PublishBatchRequest, Record, ingest_client::IngestClient};
 
 use crate::support::{
-    BIN, Mesh, rows_of, send, send_command, send_summary, spawn_listening, tool, wait_stored,
+    BIN, Mesh, eventually, ready_if, rows_of, send, send_command, send_summary, spawn_listening,
+    tool, wait_stored,
 };
 
 /// The Python receiver, and the file it appends spans to.
@@ -137,14 +138,11 @@ async fn spans_of_three_processes_reach_a_real_otlp_receiver_as_one_trace() {
     let source = tributary::testkit::unique_name("traced");
     let summary = send_traced(&url, &receiver.endpoint, &source).await;
     assert_eq!(summary["acked"], 1, "{summary}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while rows_of(dir.path(), "raw", &source).await.0 < 1 {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the record is stored within 30 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually("the record stored", Duration::from_secs(30), async || {
+        let rows = rows_of(dir.path(), "raw", &source).await;
+        ready_if(rows.0 >= 1, rows)
+    })
+    .await;
     // Both servers serve Prometheus text on their own port.
     promtool_check("a stand-alone ingest server", &scrape(ingest_addr).await).await;
     promtool_check("a stand-alone parser", &scrape(parser_addr).await).await;
@@ -294,7 +292,7 @@ fn sample(samples: &HashMap<String, f64>, series: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_of_the_embedded_mesh_pass_promtool_and_move_with_records() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     promtool_check("a fresh `tributary up`", &scrape(mesh.addr).await).await;
 
     let summary = send(&mesh.url(), &["--count", "1000", "--kind", "text"]).await;

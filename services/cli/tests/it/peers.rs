@@ -24,7 +24,7 @@ async fn grpcurl(args: &[&str]) -> String {
 #[tokio::test]
 async fn grpcurl_lists_describes_and_calls() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let addr = mesh.addr.to_string();
 
     let services = grpcurl(&["-plaintext", &addr, "list"]).await;
@@ -83,7 +83,7 @@ async fn grpcurl_lists_describes_and_calls() {
 #[tokio::test]
 async fn a_python_grpcio_client_publishes_and_reads_back() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peer/peer.py");
     let output = Command::new(tool("TRIBUTARY_PYTHON"))
         .arg(&script)
@@ -108,7 +108,7 @@ async fn a_python_grpcio_client_publishes_and_reads_back() {
 #[tokio::test]
 async fn a_hostile_python_grpcio_client_cannot_break_the_queue() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peer/hostile.py");
     let output = Command::new(tool("TRIBUTARY_PYTHON"))
         .arg(&script)

@@ -9,7 +9,7 @@ use tributary::proto::{
     ingest_client::IngestClient, record::Payload,
 };
 
-use crate::support::spawn_listening;
+use crate::support::{Verbatim, eventually, spawn_listening};
 
 /// Resident set size of a process, from /proc.
 fn rss_bytes(pid: u32) -> u64 {
@@ -143,26 +143,27 @@ async fn a_gigabyte_behind_an_idle_group_keeps_memory_bounded() {
 #[tokio::test]
 async fn the_groups_command_lists_and_refuses_an_unknown_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = crate::support::Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = crate::support::Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let url = mesh.url();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
-    let listed = loop {
-        let output = tokio::process::Command::new(crate::support::BIN)
-            .args(["groups", "list", "--connect", &url])
-            .output()
-            .await
-            .unwrap();
-        assert!(output.status.success(), "{output:?}");
-        let text = String::from_utf8(output.stdout).unwrap();
-        if text.lines().any(|l| l.starts_with("raw ")) {
-            break text;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "raw never listed:\n{text}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    };
+    let listed = eventually(
+        "raw listed by groups list",
+        std::time::Duration::from_secs(30),
+        async || {
+            let output = tokio::process::Command::new(crate::support::BIN)
+                .args(["groups", "list", "--connect", &url])
+                .output()
+                .await
+                .unwrap();
+            assert!(output.status.success(), "{output:?}");
+            let text = String::from_utf8(output.stdout).unwrap();
+            if text.lines().any(|l| l.starts_with("raw ")) {
+                Ok(text)
+            } else {
+                Err(Verbatim(text))
+            }
+        },
+    )
+    .await;
     assert!(listed.starts_with("group"), "{listed}");
     let output = tokio::process::Command::new(crate::support::BIN)
         .args(["groups", "delete", "no-such-group", "--connect", &url])

@@ -149,7 +149,7 @@ async fn answer(response: reqwest::Response, what: &str) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_annotated_method_answers_over_rest_as_over_grpc() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &["--parser", PARSERS]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &["--parser", PARSERS]).await;
     let channel = mesh.channel().await;
     let mut rest = Rest {
         client: http(),
@@ -508,7 +508,7 @@ async fn sse_events(client: &reqwest::Client, url: &str, n: usize) -> Vec<Value>
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn server_streams_are_ndjson_on_request() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let response = http()
         .get(format!("{}/v1/stats:watch?intervalMs=100", mesh.url()))
         .header("accept", "application/x-ndjson")
@@ -537,7 +537,7 @@ async fn server_streams_are_ndjson_on_request() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_rest_input_gets_a_4xx_json_error() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let client = http();
     let base = mesh.url();
     let post = |body: &'static str| {
@@ -642,7 +642,7 @@ async fn bad_rest_input_gets_a_4xx_json_error() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn options_and_wrong_verbs_name_the_verbs_a_path_takes() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &[]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &[]).await;
     let client = http();
     let base = mesh.url();
     let options = client

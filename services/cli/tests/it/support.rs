@@ -24,15 +24,16 @@ pub struct Mesh {
 
 impl Mesh {
     /// Starts `tributary up --no-workloads` on `listen` with its data in
-    /// `data_dir`, and waits for it to print its address.
-    pub async fn start(data_dir: &Path, listen: &str, extra: &[&str]) -> Mesh {
+    /// `data_dir`, and waits for it to print its address: the mesh alone,
+    /// with only the parsers `extra` asks for.
+    pub async fn start_bare(data_dir: &Path, listen: &str, extra: &[&str]) -> Mesh {
         let mut args = vec!["--no-workloads"];
         args.extend_from_slice(extra);
         Self::start_with_workloads(data_dir, listen, &args).await
     }
 
-    /// Starts `tributary up` with its demo workloads unless `extra` turns
-    /// them off.
+    /// Starts `tributary up` as a user would, with its demo workloads unless
+    /// `extra` turns them off.
     pub async fn start_with_workloads(data_dir: &Path, listen: &str, extra: &[&str]) -> Mesh {
         let data_dir = data_dir.to_str().expect("temp paths are UTF-8");
         let mut args = vec!["up", "--listen", listen, "--data-dir", data_dir];
@@ -100,19 +101,62 @@ pub async fn stored(channel: &Channel, parser: &str) -> u64 {
 
 /// Polls `stored` until it reaches `want`, failing after `within`.
 pub async fn wait_stored(channel: &Channel, parser: &str, want: u64, within: Duration) {
+    let now = eventually(
+        &format!("{parser} storing {want} records"),
+        within,
+        async || {
+            let now = stored(channel, parser).await;
+            ready_if(now >= want, now)
+        },
+    )
+    .await;
+    assert_eq!(now, want, "{parser} stored more records than were sent");
+}
+
+/// The longest pause between two polls of [`eventually`]. Polls start
+/// quicker, so that a condition that holds soon is seen soon, and slow down
+/// to this, so that a long wait does not load the processes under test.
+const POLL_MAX: Duration = Duration::from_millis(200);
+
+/// Polls `probe` until it answers `Ok`, and returns what it answered.
+/// `Err` carries what the probe saw instead; when `within` has passed, the
+/// test fails naming `what` it waited for and the last thing seen.
+pub async fn eventually<T, Seen: std::fmt::Debug>(
+    what: &str,
+    within: Duration,
+    mut probe: impl AsyncFnMut() -> Result<T, Seen>,
+) -> T {
     let deadline = tokio::time::Instant::now() + within;
+    let mut pause = Duration::from_millis(20);
     loop {
-        let now = stored(channel, parser).await;
-        if now >= want {
-            assert_eq!(now, want, "{parser} stored more records than were sent");
-            return;
-        }
+        let seen = match probe().await {
+            Ok(done) => return done,
+            Err(seen) => seen,
+        };
         assert!(
             tokio::time::Instant::now() < deadline,
-            "{parser} stored {now} of {want} records within {within:?}"
+            "waited {within:?} for {what}; last seen: {seen:#?}"
         );
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(POLL_MAX);
     }
+}
+
+/// Text that [`eventually`] shows as it is when it fails, lines and all,
+/// rather than escaped: a process's output, a status page.
+pub struct Verbatim(pub String);
+
+impl std::fmt::Debug for Verbatim {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f)?;
+        f.write_str(&self.0)
+    }
+}
+
+/// A probe's answer for [`eventually`]: `Ok(value)` when `done`, else
+/// `Err(value)` as what was seen.
+pub fn ready_if<T>(done: bool, value: T) -> Result<T, T> {
+    if done { Ok(value) } else { Err(value) }
 }
 
 /// (rows, distinct seqs, min seq, max seq) of one source in the SQLite store,

@@ -41,7 +41,7 @@ async fn tls_mesh(data: &Path, certs: &TestCerts, extra: &[&str]) -> Mesh {
         path(&certs.ca),
     ];
     args.extend_from_slice(extra);
-    Mesh::start(data, "127.0.0.1:0", &args).await
+    Mesh::start_bare(data, "127.0.0.1:0", &args).await
 }
 
 /// A channel to `url` trusting the test CA, presenting the client
@@ -246,7 +246,7 @@ async fn the_ingest_service_wants_the_token_and_health_and_reflection_stay_open(
     let dir = tempfile::tempdir().unwrap();
     let token_file = dir.path().join("token");
     std::fs::write(&token_file, "correct-horse-battery\n").unwrap();
-    let mesh = Mesh::start(
+    let mesh = Mesh::start_bare(
         data.path(),
         "127.0.0.1:0",
         &["--auth-token-file", path(&token_file)],

@@ -72,7 +72,7 @@ fn start_parser(connect: &str, store: Arc<dyn store::Store>, shutdown: &Cancella
     let spec = ParserSpec::from_spec("raw").unwrap();
     let worker = Worker {
         link: tributary::channel::Link::plain(connect.to_owned()),
-        name: testkit::unique_name("traced"),
+        group: testkit::unique_name("traced"),
         parser: spec.config.build(),
         store,
         tuning: Tuning::default(),

@@ -19,7 +19,9 @@ use tributary::{
     },
 };
 
-use crate::support::{BIN, Mesh, all_records, spawn_listening, stored, wait_stored};
+use crate::support::{
+    BIN, Mesh, all_records, eventually, ready_if, spawn_listening, stored, wait_stored,
+};
 
 /// Runs `tributary ARGS` to completion and returns its stdout.
 async fn run_ok(args: &[&str]) -> String {
@@ -47,7 +49,7 @@ async fn run_ok(args: &[&str]) -> String {
 async fn generators_never_repeat_a_value_in_a_tick_and_averages_are_exact() {
     let dir = tempfile::tempdir().unwrap();
     // A pull window of one record spreads the numbers over both replicas.
-    let mesh = Mesh::start(
+    let mesh = Mesh::start_bare(
         dir.path(),
         "127.0.0.1:0",
         &[
@@ -199,18 +201,18 @@ fn unique_per_tick(records: &[Record]) -> HashMap<i64, HashSet<i64>> {
 #[tokio::test]
 async fn generators_pause_while_the_coordinator_is_down_and_resume_after_its_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &["--parser", "average"]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &["--parser", "average"]).await;
     let (mut coordinator, coordinator_addr) =
         spawn_listening(&["coordinator", "--listen", "127.0.0.1:0"]).await;
     let coordinator_url = format!("http://{coordinator_addr}");
     let generators = spawn_generators(2, &mesh.url(), &coordinator_url, 80);
 
     let channel = mesh.channel().await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while stored(&channel, "average").await < 10 {
-        assert!(tokio::time::Instant::now() < deadline, "no numbers stored");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("10 numbers stored", Duration::from_secs(30), async || {
+        let now = stored(&channel, "average").await;
+        ready_if(now >= 10, now)
+    })
+    .await;
     coordinator.kill().await.unwrap();
     // The outage: a fixed stretch of ticks with nobody to grant them.
     tokio::time::sleep(Duration::from_millis(1000)).await;
@@ -280,7 +282,7 @@ async fn sms_senders_split_the_messages_and_the_monitor_ends_at_the_totals() {
     for spec in &senders {
         args.extend(["--parser", spec]);
     }
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &args).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &args).await;
     let url = mesh.url();
     let mut monitor = Command::new(BIN)
         .args([
@@ -362,7 +364,7 @@ async fn sms_senders_split_the_messages_and_the_monitor_ends_at_the_totals() {
 #[tokio::test]
 async fn burst_probes_are_stored_and_measured() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &["--parser", "probe"]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &["--parser", "probe"]).await;
     let summary = run_ok(&[
         "generate",
         "burst",
@@ -393,7 +395,7 @@ async fn burst_probes_are_stored_and_measured() {
 #[tokio::test]
 async fn sensor_readings_are_aggregated() {
     let dir = tempfile::tempdir().unwrap();
-    let mesh = Mesh::start(dir.path(), "127.0.0.1:0", &["--parser", "sensor"]).await;
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &["--parser", "sensor"]).await;
     run_ok(&[
         "generate",
         "sensors",
@@ -475,45 +477,48 @@ async fn up_runs_every_workload_by_default() {
     let dir = tempfile::tempdir().unwrap();
     let mesh = Mesh::start_with_workloads(dir.path(), "127.0.0.1:0", &["--sms", "400"]).await;
     let mut client = QueryClient::new(mesh.channel().await);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    loop {
-        let averages = client
-            .list_averages(ListAveragesRequest::default())
-            .await
-            .unwrap()
-            .into_inner()
-            .averages;
-        let latency = client
-            .get_latency(GetLatencyRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
-        let sensors = client
-            .aggregate_metric(AggregateMetricRequest {
-                metric: "humidity".into(),
-                ..Default::default()
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let sms = client
-            .get_sms_progress(GetSmsProgressRequest::default())
-            .await
-            .unwrap()
-            .into_inner();
-        let numbers_per_window = averages.iter().map(|a| a.count).max().unwrap_or(0);
-        if numbers_per_window >= 2
-            && latency.stored >= 10
-            && !sensors.groups.is_empty()
-            && sms.sent + sms.failed == 400
-        {
-            assert_eq!(sms.senders.len(), 2, "{sms:?}");
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "workloads incomplete after 60 s: averages {averages:?}, latency {latency:?}, sensors {sensors:?}, sms {sms:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    let sms = eventually(
+        "every workload filling up",
+        Duration::from_secs(60),
+        async || {
+            let averages = client
+                .list_averages(ListAveragesRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .averages;
+            let latency = client
+                .get_latency(GetLatencyRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            let sensors = client
+                .aggregate_metric(AggregateMetricRequest {
+                    metric: "humidity".into(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            let sms = client
+                .get_sms_progress(GetSmsProgressRequest::default())
+                .await
+                .unwrap()
+                .into_inner();
+            let numbers_per_window = averages.iter().map(|a| a.count).max().unwrap_or(0);
+            if numbers_per_window >= 2
+                && latency.stored >= 10
+                && !sensors.groups.is_empty()
+                && sms.sent + sms.failed == 400
+            {
+                Ok(sms)
+            } else {
+                Err(format!(
+                    "averages {averages:?}, latency {latency:?}, sensors {sensors:?}, sms {sms:?}"
+                ))
+            }
+        },
+    )
+    .await;
+    assert_eq!(sms.senders.len(), 2, "{sms:?}");
 }

@@ -182,7 +182,7 @@ async fn dead_letters_after_max_attempts(queue: &str) {
     let shutdown = CancellationToken::new();
     let worker = Worker {
         link: tributary::channel::Link::plain(server.url.clone()),
-        name: "picky".into(),
+        group: "picky".into(),
         parser: Arc::new(Picky),
         store: store.clone(),
         tuning: Tuning {
@@ -312,7 +312,7 @@ async fn unstorable_records_are_dead_lettered_and_the_rest_stored(store_url: &st
     let shutdown = CancellationToken::new();
     let worker = Worker {
         link: tributary::channel::Link::plain(server.url.clone()),
-        name: "numbers".into(),
+        group: "numbers".into(),
         parser: Arc::new(Numbers),
         store: store.clone(),
         tuning: Tuning {
