@@ -110,7 +110,7 @@ async fn a_registered_parser_runs_in_a_worker() {
     let shutdown = CancellationToken::new();
     let worker = Worker {
         link: tributary::channel::Link::plain(server.url.clone()),
-        name: spec.group.clone(),
+        group: spec.group.clone(),
         parser: spec.config.build(),
         store: store.clone(),
         tuning: Tuning {
