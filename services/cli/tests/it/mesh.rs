@@ -264,3 +264,49 @@ async fn rest_publishes_and_reads_through_envoy() {
         "{openapi}"
     );
 }
+
+/// Envoy notices an ingest server that dies before the mesh has carried any
+/// traffic: its health checks run every second from start-up
+/// (`no_traffic_interval`), where Envoy's default would check an idle
+/// cluster once a minute and leave a dead server in rotation for that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_before_any_traffic_is_marked_failed_within_3_s() {
+    const PROMISE: Duration = Duration::from_secs(3);
+    let backends = Backends::fresh(&testkit::postgres_admin_url()).await;
+    // No parsers: their Pull streams would be traffic.
+    let mut cluster = Cluster::start(backends, 3, 0).await;
+    assert_eq!(
+        cluster.stat("cluster.server.upstream_cx_total").await,
+        Some(0),
+        "the server cluster has carried traffic before the kill"
+    );
+    let victim = cluster.servers[1].addr;
+    cluster.servers[1].kill9().await;
+    let killed = tokio::time::Instant::now();
+    // Polled past the promise, so that a miss reports how late it was.
+    let deadline = killed + Duration::from_secs(5);
+    loop {
+        let flags = cluster.health_flags(victim).await;
+        if flags.contains("failed_active_hc") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Envoy still shows the killed server {victim} as {flags:?} 5 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = killed.elapsed();
+    println!("Envoy marked the killed server failed {took:?} after the kill");
+    assert!(
+        took <= PROMISE,
+        "Envoy marked the killed server failed {took:?} after the kill, past {PROMISE:?}"
+    );
+    for (i, server) in cluster.servers.iter().enumerate().filter(|(i, _)| *i != 1) {
+        assert_eq!(
+            cluster.health_flags(server.addr).await,
+            "healthy",
+            "server {i} stays in rotation"
+        );
+    }
+}
