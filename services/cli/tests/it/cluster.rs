@@ -46,6 +46,15 @@ impl Backends {
             store: testkit::postgres_database_on(admin_url).await,
         }
     }
+
+    /// Like [`Backends::fresh`], with the store reached over the server's
+    /// Unix socket in `socket_dir` (`postgres:///DB?host=DIR…`), as compose
+    /// runs it: no TCP, so no Nagle delay on the store's round trips.
+    pub async fn fresh_over_socket(admin_url: &str, socket_dir: &Path) -> Backends {
+        let mut backends = Self::fresh(admin_url).await;
+        backends.store = testkit::over_socket(&backends.store, socket_dir);
+        backends
+    }
 }
 
 pub struct Cluster {

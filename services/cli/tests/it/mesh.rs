@@ -45,7 +45,17 @@ async fn assert_all_stored_once(cluster: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_cross_envoy_into_postgres_once_each_and_replicas_share_the_work() {
-    let backends = Backends::fresh(&testkit::postgres_admin_url()).await;
+    // The parsers and the api reach PostgreSQL over its Unix socket.
+    let backends = Backends::fresh_over_socket(
+        &testkit::postgres_admin_url(),
+        &testkit::postgres_socket_dir(),
+    )
+    .await;
+    assert!(
+        backends.store.starts_with("postgres:///"),
+        "{}",
+        backends.store
+    );
     let cluster = Cluster::start(backends, 3, 2).await;
 
     // grpcurl through Envoy sees every mesh service.
@@ -77,6 +87,20 @@ async fn records_cross_envoy_into_postgres_once_each_and_replicas_share_the_work
     assert!(
         shares.iter().all(|&n| n > 0),
         "both replicas stored records: {shares:?}"
+    );
+    // Every session on the database but this one is a parser's or the
+    // api's, and none came over TCP (a socket session has no client_addr).
+    let (over_socket, over_tcp): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*) FILTER (WHERE client_addr IS NULL), \
+                COUNT(*) FILTER (WHERE client_addr IS NOT NULL) \
+         FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut cluster.db().await)
+    .await
+    .expect("pg_stat_activity is readable");
+    assert!(
+        over_socket > 0 && over_tcp == 0,
+        "{over_socket} sessions over the socket, {over_tcp} over TCP"
     );
 }
 
