@@ -301,4 +301,20 @@ async fn the_compose_stack_scales_publishes_through_envoy_and_stores_every_recor
         clients.parse::<u64>().unwrap_or(0) >= 1,
         "no sensor client's records stored: {clients}"
     );
+
+    // The parsers and the api reach PostgreSQL over its socket, shared by a
+    // volume: their sessions have no client address.
+    let sessions = stack.sql(
+        "SELECT COUNT(*) FILTER (WHERE client_addr IS NULL), \
+                COUNT(*) FILTER (WHERE client_addr IS NOT NULL) \
+         FROM pg_stat_activity WHERE datname = 'tributary' AND pid <> pg_backend_pid()",
+    );
+    let (over_socket, over_tcp) = sessions
+        .split_once('|')
+        .and_then(|(s, t)| Some((s.parse::<u64>().ok()?, t.parse::<u64>().ok()?)))
+        .unwrap_or_else(|| panic!("unexpected session counts {sessions:?}"));
+    assert!(
+        over_socket > 0 && over_tcp == 0,
+        "{over_socket} sessions over the socket, {over_tcp} over TCP"
+    );
 }
