@@ -86,6 +86,36 @@ async fn drop_abandoned_databases(admin: &mut PgConnection) {
     }
 }
 
+/// The directory of the shared PostgreSQL server's Unix socket
+/// (`TRIBUTARY_TEST_POSTGRES_SOCKET`, or Debian's `/var/run/postgresql`).
+pub fn postgres_socket_dir() -> PathBuf {
+    std::env::var_os("TRIBUTARY_TEST_POSTGRES_SOCKET")
+        .map_or_else(|| PathBuf::from("/var/run/postgresql"), PathBuf::from)
+}
+
+/// The same database as the `postgres://USER@HOST:PORT/DB` URL `url`,
+/// reached over the Unix socket in `socket_dir` instead of TCP:
+/// `postgres:///DB?host=DIR&port=PORT&user=USER`. Fails loudly when no
+/// server listens there.
+pub fn over_socket(url: &str, socket_dir: &Path) -> String {
+    let options: sqlx::postgres::PgConnectOptions = url
+        .parse()
+        .unwrap_or_else(|e| panic!("{url} is not a PostgreSQL URL: {e}"));
+    let port = options.get_port();
+    let socket = socket_dir.join(format!(".s.PGSQL.{port}"));
+    assert!(
+        socket.exists(),
+        "no PostgreSQL socket at {} (set TRIBUTARY_TEST_POSTGRES_SOCKET to its directory)",
+        socket.display()
+    );
+    format!(
+        "postgres:///{}?host={}&port={port}&user={}",
+        options.get_database().unwrap_or("postgres"),
+        socket_dir.display(),
+        options.get_username()
+    )
+}
+
 /// Creates an empty database on the shared server and returns its URL.
 pub async fn postgres_database() -> String {
     postgres_database_on(&postgres_admin_url()).await
@@ -172,6 +202,11 @@ impl PrivatePostgres {
     /// The admin URL (database `postgres`).
     pub fn admin_url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    /// The directory of the server's Unix socket.
+    pub fn socket_dir(&self) -> &Path {
+        self.dir.path()
     }
 
     /// Stops the server, fast: sessions are cut as in a crash or restart.

@@ -197,7 +197,8 @@ impl JetStreamQueue {
         let client = loop {
             let options = async_nats::ConnectOptions::new()
                 .name("tributary")
-                .connection_timeout(Duration::from_secs(5));
+                .connection_timeout(Duration::from_secs(5))
+                .reconnect_delay_callback(reconnect_delay);
             match options.connect(settings.servers.as_str()).await {
                 Ok(client) => break client,
                 Err(e) => {
@@ -275,6 +276,20 @@ impl JetStreamQueue {
             .publish(subject, body.into())
             .await
             .map_err(|e| QueueError::Unavailable(e.to_string()))
+    }
+}
+
+/// The wait before reconnect attempt `attempts` (1 for the first) after the
+/// connection to NATS is lost. async-nats's own default doubles to 4 s, so
+/// after an outage of a few seconds the servers came back up to 4 s after
+/// NATS did; this caps the wait at half a second ([`Backoff::broker_reconnect`]).
+/// The first attempt goes at once, as async-nats's does.
+fn reconnect_delay(attempts: usize) -> Duration {
+    let failures = u32::try_from(attempts.saturating_sub(1)).unwrap_or(u32::MAX);
+    if failures == 0 {
+        Duration::ZERO
+    } else {
+        Backoff::broker_reconnect().wait_for(failures)
     }
 }
 

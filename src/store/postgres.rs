@@ -101,6 +101,13 @@ pub struct PostgresStore {
 impl PostgresStore {
     /// Connects to the database `url` names and migrates it, waiting up to a
     /// minute for a database that is still starting.
+    ///
+    /// `url` is sqlx's: over TCP `postgres://USER@HOST:PORT/DB`, over a Unix
+    /// socket `postgres:///DB?host=DIR&user=USER` (or the directory
+    /// percent-encoded as the host, `postgres://%2Fvar%2Frun%2Fpostgresql/DB`),
+    /// where DIR holds the server's `.s.PGSQL.PORT`. The socket is the faster
+    /// way on one host: sqlx 0.9.0 does not set `TCP_NODELAY`, so over TCP
+    /// Nagle's algorithm delays some of the store's round trips.
     pub async fn open(url: &str) -> Result<Self, StoreError> {
         let options: PgConnectOptions = url.parse().map_err(|e| StoreError::BadUrl {
             url: url.to_owned(),

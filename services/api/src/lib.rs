@@ -34,7 +34,10 @@ pub struct Config {
     /// Address to serve on; port 0 picks a free port.
     #[arg(long, env = "TRIBUTARY_LISTEN", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
-    /// The store to read: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`.
+    /// The store to read: `sqlite://PATH`, `postgres://USER@HOST:PORT/DB`,
+    /// or PostgreSQL over its Unix socket as
+    /// `postgres:///DB?host=/var/run/postgresql&user=USER` (the socket's
+    /// directory).
     #[arg(
         long,
         env = "TRIBUTARY_STORE",

@@ -5,7 +5,10 @@
 //!
 //! Needs what `scripts/test.sh` sets up (NATS, PostgreSQL, Envoy):
 //! `source scripts/tools.sh && cargo bench -p tributary-cli --bench mesh`
-//! (add `-- --records N` for the bulk run's size; default 1,000,000).
+//! (add `-- --records N` for the bulk run's size; default 1,000,000, and
+//! `--ceilings-only` to measure only the ceilings). The store ceiling is
+//! measured over TCP and over PostgreSQL's Unix socket; the mesh reaches
+//! PostgreSQL over the socket, as compose does.
 
 #[allow(dead_code)]
 #[path = "../tests/it/support.rs"]
@@ -56,10 +59,33 @@ async fn main() {
         reading(0).encoded_len()
     );
 
+    let ceilings_only = std::env::args().any(|a| a == "--ceilings-only");
     let nats_ceiling = jetstream_ceiling(records).await;
-    let postgres_ceiling = postgres_ceiling(records).await;
+    let tcp_ceiling = postgres_ceiling(&testkit::postgres_database().await, records).await;
+    let socket = testkit::postgres_socket_dir();
+    let socket_url = testkit::over_socket(&testkit::postgres_database().await, &socket);
+    let postgres_ceiling = postgres_ceiling(&socket_url, records).await;
+    let ceilings = [
+        format!(
+            "| ceiling: async-nats JetStream publish, same bytes, Nats-Msg-Id, pipelined acks | {nats_ceiling:.0} records/s |"
+        ),
+        format!(
+            "| ceiling: PostgreSQL store writes alone over TCP (5,000-row UNNEST transactions) | {tcp_ceiling:.0} rows/s |"
+        ),
+        format!(
+            "| ceiling: PostgreSQL store writes alone over the Unix socket (the same) | {postgres_ceiling:.0} rows/s |"
+        ),
+    ];
+    if ceilings_only {
+        println!("| figure | value |");
+        println!("|---|---|");
+        for row in &ceilings {
+            println!("{row}");
+        }
+        return;
+    }
 
-    let backends = Backends::fresh(&testkit::postgres_admin_url()).await;
+    let backends = Backends::fresh_over_socket(&testkit::postgres_admin_url(), &socket).await;
     let cluster = Cluster::start(backends, 3, 2).await;
     let e2e = bulk(&cluster, records).await;
     let (p50, p99, n) = latency(&cluster, 5_000, 10).await;
@@ -73,12 +99,9 @@ async fn main() {
     println!(
         "| send→stored latency at 5,000 records/s ({n} records) | p50 {p50:.1} ms, p99 {p99:.1} ms |"
     );
-    println!(
-        "| ceiling: async-nats JetStream publish, same bytes, Nats-Msg-Id, pipelined acks | {nats_ceiling:.0} records/s |"
-    );
-    println!(
-        "| ceiling: PostgreSQL store writes alone (5,000-row UNNEST transactions) | {postgres_ceiling:.0} rows/s |"
-    );
+    for row in &ceilings {
+        println!("{row}");
+    }
     println!(
         "| end to end / lower ceiling | {:.0}% |",
         100.0 * e2e / lower
@@ -127,11 +150,10 @@ async fn jetstream_ceiling(count: u64) -> f64 {
     rate
 }
 
-/// Writes `count` rows through the PostgreSQL store in 5,000-row batches.
-async fn postgres_ceiling(count: u64) -> f64 {
-    let store = PostgresStore::open(&testkit::postgres_database().await)
-        .await
-        .unwrap();
+/// Writes `count` rows through the PostgreSQL store at `url` in 5,000-row
+/// batches.
+async fn postgres_ceiling(url: &str, count: u64) -> f64 {
+    let store = PostgresStore::open(url).await.unwrap();
     let body = reading(0).encode_to_vec();
     let started = Instant::now();
     for start in (0..count).step_by(5_000) {

@@ -39,8 +39,11 @@ pub struct Config {
         default_value = "http://127.0.0.1:8080"
     )]
     pub connect: String,
-    /// Where results go: `sqlite://PATH` or `postgres://USER@HOST:PORT/DB`
-    /// (migrated on start).
+    /// Where results go: `sqlite://PATH`, `postgres://USER@HOST:PORT/DB`,
+    /// or PostgreSQL over its Unix socket as
+    /// `postgres:///DB?host=/var/run/postgresql&user=USER` (the socket's
+    /// directory; faster than TCP on one host). PostgreSQL is migrated on
+    /// start.
     #[arg(
         long,
         env = "TRIBUTARY_STORE",

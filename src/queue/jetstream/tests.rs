@@ -250,3 +250,18 @@ async fn lag_counts_what_a_group_has_not_acked() {
     }
     drop_stream(&queue).await;
 }
+
+#[test]
+fn reconnects_start_at_once_and_never_wait_past_half_a_second() {
+    assert_eq!(reconnect_delay(0), Duration::ZERO);
+    assert_eq!(reconnect_delay(1), Duration::ZERO);
+    // Whatever the outage's length, the next try is at most 500 ms away.
+    for attempts in 2..10_000 {
+        let wait = reconnect_delay(attempts);
+        assert!(
+            wait <= Duration::from_millis(500),
+            "attempt {attempts}: {wait:?}"
+        );
+    }
+    assert!(reconnect_delay(usize::MAX) <= Duration::from_millis(500));
+}

@@ -46,6 +46,15 @@ impl Backends {
             store: testkit::postgres_database_on(admin_url).await,
         }
     }
+
+    /// Like [`Backends::fresh`], with the store reached over the server's
+    /// Unix socket in `socket_dir` (`postgres:///DB?host=DIR…`), as compose
+    /// runs it: no TCP, so no Nagle delay on the store's round trips.
+    pub async fn fresh_over_socket(admin_url: &str, socket_dir: &Path) -> Backends {
+        let mut backends = Self::fresh(admin_url).await;
+        backends.store = testkit::over_socket(&backends.store, socket_dir);
+        backends
+    }
 }
 
 pub struct Cluster {
@@ -112,6 +121,7 @@ impl Cluster {
         std::fs::write(&config_path, config).unwrap();
         let envoy = start_envoy(&config_path, dir.path());
         wait_healthy(admin_port, servers).await;
+        assert_no_deprecations(&dir.path().join("envoy.log"));
         let entry = format!("http://127.0.0.1:{entry_port}");
         let mut cluster = Cluster {
             backends,
@@ -181,6 +191,32 @@ impl Cluster {
             },
         )
         .await
+    }
+
+    /// The health flags Envoy shows for the ingest server at `addr`
+    /// (`healthy`, `/failed_active_hc`, …), or an empty string when the
+    /// admin port does not answer or lists no such host.
+    pub async fn health_flags(&self, addr: SocketAddr) -> String {
+        let clusters = admin_get(self.admin_port, "/clusters")
+            .await
+            .unwrap_or_default();
+        let prefix = format!("server::{addr}::health_flags::");
+        clusters
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// One counter or gauge of Envoy's `/stats`, if Envoy reports it.
+    pub async fn stat(&self, name: &str) -> Option<u64> {
+        let stats = admin_get(self.admin_port, &format!("/stats?filter={name}")).await?;
+        let prefix = format!("{name}: ");
+        stats
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .and_then(|n| n.trim().parse().ok())
     }
 
     /// A connection to the cluster's database.
@@ -305,6 +341,23 @@ async fn admin_get(port: u16, path: &str) -> Option<String> {
     let mut body = String::new();
     socket.read_to_string(&mut body).await.ok()?;
     Some(body)
+}
+
+/// Envoy logs each deprecated field of its configuration as a warning
+/// once it has loaded it, which it has by the time health checks pass: the
+/// shared `envoy.yaml` must use none, so that an Envoy upgrade that removes
+/// them does not break compose.
+fn assert_no_deprecations(log: &Path) {
+    let text = std::fs::read_to_string(log).unwrap_or_else(|e| panic!("Envoy's log: {e}"));
+    let deprecated: Vec<&str> = text
+        .lines()
+        .filter(|l| l.to_ascii_lowercase().contains("deprecated"))
+        .collect();
+    assert!(
+        deprecated.is_empty(),
+        "Envoy warns of deprecated configuration at start-up:\n{}",
+        deprecated.join("\n")
+    );
 }
 
 /// Waits until Envoy's active health checks pass for `servers` ingest

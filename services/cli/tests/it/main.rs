@@ -15,6 +15,7 @@ mod first_run;
 mod fleet;
 mod limits;
 mod mesh;
+mod nats_outage;
 mod notebook;
 mod observability;
 mod peers;

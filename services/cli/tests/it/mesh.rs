@@ -45,7 +45,17 @@ async fn assert_all_stored_once(cluster: &Cluster) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_cross_envoy_into_postgres_once_each_and_replicas_share_the_work() {
-    let backends = Backends::fresh(&testkit::postgres_admin_url()).await;
+    // The parsers and the api reach PostgreSQL over its Unix socket.
+    let backends = Backends::fresh_over_socket(
+        &testkit::postgres_admin_url(),
+        &testkit::postgres_socket_dir(),
+    )
+    .await;
+    assert!(
+        backends.store.starts_with("postgres:///"),
+        "{}",
+        backends.store
+    );
     let cluster = Cluster::start(backends, 3, 2).await;
 
     // grpcurl through Envoy sees every mesh service.
@@ -77,6 +87,20 @@ async fn records_cross_envoy_into_postgres_once_each_and_replicas_share_the_work
     assert!(
         shares.iter().all(|&n| n > 0),
         "both replicas stored records: {shares:?}"
+    );
+    // Every session on the database but this one is a parser's or the
+    // api's, and none came over TCP (a socket session has no client_addr).
+    let (over_socket, over_tcp): (i64, i64) = sqlx::query_as(
+        "SELECT COUNT(*) FILTER (WHERE client_addr IS NULL), \
+                COUNT(*) FILTER (WHERE client_addr IS NOT NULL) \
+         FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    .fetch_one(&mut cluster.db().await)
+    .await
+    .expect("pg_stat_activity is readable");
+    assert!(
+        over_socket > 0 && over_tcp == 0,
+        "{over_socket} sessions over the socket, {over_tcp} over TCP"
     );
 }
 
@@ -263,4 +287,50 @@ async fn rest_publishes_and_reads_through_envoy() {
         openapi["paths"]["/v1/records"]["post"].is_object(),
         "{openapi}"
     );
+}
+
+/// Envoy notices an ingest server that dies before the mesh has carried any
+/// traffic: its health checks run every second from start-up
+/// (`no_traffic_interval`), where Envoy's default would check an idle
+/// cluster once a minute and leave a dead server in rotation for that long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_before_any_traffic_is_marked_failed_within_3_s() {
+    const PROMISE: Duration = Duration::from_secs(3);
+    let backends = Backends::fresh(&testkit::postgres_admin_url()).await;
+    // No parsers: their Pull streams would be traffic.
+    let mut cluster = Cluster::start(backends, 3, 0).await;
+    assert_eq!(
+        cluster.stat("cluster.server.upstream_cx_total").await,
+        Some(0),
+        "the server cluster has carried traffic before the kill"
+    );
+    let victim = cluster.servers[1].addr;
+    cluster.servers[1].kill9().await;
+    let killed = tokio::time::Instant::now();
+    // Polled past the promise, so that a miss reports how late it was.
+    let deadline = killed + Duration::from_secs(5);
+    loop {
+        let flags = cluster.health_flags(victim).await;
+        if flags.contains("failed_active_hc") {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "Envoy still shows the killed server {victim} as {flags:?} 5 s after the kill"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let took = killed.elapsed();
+    println!("Envoy marked the killed server failed {took:?} after the kill");
+    assert!(
+        took <= PROMISE,
+        "Envoy marked the killed server failed {took:?} after the kill, past {PROMISE:?}"
+    );
+    for (i, server) in cluster.servers.iter().enumerate().filter(|(i, _)| *i != 1) {
+        assert_eq!(
+            cluster.health_flags(server.addr).await,
+            "healthy",
+            "server {i} stays in rotation"
+        );
+    }
 }
