@@ -141,7 +141,11 @@ impl Table {
                     .filter(|(name, _)| !key.contains(name))
                     .map(|(name, _)| format!("{name} = excluded.{name}"))
                     .collect();
-                format!(" ON CONFLICT ({}) DO UPDATE SET {}", self.key, set.join(", "))
+                format!(
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    self.key,
+                    set.join(", ")
+                )
             }
         }
     }

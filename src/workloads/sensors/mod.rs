@@ -7,6 +7,8 @@
 //! at its edges, so its cost follows the minutes in the range, not the
 //! readings.
 
+#[cfg(test)]
+mod properties;
 pub mod rollup;
 
 use std::collections::BTreeMap;
