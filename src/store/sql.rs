@@ -230,6 +230,10 @@ mod tests {
                 3,
                 "d50d4cecb9afcab539325038184fa43d6b6dd85f8551389e847ebcaebf4f1ad8cb5b3babcecceb22180daa8e85a01d89",
             ),
+            (
+                4,
+                "16827fc7ee2cb32e570498e0af3eeae644831770d625d81b8ceed032f99e910e1b2d86c460e3c1fcb78a301fbb429039",
+            ),
         ];
         let migrator = migrator("").unwrap();
         for (version, checksum) in pinned {

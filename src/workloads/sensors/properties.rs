@@ -229,10 +229,9 @@ fn readings_from_before_rollups_aggregate_exactly() {
         write(store.as_ref(), GROUP, &case).await;
         // As an older release left it: readings, no rollups; then the
         // migration's backfill.
-        let backfill = &super::rollup::TABLE[super::rollup::TABLE.find("INSERT INTO").unwrap()..];
         let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
         conn.execute("DELETE FROM sensor_rollups").await.unwrap();
-        conn.execute(backfill).await.unwrap();
+        conn.execute(super::rollup::BACKFILL).await.unwrap();
         conn.close().await.unwrap();
         let backfilled = store
             .read(

@@ -39,14 +39,33 @@ const MAX_BUCKETS: u32 = 2048;
 /// Magnitudes below this count as zero in a sketch (and read back as 0).
 const SMALLEST: f64 = 1e-9;
 
-/// The rollups table, and its rows for readings already stored: those are
-/// written by `(before rollups)`, which no parser instance is named, so
-/// they are never rewritten; they have no sketch, and an aggregate over
-/// them computes its percentiles from the readings. The
-/// minute is the euclidean floor of `measured_at` (`%` truncates toward
-/// zero on both databases, hence the double modulo); readings before
-/// [`ROLLED_FROM`] stay raw.
-pub(super) const TABLE: &str = "
+/// Rolls up the readings already stored: rows written by
+/// `(before rollups)`, which no parser instance is named, so they are never
+/// rewritten; they have no sketch, and an aggregate over them computes its
+/// percentiles from the readings. The minute is the euclidean floor of
+/// `measured_at` (`%` truncates toward zero on both databases, hence the
+/// double modulo); readings before [`ROLLED_FROM`] stay raw.
+macro_rules! backfill {
+    () => {
+        "
+INSERT INTO sensor_rollups (parser, metric, minute, sensor_id, writer, count, sum, min, max, unit, sketch)
+SELECT parser, metric, measured_at - ((measured_at % 60000000) + 60000000) % 60000000 AS minute,
+       sensor_id, '(before rollups)', COUNT(*), SUM(value), MIN(value), MAX(value), MIN(unit), NULL
+FROM sensor_readings
+WHERE measured_at >= -9223371999960000000
+GROUP BY parser, metric, measured_at - ((measured_at % 60000000) + 60000000) % 60000000, sensor_id;
+"
+    };
+}
+
+/// [`backfill!`]'s statement, for readings written into `sensor_readings`
+/// by other means than the store (a benchmark's bulk load).
+pub const BACKFILL: &str = backfill!();
+
+/// Migration 4: the rollups table, and the rollups of readings already
+/// stored.
+pub(super) const TABLE: &str = concat!(
+    "
 CREATE TABLE sensor_rollups (
     parser TEXT NOT NULL,
     metric TEXT NOT NULL,
@@ -60,14 +79,9 @@ CREATE TABLE sensor_rollups (
     unit TEXT NOT NULL,
     sketch BYTEA,
     PRIMARY KEY (parser, metric, minute, sensor_id, writer)
+);",
+    backfill!()
 );
-INSERT INTO sensor_rollups (parser, metric, minute, sensor_id, writer, count, sum, min, max, unit, sketch)
-SELECT parser, metric, measured_at - ((measured_at % 60000000) + 60000000) % 60000000 AS minute,
-       sensor_id, '(before rollups)', COUNT(*), SUM(value), MIN(value), MAX(value), MIN(unit), NULL
-FROM sensor_readings
-WHERE measured_at >= -9223371999960000000
-GROUP BY parser, metric, measured_at - ((measured_at % 60000000) + 60000000) % 60000000, sensor_id;
-";
 
 const ROLLUPS: Table = Table {
     name: "sensor_rollups",
