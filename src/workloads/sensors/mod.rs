@@ -279,7 +279,7 @@ fn whole_minutes(from: i64, to: i64) -> Option<(i64, i64)> {
     let first = first.max(i128::from(ROLLED_FROM));
     let end = i128::from(to).div_euclid(minute) * minute;
     // Both lie in [ROLLED_FROM, to] when first < end, so inside 64 bits.
-    (first < end).then(|| (first as i64, end as i64))
+    (first < end).then_some((first as i64, end as i64))
 }
 
 /// Aggregates of one sensor metric: from rollups and the readings at the
