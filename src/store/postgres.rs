@@ -25,7 +25,7 @@ use sqlx::{
 use super::{
     Counts, DeadLetterFilter, DeadLetterRow, NewRecord, RecordFilter, Store, StoreError, StoredRow,
     WriteBatch, Written,
-    sql::{self, Cell, Sql, Table, Type, Value},
+    sql::{self, Cell, Existing, Sql, Table, Type, Value},
 };
 use crate::{backoff::Backoff, clock, workloads};
 
@@ -155,6 +155,7 @@ fn bind<'q>(
         Value::Int(v) => query.bind(v),
         Value::Real(v) => query.bind(v),
         Value::Text(v) => query.bind(v),
+        Value::Blob(v) => query.bind(v),
     }
 }
 
@@ -165,6 +166,7 @@ fn decode(row: &sqlx::postgres::PgRow, types: &[Type]) -> Result<sql::Row, sqlx:
             Type::Int => Cell::Int(row.try_get(i)?),
             Type::Real => Cell::Real(row.try_get(i)?),
             Type::Text => Cell::Text(row.try_get(i)?),
+            Type::Blob => Cell::Blob(row.try_get(i)?),
         });
     }
     Ok(sql::Row(cells))
@@ -175,12 +177,13 @@ enum Column<'a> {
     Int(Vec<i64>),
     Real(Vec<f64>),
     Text(Vec<&'a str>),
+    Blob(Vec<&'a [u8]>),
 }
 
 /// The SQL of a many-row insert into `table`: one array per column,
 /// unnested into rows, so one statement carries thousands of rows with a
 /// plan PostgreSQL caches.
-fn unnest_insert(table: &Table) -> String {
+fn unnest_insert(table: &Table, existing: Existing) -> String {
     let names: Vec<&str> = table.columns.iter().map(|(name, _)| *name).collect();
     let arrays: Vec<String> = table
         .columns
@@ -191,16 +194,17 @@ fn unnest_insert(table: &Table) -> String {
                 Type::Int => "int8[]",
                 Type::Real => "float8[]",
                 Type::Text => "text[]",
+                Type::Blob => "bytea[]",
             };
             format!("${}::{array}", i + 1)
         })
         .collect();
     format!(
-        "INSERT INTO {table} ({names}) SELECT * FROM UNNEST({arrays}) ON CONFLICT ({key}) DO NOTHING",
+        "INSERT INTO {table} ({names}) SELECT * FROM UNNEST({arrays}){conflict}",
         table = table.name,
         names = names.join(", "),
         arrays = arrays.join(", "),
-        key = table.key,
+        conflict = table.on_conflict(existing),
     )
 }
 
@@ -233,8 +237,24 @@ impl Sql for Connection<'_> {
     }
 
     async fn insert(&mut self, table: &Table, values: &[Value<'_>]) -> Result<(), StoreError> {
+        self.insert_rows(table, values, Existing::Skip).await
+    }
+
+    async fn upsert(&mut self, table: &Table, values: &[Value<'_>]) -> Result<(), StoreError> {
+        self.insert_rows(table, values, Existing::Replace).await
+    }
+}
+
+impl Connection<'_> {
+    /// A many-row insert, [`ROWS_PER_INSERT`] rows a statement.
+    async fn insert_rows(
+        &mut self,
+        table: &Table,
+        values: &[Value<'_>],
+        existing: Existing,
+    ) -> Result<(), StoreError> {
         let width = table.columns.len();
-        let text = unnest_insert(table);
+        let text = unnest_insert(table, existing);
         for chunk in values.chunks(ROWS_PER_INSERT * width) {
             let mut columns: Vec<Column<'_>> = table
                 .columns
@@ -243,6 +263,7 @@ impl Sql for Connection<'_> {
                     Type::Int => Column::Int(Vec::new()),
                     Type::Real => Column::Real(Vec::new()),
                     Type::Text => Column::Text(Vec::new()),
+                    Type::Blob => Column::Blob(Vec::new()),
                 })
                 .collect();
             for (i, value) in chunk.iter().enumerate() {
@@ -250,6 +271,7 @@ impl Sql for Connection<'_> {
                     (Column::Int(column), Value::Int(v)) => column.push(v),
                     (Column::Real(column), Value::Real(v)) => column.push(v),
                     (Column::Text(column), Value::Text(v)) => column.push(v),
+                    (Column::Blob(column), Value::Blob(v)) => column.push(v),
                     (_, value) => {
                         return Err(StoreError::Data(format!(
                             "{value:?} does not fit column {} of {}",
@@ -265,6 +287,7 @@ impl Sql for Connection<'_> {
                     Column::Int(v) => query.bind(v),
                     Column::Real(v) => query.bind(v),
                     Column::Text(v) => query.bind(v),
+                    Column::Blob(v) => query.bind(v),
                 };
             }
             query.execute(&mut *self.conn).await.map_err(self.fail)?;

@@ -23,6 +23,7 @@ pub enum Value<'a> {
     Int(i64),
     Real(f64),
     Text(&'a str),
+    Blob(&'a [u8]),
 }
 
 /// The SQL type of a column, as a result is decoded or an insert bound.
@@ -34,6 +35,9 @@ pub enum Type {
     Real,
     /// Text; SQL NULL reads as `None`.
     Text,
+    /// Bytes (`BYTEA` in DDL, which SQLite stores as a blob); SQL NULL
+    /// reads as `None`.
+    Blob,
 }
 
 /// One decoded cell of a result row.
@@ -42,6 +46,7 @@ pub enum Cell {
     Int(Option<i64>),
     Real(Option<f64>),
     Text(Option<String>),
+    Blob(Option<Vec<u8>>),
 }
 
 /// One result row, decoded with the types the query asked for.
@@ -88,6 +93,14 @@ impl Row {
             other => Err(mismatch(index, "text", other)),
         }
     }
+
+    /// A bytes column; NULL reads as empty.
+    pub fn blob(&self, index: usize) -> Result<&[u8], StoreError> {
+        match self.cell(index)? {
+            Cell::Blob(v) => Ok(v.as_deref().unwrap_or_default()),
+            other => Err(mismatch(index, "bytes", other)),
+        }
+    }
 }
 
 fn mismatch(index: usize, wanted: &str, got: &Cell) -> StoreError {
@@ -102,8 +115,40 @@ pub struct Table {
     pub name: &'static str,
     /// Its columns, in the order each inserted row gives their values.
     pub columns: &'static [(&'static str, Type)],
-    /// The conflict target: rows whose key exists are skipped.
+    /// The conflict target: rows whose key exists are skipped (by
+    /// [`Sql::insert`]) or replaced (by [`Sql::upsert`]).
     pub key: &'static str,
+}
+
+/// What a many-row insert does with a row whose key is already there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Existing {
+    Skip,
+    Replace,
+}
+
+impl Table {
+    /// The `ON CONFLICT` clause of a many-row insert: replacing sets every
+    /// column outside the key to the inserted row's.
+    pub(super) fn on_conflict(&self, existing: Existing) -> String {
+        match existing {
+            Existing::Skip => format!(" ON CONFLICT ({}) DO NOTHING", self.key),
+            Existing::Replace => {
+                let key: Vec<&str> = self.key.split(',').map(str::trim).collect();
+                let set: Vec<String> = self
+                    .columns
+                    .iter()
+                    .filter(|(name, _)| !key.contains(name))
+                    .map(|(name, _)| format!("{name} = excluded.{name}"))
+                    .collect();
+                format!(
+                    " ON CONFLICT ({}) DO UPDATE SET {}",
+                    self.key,
+                    set.join(", ")
+                )
+            }
+        }
+    }
 }
 
 /// A connection (inside a write transaction, or from the read pool) that
@@ -124,6 +169,11 @@ pub trait Sql: Send {
     /// Inserts `values` (row-major, `table.columns.len()` per row; the
     /// types must match the columns'), skipping keys already present.
     async fn insert(&mut self, table: &Table, values: &[Value<'_>]) -> Result<(), StoreError>;
+
+    /// Inserts `values` like [`Sql::insert`], replacing the other columns
+    /// of rows whose key is present. A key may appear once in `values`
+    /// (PostgreSQL refuses to update one row twice in a statement).
+    async fn upsert(&mut self, table: &Table, values: &[Value<'_>]) -> Result<(), StoreError>;
 }
 
 /// One step of the schema; see [`crate::workloads`] for how the steps of
@@ -180,6 +230,10 @@ mod tests {
                 3,
                 "d50d4cecb9afcab539325038184fa43d6b6dd85f8551389e847ebcaebf4f1ad8cb5b3babcecceb22180daa8e85a01d89",
             ),
+            (
+                4,
+                "16827fc7ee2cb32e570498e0af3eeae644831770d625d81b8ceed032f99e910e1b2d86c460e3c1fcb78a301fbb429039",
+            ),
         ];
         let migrator = migrator("").unwrap();
         for (version, checksum) in pinned {
@@ -208,5 +262,26 @@ mod tests {
         assert_eq!(row.text(2).unwrap(), "x");
         assert!(row.text(0).is_err());
         assert!(row.int(3).is_err());
+        let row = Row(vec![Cell::Blob(Some(vec![1, 2])), Cell::Blob(None)]);
+        assert_eq!(row.blob(0).unwrap(), [1, 2]);
+        assert!(row.blob(1).unwrap().is_empty());
+        assert!(row.text(0).is_err());
+    }
+
+    #[test]
+    fn an_upsert_replaces_the_columns_outside_the_key() {
+        let table = Table {
+            name: "t",
+            columns: &[("a", Type::Text), ("b", Type::Int), ("c", Type::Blob)],
+            key: "a, b",
+        };
+        assert_eq!(
+            table.on_conflict(Existing::Replace),
+            " ON CONFLICT (a, b) DO UPDATE SET c = excluded.c"
+        );
+        assert_eq!(
+            table.on_conflict(Existing::Skip),
+            " ON CONFLICT (a, b) DO NOTHING"
+        );
     }
 }

@@ -12,7 +12,7 @@ use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, sqlite::Sqli
 use super::{
     Counts, DeadLetterFilter, DeadLetterRow, NewRecord, RecordFilter, Store, StoreError, StoredRow,
     WriteBatch, Written,
-    sql::{self, Cell, Sql, Table, Type, Value},
+    sql::{self, Cell, Existing, Sql, Table, Type, Value},
 };
 use crate::{clock, workloads};
 
@@ -101,6 +101,7 @@ fn bind<'q>(
         Value::Int(v) => query.bind(v),
         Value::Real(v) => query.bind(v),
         Value::Text(v) => query.bind(v),
+        Value::Blob(v) => query.bind(v),
     }
 }
 
@@ -111,6 +112,7 @@ fn decode(row: &sqlx::sqlite::SqliteRow, types: &[Type]) -> Result<sql::Row, sql
             Type::Int => Cell::Int(row.try_get(i)?),
             Type::Real => Cell::Real(row.try_get(i)?),
             Type::Text => Cell::Text(row.try_get(i)?),
+            Type::Blob => Cell::Blob(row.try_get(i)?),
         });
     }
     Ok(sql::Row(cells))
@@ -145,10 +147,27 @@ impl Sql for Connection<'_> {
     }
 
     async fn insert(&mut self, table: &Table, values: &[Value<'_>]) -> Result<(), StoreError> {
+        self.insert_rows(table, values, Existing::Skip).await
+    }
+
+    async fn upsert(&mut self, table: &Table, values: &[Value<'_>]) -> Result<(), StoreError> {
+        self.insert_rows(table, values, Existing::Replace).await
+    }
+}
+
+impl Connection<'_> {
+    /// A many-row insert, in statements of at most [`MAX_VARIABLES`]
+    /// bound values.
+    async fn insert_rows(
+        &mut self,
+        table: &Table,
+        values: &[Value<'_>],
+        existing: Existing,
+    ) -> Result<(), StoreError> {
         let width = table.columns.len();
         let columns: Vec<&str> = table.columns.iter().map(|(name, _)| *name).collect();
         let head = format!("INSERT INTO {} ({}) ", table.name, columns.join(", "));
-        let tail = format!(" ON CONFLICT ({}) DO NOTHING", table.key);
+        let tail = table.on_conflict(existing);
         for chunk in values.chunks((MAX_VARIABLES / width) * width) {
             let mut insert = QueryBuilder::<Sqlite>::new(head.as_str());
             insert.push_values(chunk.chunks(width), |mut row, values| {
@@ -157,6 +176,7 @@ impl Sql for Connection<'_> {
                         Value::Int(v) => row.push_bind(v),
                         Value::Real(v) => row.push_bind(v),
                         Value::Text(v) => row.push_bind(v),
+                        Value::Blob(v) => row.push_bind(v),
                     };
                 }
             });

@@ -99,8 +99,10 @@
       const cells = g
         ? [
             intFormat.format(num(g.count)),
-            ...[g.avg, g.min, g.max, g.p50, g.p95, g.p99].map((v) =>
-              oneDecimal.format(num(v)),
+            ...[g.avg, g.min, g.max].map((v) => oneDecimal.format(num(v))),
+            // Sketched percentiles are within 1% of the exact ones.
+            ...[g.p50, g.p95, g.p99].map(
+              (v) => (g.percentilesSketched ? "≈" : "") + oneDecimal.format(num(v)),
             ),
             g.unit || "",
           ]

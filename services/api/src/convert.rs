@@ -160,6 +160,7 @@ pub fn aggregate(row: AggregateRow) -> MetricAggregate {
         p95: row.p95,
         p99: row.p99,
         unit: row.unit,
+        percentiles_sketched: row.percentiles_sketched,
     }
 }
 

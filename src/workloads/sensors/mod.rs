@@ -1,8 +1,21 @@
-//! The sensors workload: readings per sensor and metric, aggregated by the
-//! database over a time range (count, average, extremes, percentiles).
+//! The sensors workload: readings per sensor and metric, aggregated over a
+//! time range (count, average, extremes, percentiles).
+//!
+//! Readings are kept raw and, in the same transaction, rolled up per minute
+//! ([`rollup`]); an aggregate over a long range merges the rollups of the
+//! whole minutes in it and reads raw readings only in the partial minutes
+//! at its edges, so its cost follows the minutes in the range, not the
+//! readings.
+
+#[cfg(test)]
+mod properties;
+pub mod rollup;
+
+use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 
+use self::rollup::{MINUTE, ROLLED_FROM, Rollup};
 use super::{Batch, Stored, Workload};
 use crate::store::{
     Store, StoreError,
@@ -161,6 +174,11 @@ impl Workload for Sensors {
             name: "aggregate covering index",
             sql: COVERING_INDEX,
         },
+        Migration {
+            version: 4,
+            name: "sensor rollups",
+            sql: rollup::TABLE,
+        },
     ];
 
     fn texts(fact: &Reading) -> Vec<(&'static str, &str)> {
@@ -189,7 +207,8 @@ impl Workload for Sensors {
                 Value::Int(fact.measured_at),
             ]);
         }
-        sql.insert(&READINGS, &values).await
+        sql.insert(&READINGS, &values).await?;
+        rollup::write(sql, batch, facts).await
     }
 
     #[cfg(test)]
@@ -216,7 +235,9 @@ pub struct AggregateQuery {
     pub group_by_sensor: bool,
 }
 
-/// Aggregates of one group of readings (nearest-rank percentiles).
+/// Aggregates of one group of readings. Count, average, extremes and unit
+/// are exact; percentiles are nearest-rank, exact or sketched (see
+/// [`AggregateRow::percentiles_sketched`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AggregateRow {
     /// The sensor id when grouped, empty otherwise.
@@ -230,13 +251,117 @@ pub struct AggregateRow {
     pub p99: f64,
     /// The unit (the alphabetically first, should sensors disagree).
     pub unit: String,
+    /// Whether the percentiles come from merged rollup sketches, each
+    /// within [`rollup::RELATIVE_ERROR`] (1%) of the value at its nearest
+    /// rank, rather than from the readings themselves.
+    pub percentiles_sketched: bool,
 }
 
-/// Aggregates of one sensor metric, computed by the database.
+/// At most this many readings in a range, percentiles are computed from the
+/// readings (exact nearest rank): a few milliseconds' sort at that size.
+pub const EXACT_UP_TO: u64 = 10_000;
+
+/// Readings of one metric in the partial minutes at a range's edges,
+/// `[$3, $4)` and `[$5, $6)`: `$1` parser, `$2` metric. Each half is a range
+/// scan of `sensor_readings_covering`.
+const SELECT_EDGES: &str = "\
+SELECT sensor_id, value, unit FROM sensor_readings \
+WHERE parser = $1 AND metric = $2 AND measured_at >= $3 AND measured_at < $4 \
+UNION ALL \
+SELECT sensor_id, value, unit FROM sensor_readings \
+WHERE parser = $1 AND metric = $2 AND measured_at >= $5 AND measured_at < $6";
+
+/// The whole minutes inside `[from, to)` that rollups cover, as the
+/// first minute's start and the end of the last; `None` when there is none.
+fn whole_minutes(from: i64, to: i64) -> Option<(i64, i64)> {
+    let minute = i128::from(MINUTE);
+    let first = (i128::from(from) + minute - 1).div_euclid(minute) * minute;
+    let first = first.max(i128::from(ROLLED_FROM));
+    let end = i128::from(to).div_euclid(minute) * minute;
+    // Both lie in [ROLLED_FROM, to] when first < end, so inside 64 bits.
+    (first < end).then_some((first as i64, end as i64))
+}
+
+/// Aggregates of one sensor metric: from rollups and the readings at the
+/// range's edges when the range holds a whole minute and more than
+/// [`EXACT_UP_TO`] readings, from the readings alone otherwise.
 pub async fn aggregate(
     store: &dyn Store,
     query: &AggregateQuery,
 ) -> Result<Vec<AggregateRow>, StoreError> {
+    aggregate_with(store, query, EXACT_UP_TO).await
+}
+
+/// [`aggregate`], sketching percentiles above `exact_up_to` readings.
+async fn aggregate_with(
+    store: &dyn Store,
+    query: &AggregateQuery,
+    exact_up_to: u64,
+) -> Result<Vec<AggregateRow>, StoreError> {
+    let Some((first, end)) = whole_minutes(query.from, query.to) else {
+        return exact(store, query).await;
+    };
+    let group = |sensor: String| {
+        if query.group_by_sensor {
+            sensor
+        } else {
+            String::new()
+        }
+    };
+    let mut groups: BTreeMap<String, Rollup> = BTreeMap::new();
+    for (sensor, rollup) in rollup::read(store, &query.parser, &query.metric, first, end).await? {
+        groups.entry(group(sensor)).or_default().merge(&rollup)?;
+    }
+    let edges = [
+        Value::Text(&query.parser),
+        Value::Text(&query.metric),
+        Value::Int(query.from),
+        Value::Int(first),
+        Value::Int(end),
+        Value::Int(query.to),
+    ];
+    for row in store
+        .read(SELECT_EDGES, &edges, &[Type::Text, Type::Real, Type::Text])
+        .await?
+    {
+        groups
+            .entry(group(row.text(0)?))
+            .or_default()
+            .add(row.real(1)?, &row.text(2)?);
+    }
+    let total: u64 = groups.values().map(|g| g.count).sum();
+    // Minutes rolled up before sketches existed (migration 4) leave no
+    // sketch to merge: their percentiles come from the readings.
+    if total <= exact_up_to || groups.values().any(|g| g.sketch.is_none()) {
+        return exact(store, query).await;
+    }
+    groups
+        .into_iter()
+        .filter(|(_, g)| g.count > 0)
+        .map(|(sensor_id, g)| {
+            let percentile = |p| {
+                g.percentile(p)
+                    .ok_or_else(|| StoreError::Data("a sensor rollup without a sketch".into()))
+            };
+            Ok(AggregateRow {
+                sensor_id,
+                count: g.count,
+                avg: g.sum / g.count as f64,
+                min: g.min,
+                max: g.max,
+                p50: percentile(50)?,
+                p95: percentile(95)?,
+                p99: percentile(99)?,
+                unit: g.unit,
+                percentiles_sketched: true,
+            })
+        })
+        .collect()
+}
+
+/// Aggregates computed by the database from every reading in the range,
+/// with exact nearest-rank percentiles.
+async fn exact(store: &dyn Store, query: &AggregateQuery) -> Result<Vec<AggregateRow>, StoreError> {
     let params = [
         Value::Text(&query.parser),
         Value::Text(&query.metric),
@@ -269,6 +394,7 @@ pub async fn aggregate(
                 p95: row.real(6)?,
                 p99: row.real(7)?,
                 unit: row.text(8)?,
+                percentiles_sketched: false,
             })
         })
         .collect()
