@@ -25,7 +25,7 @@ use sqlx::{
 use super::{
     Counts, DeadLetterFilter, DeadLetterRow, NewRecord, RecordFilter, Store, StoreError, StoredRow,
     WriteBatch, Written,
-    sql::{self, Cell, Existing, Sql, Table, Type, Value},
+    sql::{self, Existing, Sql, Table, Type, Value},
 };
 use crate::{backoff::Backoff, clock, workloads};
 
@@ -159,19 +159,6 @@ fn bind<'q>(
     }
 }
 
-fn decode(row: &sqlx::postgres::PgRow, types: &[Type]) -> Result<sql::Row, sqlx::Error> {
-    let mut cells = Vec::with_capacity(types.len());
-    for (i, ty) in types.iter().enumerate() {
-        cells.push(match ty {
-            Type::Int => Cell::Int(row.try_get(i)?),
-            Type::Real => Cell::Real(row.try_get(i)?),
-            Type::Text => Cell::Text(row.try_get(i)?),
-            Type::Blob => Cell::Blob(row.try_get(i)?),
-        });
-    }
-    Ok(sql::Row(cells))
-}
-
 /// One column of an insert, gathered into the array UNNEST reads.
 enum Column<'a> {
     Int(Vec<i64>),
@@ -232,7 +219,7 @@ impl Sql for Connection<'_> {
             .fold(sqlx::query(sqlx::AssertSqlSafe(text)), bind);
         let rows = query.fetch_all(&mut *self.conn).await.map_err(self.fail)?;
         rows.iter()
-            .map(|row| decode(row, types).map_err(self.fail))
+            .map(|row| sql::decode(row, types).map_err(self.fail))
             .collect()
     }
 

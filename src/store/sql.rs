@@ -107,6 +107,29 @@ fn mismatch(index: usize, wanted: &str, got: &Cell) -> StoreError {
     StoreError::Unavailable(format!("column {index} is {got:?}, not {wanted}"))
 }
 
+/// Decodes a backend's result row with the types the query asked for;
+/// both backends' binding code calls it.
+pub(super) fn decode<R>(row: &R, types: &[Type]) -> Result<Row, sqlx::Error>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    for<'r> Option<i64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<f64>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    for<'r> Option<Vec<u8>>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let mut cells = Vec::with_capacity(types.len());
+    for (i, ty) in types.iter().enumerate() {
+        cells.push(match ty {
+            Type::Int => Cell::Int(row.try_get(i)?),
+            Type::Real => Cell::Real(row.try_get(i)?),
+            Type::Text => Cell::Text(row.try_get(i)?),
+            Type::Blob => Cell::Blob(row.try_get(i)?),
+        });
+    }
+    Ok(Row(cells))
+}
+
 /// A table a workload inserts many rows into at once, skipping rows whose
 /// key is already there.
 #[derive(Debug)]
