@@ -13,6 +13,7 @@ const PROTOS: &[&str] = &[
     "tributary/v1/coordinator.proto",
     "tributary/v1/query.proto",
     "tributary/v1/fleet.proto",
+    "tributary/v1/plugin.proto",
 ];
 
 /// Services with `google.api.http` annotations. Each gets a transcoder of its

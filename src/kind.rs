@@ -3,12 +3,14 @@
 use crate::proto::{Record, RecordKind, record::Payload};
 
 /// Every kind a record can have, in enum order.
-pub const ALL: [RecordKind; 5] = [
+pub const ALL: [RecordKind; 7] = [
     RecordKind::RandomNumber,
     RecordKind::Probe,
     RecordKind::SensorReading,
     RecordKind::Sms,
     RecordKind::Text,
+    RecordKind::Json,
+    RecordKind::Blob,
 ];
 
 /// The kind of a record, or `None` when no payload we know is set.
@@ -19,6 +21,8 @@ pub fn of(record: &Record) -> Option<RecordKind> {
         Payload::SensorReading(_) => RecordKind::SensorReading,
         Payload::Sms(_) => RecordKind::Sms,
         Payload::Text(_) => RecordKind::Text,
+        Payload::Json(_) => RecordKind::Json,
+        Payload::Blob(_) => RecordKind::Blob,
     })
 }
 
@@ -31,6 +35,8 @@ pub fn name(kind: RecordKind) -> &'static str {
         RecordKind::SensorReading => "sensor_reading",
         RecordKind::Sms => "sms",
         RecordKind::Text => "text",
+        RecordKind::Json => "json",
+        RecordKind::Blob => "blob",
     }
 }
 
@@ -46,7 +52,7 @@ pub struct KindSet(u8);
 
 impl KindSet {
     /// Every kind.
-    pub const ALL: KindSet = KindSet(0b11111);
+    pub const ALL: KindSet = KindSet(0b111_1111);
 
     /// The set of the given kinds, or every kind when `kinds` is empty.
     /// Unspecified kinds are ignored.

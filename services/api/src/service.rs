@@ -128,6 +128,22 @@ fn range(
 impl Query for QueryService {
     type WatchStatsStream = Pin<Box<dyn Stream<Item = Result<Stats, Status>> + Send>>;
     type WatchDashboardStream = Pin<Box<dyn Stream<Item = Result<Dashboard, Status>> + Send>>;
+    type TailRecordsStream =
+        Pin<Box<dyn Stream<Item = Result<tributary::proto::StoredRecord, Status>> + Send>>;
+
+    async fn aggregate_field(
+        &self,
+        _request: Request<tributary::proto::AggregateFieldRequest>,
+    ) -> Result<Response<tributary::proto::AggregateFieldResponse>, Status> {
+        Err(Status::unimplemented("AggregateField is not served yet"))
+    }
+
+    async fn tail_records(
+        &self,
+        _request: Request<tributary::proto::TailRecordsRequest>,
+    ) -> Result<Response<Self::TailRecordsStream>, Status> {
+        Err(Status::unimplemented("TailRecords is not served yet"))
+    }
 
     async fn get_stats(&self, _: Request<GetStatsRequest>) -> Result<Response<Stats>, Status> {
         Ok(Response::new(convert::stats(self.store.counts().await?)))

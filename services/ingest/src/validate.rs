@@ -165,7 +165,10 @@ pub fn check_strings(record: &Record) -> Result<(), String> {
             ("phone_number", sms.phone_number.as_str()),
             ("SMS body", &sms.body),
         ]),
-        Some(Payload::RandomNumber(_) | Payload::Probe(_)) | None => {}
+        Some(
+            Payload::RandomNumber(_) | Payload::Probe(_) | Payload::Json(_) | Payload::Blob(_),
+        )
+        | None => {}
     }
     match fields.into_iter().find(|(_, value)| value.contains('\0')) {
         Some((field, _)) => Err(format!(
