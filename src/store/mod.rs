@@ -29,6 +29,7 @@ pub(crate) mod conformance;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
+pub mod tail;
 
 use std::sync::Arc;
 
