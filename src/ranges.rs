@@ -32,3 +32,16 @@ pub const MAX_INTERVAL_MS: u32 = 60_000;
 /// empty for the parser type's default group, else what
 /// [`crate::queue::check_group`] takes.
 pub const GROUP_PATTERN: &str = "^[A-Za-z0-9_-]*$";
+
+/// A tail's wait between two looks at the store when nothing new arrived,
+/// when a request gives none (`poll_ms` 0).
+pub const DEFAULT_POLL_MS: u32 = 200;
+/// The shortest and longest wait between two looks of a tail: a bound
+/// below keeps one client from making the server poll the store in a loop.
+pub const MIN_POLL_MS: u32 = 50;
+pub const MAX_POLL_MS: u32 = 10_000;
+/// The most stored records a tail sends before the new ones.
+pub const MAX_BACKLOG: u32 = 1000;
+/// Tails one server follows at once; one more is refused with
+/// `RESOURCE_EXHAUSTED`, since each polls the store.
+pub const MAX_TAILS: usize = 64;

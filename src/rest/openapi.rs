@@ -99,6 +99,8 @@ fn bound(parameter: &mut Value) {
         "limit" => json!({ "minimum": 0, "maximum": ranges::MAX_LIMIT }),
         "maxBytes" => json!({ "minimum": 0, "maximum": ranges::MAX_MAX_BYTES }),
         "intervalMs" => json!({ "minimum": 0, "maximum": ranges::MAX_INTERVAL_MS }),
+        "pollMs" => json!({ "minimum": 0, "maximum": ranges::MAX_POLL_MS }),
+        "backlog" => json!({ "minimum": 0, "maximum": ranges::MAX_BACKLOG }),
         "parser" => json!({ "maxLength": MAX_GROUP_BYTES, "pattern": ranges::GROUP_PATTERN }),
         "group" if in_path => json!({
             "minLength": 1,

@@ -184,3 +184,78 @@ pub async fn text_with_nul_is_refused_as_data_by_both(store: &dyn Store) {
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, vec![0]);
 }
+
+/// The SQL of a tail ([`super::tail`]) filters by parser, source and kind,
+/// pages in id order within a round's bounds, and starts after a backlog.
+pub async fn tail_reads_filter_and_start(store: &dyn Store) {
+    use super::tail::{self, TailFilter};
+    use crate::{kind::KindSet, proto::RecordKind};
+    let mut json = record("b", 100);
+    json.kind = RecordKind::Json as i32;
+    let mut records: Vec<NewRecord> = (0..6)
+        .map(|i| record(if i % 2 == 0 { "a" } else { "b" }, i))
+        .collect();
+    records.push(json);
+    store.write(&batch("raw", "w", records)).await.unwrap();
+    store
+        .write(&batch("upper", "w", vec![record("a", 0)]))
+        .await
+        .unwrap();
+    let every = TailFilter {
+        parser: None,
+        source: None,
+        kinds: KindSet::ALL,
+    };
+    let newest = tail::newest(store).await.unwrap();
+    let all = tail::read(store, &every, (0, newest)).await.unwrap();
+    assert_eq!(all.len(), 8);
+    assert!(all.windows(2).all(|w| w[0].id < w[1].id), "id order");
+    assert_eq!(all.last().map(|row| row.id), Some(newest));
+    // A round's bounds: above the first id, at most the second.
+    let middle = tail::read(store, &every, (all[1].id, all[4].id))
+        .await
+        .unwrap();
+    let ids: Vec<i64> = middle.iter().map(|row| row.id).collect();
+    assert_eq!(ids, vec![all[2].id, all[3].id, all[4].id]);
+
+    let only = |parser: Option<&str>, source: Option<&str>, kinds: &[RecordKind]| TailFilter {
+        parser: parser.map(str::to_owned),
+        source: source.map(str::to_owned),
+        kinds: KindSet::of(kinds.iter().copied()),
+    };
+    let count =
+        async |filter: &TailFilter| tail::read(store, filter, (0, newest)).await.unwrap().len();
+    assert_eq!(count(&only(Some("raw"), None, &[])).await, 7);
+    assert_eq!(count(&only(Some("upper"), None, &[])).await, 1);
+    assert_eq!(count(&only(None, Some("a"), &[])).await, 4);
+    assert_eq!(count(&only(Some("raw"), Some("b"), &[])).await, 4);
+    assert_eq!(count(&only(None, None, &[RecordKind::Json])).await, 1);
+    assert_eq!(
+        count(&only(None, None, &[RecordKind::Text, RecordKind::Json])).await,
+        8
+    );
+    assert_eq!(count(&only(None, None, &[RecordKind::Sms])).await, 0);
+    assert_eq!(count(&only(Some("nobody"), None, &[])).await, 0);
+
+    // Where a tail starts: after the newest, or before the last N matches.
+    assert_eq!(tail::start(store, &every, 0).await.unwrap(), newest);
+    assert_eq!(tail::start(store, &every, 2).await.unwrap(), all[5].id);
+    let raw_b = only(Some("raw"), Some("b"), &[]);
+    let raw_b_rows = tail::read(store, &raw_b, (0, newest)).await.unwrap();
+    assert_eq!(
+        tail::start(store, &raw_b, 2).await.unwrap(),
+        raw_b_rows[2].id - 1
+    );
+    // A backlog larger than what matches starts before the first match.
+    assert_eq!(
+        tail::start(store, &raw_b, 1000).await.unwrap(),
+        raw_b_rows[0].id - 1
+    );
+    // Nothing matches: follow from the newest.
+    assert_eq!(
+        tail::start(store, &only(Some("nobody"), None, &[]), 5)
+            .await
+            .unwrap(),
+        newest
+    );
+}

@@ -213,6 +213,13 @@ pub trait Store: Send + Sync {
         types: &[sql::Type],
     ) -> Result<Vec<sql::Row>, StoreError>;
 
+    /// Whether a row with a larger id is never visible before one with a
+    /// smaller id: true for a single writer (SQLite); false where writers
+    /// commit concurrently (PostgreSQL), which [`tail`] must allow for.
+    fn ids_commit_in_order(&self) -> bool {
+        true
+    }
+
     /// Closes connections.
     async fn close(&self);
 }

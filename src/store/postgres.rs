@@ -469,6 +469,10 @@ impl Store for PostgresStore {
         conn.fetch(text, params, types).await
     }
 
+    fn ids_commit_in_order(&self) -> bool {
+        false
+    }
+
     async fn close(&self) {
         self.pool.close().await;
     }
@@ -541,6 +545,13 @@ mod tests {
     #[tokio::test]
     async fn reads_back_in_pages_and_keeps_dead_letters() {
         conformance::reads_back_in_pages_and_keeps_dead_letters(&open_store().await).await;
+    }
+
+    #[tokio::test]
+    async fn tail_reads_filter_and_start() {
+        let store = open_store().await;
+        assert!(!store.ids_commit_in_order());
+        conformance::tail_reads_filter_and_start(&store).await;
     }
 
     #[tokio::test]

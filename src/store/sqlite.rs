@@ -427,6 +427,13 @@ mod tests {
         conformance::reads_back_in_pages_and_keeps_dead_letters(&store).await;
     }
 
+    #[tokio::test]
+    async fn tail_reads_filter_and_start() {
+        let (_dir, store) = open_store().await;
+        assert!(store.ids_commit_in_order());
+        conformance::tail_reads_filter_and_start(&store).await;
+    }
+
     async fn open_store() -> (tempfile::TempDir, SqliteStore) {
         let dir = tempfile::tempdir().unwrap();
         let store = SqliteStore::open(&dir.path().join("s.db")).await.unwrap();

@@ -3,20 +3,26 @@
 use std::{pin::Pin, sync::Arc, time::Duration};
 
 use futures::Stream;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tributary::{
     clock,
+    kind::KindSet,
     proto::{
         AggregateMetricRequest, AggregateMetricResponse, Dashboard, GetLatencyRequest,
         GetSmsProgressRequest, GetStatsRequest, Latency, ListAveragesRequest, ListAveragesResponse,
         ListDeadLettersRequest, ListDeadLettersResponse, ListRecordsRequest, ListRecordsResponse,
-        SmsProgress, Stats, WatchDashboardRequest, WatchStatsRequest, query_server::Query,
+        RecordKind, SmsProgress, Stats, StoredRecord, TailRecordsRequest, WatchDashboardRequest,
+        WatchStatsRequest, query_server::Query,
     },
     queue,
-    store::{DeadLetterFilter, RecordFilter, Store},
+    ranges::{DEFAULT_POLL_MS, MAX_BACKLOG, MAX_POLL_MS, MAX_TAILS, MIN_POLL_MS},
+    store::{
+        DeadLetterFilter, RecordFilter, Store,
+        tail::{self, TailFilter},
+    },
     workloads::{
         averages::{self, AverageFilter},
         probes,
@@ -54,6 +60,8 @@ pub struct QueryService {
     store: Arc<dyn Store>,
     fleet: FleetSource,
     shutdown: CancellationToken,
+    /// One permit per tail being followed.
+    tails: Arc<Semaphore>,
 }
 
 impl QueryService {
@@ -63,6 +71,7 @@ impl QueryService {
             store,
             fleet: FleetSource::none(),
             shutdown,
+            tails: Arc::new(Semaphore::new(MAX_TAILS)),
         }
     }
 
@@ -124,12 +133,88 @@ fn range(
     Ok((from, to))
 }
 
+/// Record kinds to follow: empty for every kind; an unknown number is the
+/// caller's mistake.
+fn kinds(requested: &[i32]) -> Result<KindSet, Status> {
+    let kinds = requested
+        .iter()
+        .map(|&k| {
+            RecordKind::try_from(k)
+                .map_err(|_| Status::invalid_argument(format!("kinds: {k} is not a record kind")))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(KindSet::of(kinds))
+}
+
+/// A tail's wait between looks: 0 means the default; out of bounds is
+/// refused.
+fn poll_interval(requested: u32) -> Result<Duration, Status> {
+    let ms = match requested {
+        0 => DEFAULT_POLL_MS,
+        ms @ MIN_POLL_MS..=MAX_POLL_MS => ms,
+        ms => {
+            return Err(Status::invalid_argument(format!(
+                "poll_ms {ms} is outside {MIN_POLL_MS}..={MAX_POLL_MS}"
+            )));
+        }
+    };
+    Ok(Duration::from_millis(u64::from(ms)))
+}
+
+/// Records a tail may have read and not yet handed to a slow client: with
+/// a page read at a time, a tail holds at most this plus one page.
+const TAIL_BUFFER: usize = 64;
+
+/// Sends `cursor`'s rows to `tx` as they are stored, until the client goes
+/// away or the server shuts down (`Ok`), or the store fails (the error,
+/// which ends the stream).
+async fn follow(
+    store: &dyn Store,
+    filter: &TailFilter,
+    cursor: &mut tail::Cursor,
+    poll: Duration,
+    tx: &mpsc::Sender<Result<StoredRecord, Status>>,
+    shutdown: &CancellationToken,
+) -> Result<(), Status> {
+    loop {
+        if !cursor.in_round() {
+            cursor.begin(tail::newest(store).await?, clock::now_micros());
+        }
+        let (page, full) = match cursor.range() {
+            Some(range) => {
+                let page = tail::read(store, filter, range).await?;
+                let full = page.len() >= tail::PAGE as usize;
+                (page, full)
+            }
+            None => (Vec::new(), false),
+        };
+        for row in cursor.take(page, full) {
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                sent = tx.send(Ok(convert::stored_record(row))) => {
+                    if sent.is_err() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+        if !full {
+            // As in `watch_stats`: a client that hangs up ends the task now,
+            // not at its next look.
+            tokio::select! {
+                () = shutdown.cancelled() => return Ok(()),
+                () = tx.closed() => return Ok(()),
+                () = tokio::time::sleep(poll) => {}
+            }
+        }
+    }
+}
+
 #[tonic::async_trait]
 impl Query for QueryService {
     type WatchStatsStream = Pin<Box<dyn Stream<Item = Result<Stats, Status>> + Send>>;
     type WatchDashboardStream = Pin<Box<dyn Stream<Item = Result<Dashboard, Status>> + Send>>;
-    type TailRecordsStream =
-        Pin<Box<dyn Stream<Item = Result<tributary::proto::StoredRecord, Status>> + Send>>;
+    type TailRecordsStream = Pin<Box<dyn Stream<Item = Result<StoredRecord, Status>> + Send>>;
 
     async fn aggregate_field(
         &self,
@@ -140,9 +225,58 @@ impl Query for QueryService {
 
     async fn tail_records(
         &self,
-        _request: Request<tributary::proto::TailRecordsRequest>,
+        request: Request<TailRecordsRequest>,
     ) -> Result<Response<Self::TailRecordsStream>, Status> {
-        Err(Status::unimplemented("TailRecords is not served yet"))
+        let request = request.into_inner();
+        let filter = TailFilter {
+            parser: parser_filter(request.parser)?,
+            source: non_empty(request.source),
+            kinds: kinds(&request.kinds)?,
+        };
+        if request.backlog > MAX_BACKLOG {
+            return Err(Status::invalid_argument(format!(
+                "backlog {} is above the maximum of {MAX_BACKLOG}",
+                request.backlog
+            )));
+        }
+        let poll = poll_interval(request.poll_ms)?;
+        let permit = self.tails.clone().try_acquire_owned().map_err(|_| {
+            Status::resource_exhausted(format!(
+                "this server already follows {MAX_TAILS} tails; close one or retry later"
+            ))
+        })?;
+        let after = match (request.after_id, request.backlog) {
+            (0, backlog) => tail::start(&*self.store, &filter, backlog).await?,
+            (after_id, 0) if after_id > 0 => after_id,
+            (after_id, 0) => {
+                return Err(Status::invalid_argument(format!(
+                    "after_id {after_id} is negative"
+                )));
+            }
+            (_, _) => {
+                return Err(Status::invalid_argument(
+                    "after_id resumes a tail where it broke off; backlog must then be 0",
+                ));
+            }
+        };
+        let settle = if self.store.ids_commit_in_order() {
+            0
+        } else {
+            tail::SETTLE_MICROS
+        };
+        let (tx, rx) = mpsc::channel(TAIL_BUFFER);
+        let store = self.store.clone();
+        let shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let mut cursor = tail::Cursor::new(after, settle);
+            let outcome = follow(&*store, &filter, &mut cursor, poll, &tx, &shutdown).await;
+            if let Err(status) = outcome {
+                // The client may be gone already; then nobody needs to know.
+                let _ = tx.send(Err(status)).await;
+            }
+        });
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
     async fn get_stats(&self, _: Request<GetStatsRequest>) -> Result<Response<Stats>, Status> {

@@ -7,6 +7,7 @@ mod groups;
 mod health;
 mod monitor;
 mod send;
+mod tail;
 mod up;
 
 use std::io::Write as _;
@@ -80,6 +81,9 @@ enum Command {
     /// The queue's consumer groups: list them, or delete one.
     #[command(subcommand)]
     Groups(groups::Command),
+    /// Follow stored records as they arrive, like `tail -f`, optionally
+    /// filtered by parser, source and kind.
+    Tail(tail::Config),
 }
 
 /// Shown after every command's flags: the standard variables we read.
@@ -140,6 +144,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Monitor(config) => monitor::run(config, shutdown).await,
         Command::Fleet(command) => fleet::run(command, shutdown).await,
         Command::Groups(command) => groups::run(command).await,
+        Command::Tail(config) => tail::run(config, shutdown).await,
     }
 }
 
@@ -158,6 +163,7 @@ impl Command {
             Command::Health(_) => "tributary-health",
             Command::Fleet(_) => "tributary-fleet",
             Command::Groups(_) => "tributary-groups",
+            Command::Tail(_) => "tributary-tail",
         }
     }
 }

@@ -25,6 +25,7 @@ mod rest;
 mod schemathesis;
 mod server_limits;
 mod support;
+mod tail;
 mod tls;
 mod traces;
 mod workloads;

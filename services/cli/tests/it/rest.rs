@@ -11,7 +11,8 @@ use tributary::{
     proto::{
         AggregateMetricRequest, GetLatencyRequest, GetSmsProgressRequest, GetStatsRequest,
         ListAveragesRequest, ListDeadLettersRequest, ListRecordsRequest, PublishBatchRequest,
-        WatchStatsRequest, ingest_client::IngestClient, query_client::QueryClient,
+        TailRecordsRequest, WatchStatsRequest, ingest_client::IngestClient,
+        query_client::QueryClient,
     },
 };
 
@@ -442,6 +443,34 @@ async fn every_annotated_method_answers_over_rest_as_over_grpc() {
         assert!(event["readAt"].is_string(), "{event}");
     }
 
+    // Tailing: the backlog over SSE is the backlog over gRPC, record for
+    // record (the tail test follows new records).
+    let tail_request = TailRecordsRequest {
+        parser: "raw".into(),
+        backlog: 3,
+        ..Default::default()
+    };
+    let mut tail = query.tail_records(tail_request).await.unwrap().into_inner();
+    let mut grpc = Vec::new();
+    for _ in 0..3 {
+        grpc.push(canonical(&tail.next().await.unwrap().unwrap()));
+    }
+    rest.called
+        .insert(("get".into(), "/v1/records:tail".into()));
+    let events = sse_events(
+        &rest.client,
+        &format!(
+            "{}/v1/records:tail?parser=raw&backlog=3&pollMs=50",
+            rest.base
+        ),
+        3,
+    )
+    .await;
+    assert_eq!(events, grpc);
+    assert!(
+        events.iter().all(|event| event["parser"] == "raw"),
+        "{events:?}"
+    );
     // Every route of the OpenAPI document that `up` serves was called.
     let openapi: Value = rest
         .client

@@ -40,10 +40,11 @@ async fn schemathesis_finds_no_server_error_and_no_answer_off_the_schema() {
             MAX_EXAMPLES,
             "--phases",
             "examples,coverage,fuzzing,stateful",
-            // The `:watch` routes are endless streams by design; their
-            // parameters are covered by the gRPC and browser tests.
+            // The `:watch` and `:tail` routes are endless streams by
+            // design; their parameters are covered by the gRPC, REST and
+            // browser tests.
             "--exclude-path-regex",
-            ":watch$",
+            ":(watch|tail)$",
             "--request-timeout",
             "10",
             "--workers",
