@@ -3,9 +3,9 @@
 //! and shown again as plain JSON by REST.
 //!
 //! Refused: numbers that JSON cannot write (NaN, ±infinity), NUL characters
-//! in keys or strings (PostgreSQL text cannot hold them), values with no
-//! kind set (they have no JSON form), and nesting deeper than
-//! [`MAX_DEPTH`] objects and lists. The reason names the path of the
+//! in keys or strings (PostgreSQL text cannot hold them), and nesting deeper
+//! than [`MAX_DEPTH`] objects and lists. A value with no kind set is a JSON
+//! `null`, as pbjson reads and writes it. The reason names the path of the
 //! offending value, as `$.a.b[2]`.
 
 use pbjson_types::{Struct, Value, value::Kind};
@@ -48,7 +48,6 @@ fn check_struct(object: &Struct, depth: usize, path: &mut String) -> Result<(), 
 
 fn check_value(value: &Value, depth: usize, path: &mut String) -> Result<(), String> {
     match &value.kind {
-        None => Err(format!("{path} has no value (no kind set)")),
         Some(Kind::NumberValue(n)) if !n.is_finite() => {
             Err(format!("{path} is {n}, which JSON cannot hold"))
         }
@@ -70,7 +69,8 @@ fn check_value(value: &Value, depth: usize, path: &mut String) -> Result<(), Str
             }
             Ok(())
         }
-        Some(
+        None
+        | Some(
             Kind::NullValue(_) | Kind::NumberValue(_) | Kind::StringValue(_) | Kind::BoolValue(_),
         ) => Ok(()),
     }
@@ -182,7 +182,7 @@ mod tests {
     }
 
     #[test]
-    fn nul_characters_and_kindless_values_are_refused() {
+    fn nul_characters_are_refused_and_kindless_values_are_null() {
         let err = check_json(&object([("a\0b", Kind::BoolValue(true))])).unwrap_err();
         assert!(err.contains("NUL") && err.contains(r#""$.a\0b""#), "{err}");
         let err = check_json(&object([("s", Kind::StringValue("x\0".into()))])).unwrap_err();
@@ -190,9 +190,8 @@ mod tests {
         let kindless = Struct {
             fields: [("v".to_owned(), Value { kind: None })].into(),
         };
-        assert_eq!(
-            check_json(&kindless),
-            Err("$.v has no value (no kind set)".into())
-        );
+        assert_eq!(check_json(&kindless), Ok(()));
+        let null: Struct = serde_json::from_str(r#"{"v":null}"#).unwrap();
+        assert_eq!(null, kindless, "pbjson reads null as no kind");
     }
 }

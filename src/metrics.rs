@@ -10,8 +10,8 @@ use std::{
     task::{Context, Poll},
 };
 
-use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 pub use ::metrics::{Counter, Gauge, counter, gauge, histogram};
+use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tonic::codegen::http;
 

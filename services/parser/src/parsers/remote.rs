@@ -661,7 +661,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            (options.window, options.timeout, options.kinds, options.batch),
+            (
+                options.window,
+                options.timeout,
+                options.kinds,
+                options.batch
+            ),
             (
                 64,
                 Duration::from_millis(1500),

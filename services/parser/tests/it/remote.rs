@@ -274,6 +274,19 @@ impl Mesh {
                     .find(|(parser, _)| *parser == self.group)
                     .map_or(0, |(_, n)| *n);
                 let seen = (mine, counts.dead_letters, lag);
+                if counts.dead_letters > dead {
+                    let letters = self
+                        .store
+                        .dead_letters(&DeadLetterFilter {
+                            parser: Some(self.group.clone()),
+                            after_id: 0,
+                            limit: 10,
+                        })
+                        .await
+                        .unwrap();
+                    let errors: Vec<&str> = letters.iter().map(|d| d.error.as_str()).collect();
+                    panic!("dead-lettered beyond {dead}: {errors:?}");
+                }
                 if mine >= stored && counts.dead_letters >= dead && lag == Some(0) {
                     Ok(seen)
                 } else {
