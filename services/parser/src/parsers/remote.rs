@@ -390,10 +390,16 @@ impl Remote {
                     link.retry_at = None;
                     link.session = Some(session.clone());
                     self.connected.set(1.0);
-                    if let Some(error) = link.last_error.take() {
-                        static UP: Throttle = Throttle::new(DEFAULT_INTERVAL);
-                        if let Some(repeats) = UP.admit() {
-                            tracing::info!(endpoint = %self.endpoint, after = %error, repeats, "plug-in stream reopened");
+                    let after = link.last_error.take();
+                    static UP: Throttle = Throttle::new(DEFAULT_INTERVAL);
+                    if let Some(repeats) = UP.admit() {
+                        match after {
+                            Some(error) => {
+                                tracing::info!(endpoint = %self.endpoint, after = %error, repeats, "plug-in stream reopened")
+                            }
+                            None => {
+                                tracing::info!(endpoint = %self.endpoint, repeats, "plug-in stream opened")
+                            }
                         }
                     }
                     return Ok(session);
