@@ -236,6 +236,8 @@ struct Session {
     next_id: AtomicU64,
     /// Cancelled when the stream closes, for any reason.
     closed: CancellationToken,
+    /// The parser's `connected` gauge, set to 0 when the stream closes.
+    connected: metrics::Gauge,
     /// Closes the stream (and stops its reader) when the session goes.
     _close_on_drop: DropGuard,
 }
@@ -255,11 +257,19 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// Closes a session's stream: the batches waiting, and any sent later,
-/// fail with `reason`.
-fn close(pending: &Mutex<Pending>, closed: &CancellationToken, reason: String) {
+/// fail with `reason`. The first close shows the plug-in disconnected.
+fn close(
+    pending: &Mutex<Pending>,
+    closed: &CancellationToken,
+    connected: &metrics::Gauge,
+    reason: String,
+) {
     let waiting = {
         let mut pending = lock(pending);
-        pending.closed.get_or_insert(reason.clone());
+        if pending.closed.is_none() {
+            pending.closed = Some(reason.clone());
+            connected.set(0.0);
+        }
         std::mem::take(&mut pending.waiting)
     };
     for (_, waiter) in waiting {
@@ -270,7 +280,7 @@ fn close(pending: &Mutex<Pending>, closed: &CancellationToken, reason: String) {
 
 impl Session {
     fn close(&self, reason: String) {
-        close(&self.pending, &self.closed, reason);
+        close(&self.pending, &self.closed, &self.connected, reason);
     }
 
     /// Why the stream closed.
@@ -306,6 +316,7 @@ async fn read_answers(
     requests: mpsc::Receiver<ProcessRequest>,
     pending: Arc<Mutex<Pending>>,
     closed: CancellationToken,
+    connected: metrics::Gauge,
 ) {
     // Opened here rather than before the first batch is sent: a server may
     // hold its response headers back until its first answer (gRPC's
@@ -318,7 +329,7 @@ async fn read_answers(
         Ok(response) => response.into_inner(),
         Err(status) => {
             let reason = format!("refused the stream ({})", status_text(&status));
-            return close(&pending, &closed, reason);
+            return close(&pending, &closed, &connected, reason);
         }
     };
     let reason = loop {
@@ -345,7 +356,7 @@ async fn read_answers(
             Err(status) => break format!("broke the stream ({})", status_text(&status)),
         }
     };
-    close(&pending, &closed, reason);
+    close(&pending, &closed, &connected, reason);
 }
 
 impl Remote {
@@ -364,7 +375,6 @@ impl Remote {
             }
             let reason = session.reason();
             link.session = None;
-            self.connected.set(0.0);
             link.retry_at = Some(Instant::now() + link.backoff.next_wait());
             static DOWN: Throttle = Throttle::new(DEFAULT_INTERVAL);
             if let Some(repeats) = DOWN.admit() {
@@ -451,12 +461,14 @@ impl Remote {
             request_rx,
             pending.clone(),
             closed.clone(),
+            self.connected.clone(),
         ));
         Ok(Arc::new(Session {
             requests,
             pending,
             window: Semaphore::new(self.window as usize),
             next_id: AtomicU64::new(0),
+            connected: self.connected.clone(),
             _close_on_drop: closed.clone().drop_guard(),
             closed,
         }))
