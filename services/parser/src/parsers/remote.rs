@@ -731,6 +731,118 @@ mod tests {
         }
     }
 
+    fn remote() -> Remote {
+        config(r#"{"type":"remote","endpoint":"http://127.0.0.1:9"}"#)
+            .unwrap()
+            .build()
+    }
+
+    fn texts(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| Record {
+                seq: i as u64,
+                payload: Some(Payload::Text(Text {
+                    body: format!("r{i}"),
+                })),
+                ..Default::default()
+            })
+            .collect()
+    }
+
+    fn result(answer: Answer) -> ProcessResult {
+        ProcessResult {
+            outcome: Some(answer),
+        }
+    }
+
+    #[test]
+    fn answers_become_payloads_drops_and_prefixed_errors() {
+        let object: pbjson_types::Struct = serde_json::from_str(r#"{"a":[1,null]}"#).unwrap();
+        let mut records = texts(5);
+        let outcomes = remote()
+            .apply(
+                &mut records,
+                vec![
+                    result(Answer::Json(object.clone())),
+                    result(Answer::Text("T".into())),
+                    result(Answer::Keep(Default::default())),
+                    result(Answer::Drop(Default::default())),
+                    result(Answer::Error("bad".into())),
+                ],
+            )
+            .unwrap();
+        assert_eq!(
+            outcomes,
+            vec![
+                Ok(Disposition::Store(None)),
+                Ok(Disposition::Store(None)),
+                Ok(Disposition::Store(None)),
+                Ok(Disposition::Drop),
+                Err("plug-in http://127.0.0.1:9: bad".into()),
+            ]
+        );
+        let payloads: Vec<_> = records.into_iter().map(|r| r.payload).collect();
+        let text = |body: &str| {
+            Some(Payload::Text(Text {
+                body: body.to_owned(),
+            }))
+        };
+        assert_eq!(
+            payloads,
+            [
+                Some(Payload::Json(object)),
+                text("T"),
+                text("r2"),
+                text("r3"),
+                text("r4")
+            ]
+        );
+    }
+
+    /// A malformed answer fails the whole batch and changes no record.
+    #[test]
+    fn malformed_answers_fail_the_batch_and_leave_records_as_delivered() {
+        let nan = pbjson_types::Struct {
+            fields: [(
+                "x".to_owned(),
+                pbjson_types::Value {
+                    kind: Some(pbjson_types::value::Kind::NumberValue(f64::NAN)),
+                },
+            )]
+            .into(),
+        };
+        let cases = [
+            (
+                vec![result(Answer::Text("T".into()))],
+                "answered 1 results for 2 records",
+            ),
+            (
+                vec![result(Answer::Text("T".into())), result(Answer::Json(nan))],
+                "result 1 is not a JSON payload a record may carry: $.x is NaN",
+            ),
+            (
+                vec![
+                    result(Answer::Text("T".into())),
+                    ProcessResult { outcome: None },
+                ],
+                "result 1 has no outcome",
+            ),
+            (
+                vec![
+                    result(Answer::Text("T".into())),
+                    result(Answer::Text("a\0".into())),
+                ],
+                "result 1 is a text holding a NUL",
+            ),
+        ];
+        for (results, want) in cases {
+            let mut records = texts(2);
+            let err = remote().apply(&mut records, results).unwrap_err();
+            assert!(err.contains(want), "{err}");
+            assert_eq!(records, texts(2));
+        }
+    }
+
     /// Nothing listens: the records fail with the reason, after the
     /// timeout rather than at once, and the failure is counted.
     #[tokio::test(start_paused = true)]
