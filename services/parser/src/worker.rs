@@ -475,7 +475,8 @@ impl Processed {
 
 /// How to answer a batch's deliveries once its records are written.
 struct Answers {
-    /// Deliveries whose every record is stored or dead-lettered.
+    /// Deliveries whose every record is stored, dropped by the parser or
+    /// dead-lettered.
     acks: Vec<String>,
     /// Deliveries holding records the parser failed and may try again.
     nacks: Vec<Nack>,
