@@ -105,9 +105,15 @@ fn json_by_seq(records: Vec<tributary::proto::Record>, source: &str) -> Vec<(u64
 async fn the_python_publisher_stores_every_json_record_once_and_intact() {
     let dir = tempfile::tempdir().unwrap();
     let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &["--parser", "raw"]).await;
-    let summary = publish(&mesh.url(), &["--count", &ORDERS.to_string(), "--seed", "7"]).await;
+    let summary = publish(
+        &mesh.url(),
+        &["--count", &ORDERS.to_string(), "--seed", "7"],
+    )
+    .await;
     assert_eq!(summary["accepted"], ORDERS, "{summary}");
-    let source = summary["source"].as_str().expect("the summary names the source");
+    let source = summary["source"]
+        .as_str()
+        .expect("the summary names the source");
 
     let channel = mesh.channel().await;
     wait_stored(&channel, "raw", ORDERS, Duration::from_secs(60)).await;
