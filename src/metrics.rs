@@ -10,8 +10,8 @@ use std::{
     task::{Context, Poll},
 };
 
+pub use ::metrics::{Counter, Gauge, counter, gauge, histogram};
 use ::metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
-pub use ::metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tonic::codegen::http;
 
@@ -48,6 +48,13 @@ pub const PARSER_DEAD_LETTERS: &str = "tributary_parser_dead_letters_total";
 pub const PARSER_UNSTORABLE: &str = "tributary_parser_unstorable_dead_letters_total";
 /// Parse time of one batch, by `parser`.
 pub const PARSER_PROCESS_SECONDS: &str = "tributary_parser_process_seconds";
+/// Whether a remote parser's stream to its plug-in is open (1) or not (0),
+/// by `endpoint`.
+pub const PARSER_PLUGIN_CONNECTED: &str = "tributary_parser_plugin_connected";
+/// Failed connects to a remote parser's plug-in and plug-in batches that
+/// failed whole (a broken stream, no answer in time, a malformed answer),
+/// by `endpoint`.
+pub const PARSER_PLUGIN_FAILURES: &str = "tributary_parser_plugin_failures_total";
 /// Store commit time of one batch, by `parser`.
 pub const STORE_COMMIT_SECONDS: &str = "tributary_store_commit_seconds";
 /// Open gRPC calls on this server, by `method`.
@@ -152,6 +159,14 @@ fn describe() {
         PARSER_PROCESS_SECONDS,
         Unit::Seconds,
         "Parse time of one batch."
+    );
+    describe_gauge!(
+        PARSER_PLUGIN_CONNECTED,
+        "Whether a remote parser's stream to its plug-in is open (1) or not (0)."
+    );
+    describe_counter!(
+        PARSER_PLUGIN_FAILURES,
+        "Failed connects to a plug-in, and plug-in batches failed whole: a broken stream, no answer in time, a malformed answer."
     );
     describe_histogram!(
         STORE_COMMIT_SECONDS,

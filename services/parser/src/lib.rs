@@ -53,7 +53,9 @@ pub struct Config {
     /// The parser: a type name (`raw`, `uppercase`, `average`, `probe`,
     /// `sensor`, `sms_sender`) or a JSON object with a `type`, that parser's
     /// options and optionally its consumer `group`, for example
-    /// `{"type":"sms_sender","mean_ms":50,"failure_rate":0.1,"concurrency":32}`.
+    /// `{"type":"sms_sender","mean_ms":50,"failure_rate":0.1,"concurrency":32}`
+    /// or, for a plug-in in any language,
+    /// `{"type":"remote","endpoint":"http://127.0.0.1:50070"}`.
     #[arg(long, env = "TRIBUTARY_PARSER", default_value = "raw")]
     pub parser: String,
     /// Consumer-group name; replicas with the same name share the work.

@@ -34,7 +34,7 @@ use tributary::{
     trace_context,
 };
 
-use crate::parsers::{Outcome, Parser};
+use crate::parsers::{BatchOutcome, Disposition, Parser};
 
 /// How a worker pulls and batches.
 #[derive(Debug, Clone)]
@@ -131,6 +131,7 @@ impl Worker {
     /// certificate), naming the address and what to change.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let this = Arc::new(self);
+        this.parser.serves(&this.group);
         // Names this instance's partial aggregates in the store.
         let writer_id: Arc<str> =
             format!("{}-{:016x}", this.group, rand::rng().random::<u64>()).into();
@@ -382,6 +383,7 @@ impl Worker {
             let mut keep = |processed| match processed {
                 Processed::Stored(record) => part.push(record, delivery.attempt),
                 Processed::DeadLettered(dead) => part.batch.dead_letters.push(dead),
+                Processed::Dropped => {}
                 Processed::Failed(error) => failure = Some(error),
             };
             if exhausted(&delivery) {
@@ -422,6 +424,8 @@ impl Worker {
 enum Processed {
     /// Parsed: stored, with its fact if it yields one.
     Stored(NewRecord),
+    /// Dropped by the parser: acknowledged with its delivery, never stored.
+    Dropped,
     /// Failed on its delivery's last attempt, or never tried because the
     /// delivery is past its last attempt: dead-lettered with the reason.
     DeadLettered(NewDeadLetter),
@@ -433,9 +437,10 @@ enum Processed {
 impl Processed {
     /// What becomes of `record`, delivered in `delivery`, given the
     /// parser's `outcome` for it.
-    fn of(group: &str, delivery: &Delivery, record: Record, outcome: Outcome) -> Self {
+    fn of(group: &str, delivery: &Delivery, record: Record, outcome: BatchOutcome) -> Self {
         match outcome {
-            Ok(fact) => {
+            Ok(Disposition::Drop) => Self::Dropped,
+            Ok(Disposition::Store(fact)) => {
                 let received_at = delivery.received_at.as_ref().map_or(0, clock::to_micros);
                 Self::Stored(NewRecord {
                     sent_at: record
@@ -443,7 +448,9 @@ impl Processed {
                         .as_ref()
                         .map_or(received_at, clock::to_micros),
                     received_at,
-                    kind: delivery.kind,
+                    // The record's own kind: a parser may have replaced
+                    // its payload (a remote parser's JSON or text result).
+                    kind: kind::of(&record).map_or(delivery.kind, |k| k as i32),
                     seq: record.seq,
                     body: record.encode_to_vec(),
                     source: record.source,

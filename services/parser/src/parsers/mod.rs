@@ -6,6 +6,7 @@
 pub mod average;
 pub mod probe;
 pub mod raw;
+pub mod remote;
 pub mod sensor;
 pub mod sms_sender;
 pub mod uppercase;
@@ -22,6 +23,20 @@ use tributary::{
 /// What processing one record gave: the typed fact to store beside it (if
 /// any), or the error that keeps it from being stored.
 pub type Outcome = Result<Option<Fact>, String>;
+
+/// What becomes of one record of a batch that processing did not fail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Disposition {
+    /// Stored as the parser left it, with its fact if it yields one.
+    Store(Option<Fact>),
+    /// Acknowledged without being stored: the parser filtered it out.
+    Drop,
+}
+
+/// What processing one record of a batch gave: its [`Disposition`], or the
+/// error that keeps it from being stored (it is retried, then
+/// dead-lettered).
+pub type BatchOutcome = Result<Disposition, String>;
 
 /// Turns delivered records into what gets stored.
 #[async_trait]
@@ -41,15 +56,22 @@ pub trait Parser: Send + Sync {
     async fn process(&self, record: &mut Record) -> Outcome;
 
     /// Processes the records of one store batch, one outcome per record in
-    /// order. The default takes them one at a time; a parser that waits on
-    /// something outside overrides it to work on several at once.
-    async fn process_batch(&self, records: &mut [Record]) -> Vec<Outcome> {
+    /// order; only here can a parser drop a record. The default takes them
+    /// one at a time and stores what [`process`](Self::process) accepts; a
+    /// parser that waits on something outside overrides it to work on
+    /// several at once.
+    async fn process_batch(&self, records: &mut [Record]) -> Vec<BatchOutcome> {
         let mut outcomes = Vec::with_capacity(records.len());
         for record in records {
-            outcomes.push(self.process(record).await);
+            outcomes.push(self.process(record).await.map(Disposition::Store));
         }
         outcomes
     }
+
+    /// Told the consumer group the parser works for, once, before its first
+    /// record; for parsers that pass it on (a remote parser names it to its
+    /// plug-in). The default ignores it.
+    fn serves(&self, _group: &str) {}
 }
 
 /// A parser type: its options as a spec gives them, checked, and the
@@ -123,6 +145,7 @@ impl Registry {
             .with::<probe::Config>()
             .with::<sensor::Config>()
             .with::<sms_sender::Config>()
+            .with::<remote::Config>()
     }
 
     /// Adds a parser type; a later type of the same name replaces it.

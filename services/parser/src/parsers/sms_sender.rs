@@ -23,7 +23,7 @@ use tributary::{
     workloads::sms,
 };
 
-use super::{Outcome, Parser};
+use super::{BatchOutcome, Disposition, Outcome, Parser};
 
 /// Options of `sms_sender`.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -198,8 +198,13 @@ impl Parser for SmsSender {
         Ok(Some(self.send().await))
     }
 
-    async fn process_batch(&self, records: &mut [Record]) -> Vec<Outcome> {
-        futures::future::join_all(records.iter_mut().map(|record| self.process(record))).await
+    async fn process_batch(&self, records: &mut [Record]) -> Vec<BatchOutcome> {
+        futures::future::join_all(
+            records
+                .iter_mut()
+                .map(|record| async move { self.process(record).await.map(Disposition::Store) }),
+        )
+        .await
     }
 }
 
@@ -222,14 +227,14 @@ mod tests {
     }
 
     /// (sent, failed, mean ms) of a batch's outcomes.
-    fn tally(outcomes: &[Outcome]) -> (usize, usize, f64) {
+    fn tally(outcomes: &[BatchOutcome]) -> (usize, usize, f64) {
         let (mut sent, mut failed, mut total) = (0, 0, 0i64);
         for outcome in outcomes {
-            let Ok(Some(Fact::Sms(sms::Outcome {
+            let Ok(Disposition::Store(Some(Fact::Sms(sms::Outcome {
                 sent: ok,
                 duration_us,
                 ..
-            }))) = outcome
+            })))) = outcome
             else {
                 panic!("unexpected outcome {outcome:?}")
             };

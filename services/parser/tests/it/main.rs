@@ -2,6 +2,7 @@
 //! ephemeral port, over the embedded queue or NATS JetStream) and a real
 //! SQLite store.
 
+mod remote;
 mod toy_parser;
 
 use std::{sync::Arc, time::Duration};
