@@ -1,16 +1,23 @@
 //! The Python client (`clients/python`) against a real `tributary up`: its
-//! example publisher's records are all stored exactly once, JSON intact.
-//! Needs `TRIBUTARY_CLIENT_PYTHON`, the python of a venv with the client
+//! example publisher's records are all stored exactly once, JSON intact;
+//! and its example parser, served by `serve_parser` as a `remote` plug-in,
+//! transforms every record once, even when it is killed mid-run, and gets
+//! the one record it fails on dead-lettered with its message. Needs `TRIBUTARY_CLIENT_PYTHON`, the python of a venv with the client
 //! installed (`scripts/python-client.sh` makes it; `scripts/test.sh` sets
 //! it).
 
 use std::{path::PathBuf, process::Stdio, time::Duration};
 
 use serde_json::Value;
-use tokio::process::Command;
-use tributary::proto::record::Payload;
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+use tributary::proto::{
+    DeadLetter, ListDeadLettersRequest, query_client::QueryClient, record::Payload,
+};
 
-use crate::support::{Mesh, all_records, rows_of, tool, wait_stored};
+use crate::support::{Mesh, all_records, eventually, ready_if, rows_of, stored, tool, wait_stored};
 
 const ORDERS: u64 = 10_000;
 
@@ -45,13 +52,20 @@ async fn publish(url: &str, args: &[&str]) -> Value {
 }
 
 /// The orders `publisher.py --count N --seed SEED` publishes, from its own
-/// generator, one JSON object per order number.
-async fn expected_orders(count: u64, seed: u64) -> Vec<Value> {
+/// generator, one JSON object per order number; with `parsed`, as the
+/// example parser (`parser.py`) turns them.
+async fn expected_orders(count: u64, seed: u64, parsed: bool) -> Vec<Value> {
+    let apply = if parsed {
+        "from parser import parse\nturn = lambda order: parse({'kind': 'json', 'json': order})\n"
+    } else {
+        "turn = lambda order: order\n"
+    };
     let script = format!(
         "import json, sys\n\
          sys.path.insert(0, sys.argv[1])\n\
          from publisher import orders\n\
-         for r in orders({count}, {seed}, set()): print(json.dumps(r.json))\n"
+         {apply}\
+         for r in orders({count}, {seed}, set()): print(json.dumps(turn(r.json)))\n"
     );
     let output = Command::new(python())
         .args(["-c", &script])
@@ -121,10 +135,203 @@ async fn the_python_publisher_stores_every_json_record_once_and_intact() {
     assert_eq!(rows_of(dir.path(), "raw", source).await, (n, n, 0, n - 1));
 
     let stored = json_by_seq(all_records(&channel, "raw").await, source);
-    let expected = expected_orders(ORDERS, 7).await;
+    let expected = expected_orders(ORDERS, 7, false).await;
     assert_eq!(stored.len(), expected.len());
     for ((seq, json), (number, want)) in stored.into_iter().zip(expected.into_iter().enumerate()) {
         assert_eq!(seq, number as u64);
         assert_eq!(json, floats(want), "order {number}");
     }
+}
+
+/// `examples/parser.py` running as a plug-in server.
+struct Plugin {
+    child: Child,
+    port: u16,
+}
+
+impl Plugin {
+    /// Starts the example parser on `port` (0 picks one) and waits for it
+    /// to print its endpoint.
+    async fn start(port: u16) -> Plugin {
+        let mut child = Command::new(python())
+            .arg(examples().join("parser.py"))
+            .args(["--port", &port.to_string()])
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the client's python runs");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let line = tokio::time::timeout(
+            Duration::from_secs(30),
+            BufReader::new(stdout).lines().next_line(),
+        )
+        .await
+        .expect("parser.py prints its endpoint within 30 s")
+        .expect("stdout is readable")
+        .expect("parser.py printed its endpoint before exiting");
+        let port = line
+            .strip_prefix("listening on http://127.0.0.1:")
+            .and_then(|port| port.parse().ok())
+            .unwrap_or_else(|| panic!("unexpected first line of parser.py: {line:?}"));
+        Plugin { child, port }
+    }
+
+    /// The `--parser` spec of a remote parser calling this plug-in, in
+    /// group `orders`, with `options` (JSON members) added.
+    fn spec(&self, options: &str) -> String {
+        format!(
+            r#"{{"type":"remote","endpoint":"http://127.0.0.1:{}","group":"orders"{options}}}"#,
+            self.port
+        )
+    }
+
+    /// SIGKILL: the plug-in dies with batches unanswered.
+    async fn kill9(mut self) -> u16 {
+        self.child.kill().await.expect("parser.py can be killed");
+        self.port
+    }
+}
+
+/// Every dead letter of `orders`.
+async fn dead_letters(mesh: &Mesh) -> Vec<DeadLetter> {
+    QueryClient::new(mesh.channel().await)
+        .list_dead_letters(ListDeadLettersRequest {
+            parser: "orders".into(),
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .expect("ListDeadLetters answers")
+        .into_inner()
+        .dead_letters
+}
+
+/// All `ORDERS` orders of `source` are stored once each, as the example
+/// parser turns them, and nothing is dead-lettered.
+async fn assert_parsed_once(mesh: &Mesh, dir: &std::path::Path, source: &str) {
+    let channel = mesh.channel().await;
+    wait_stored(&channel, "orders", ORDERS, Duration::from_secs(120)).await;
+    let n = ORDERS as i64;
+    assert_eq!(rows_of(dir, "orders", source).await, (n, n, 0, n - 1));
+    assert_eq!(
+        dead_letters(mesh).await.len(),
+        0,
+        "nothing is dead-lettered"
+    );
+    let stored = json_by_seq(all_records(&channel, "orders").await, source);
+    let expected = expected_orders(ORDERS, 7, true).await;
+    assert_eq!(stored.len(), expected.len());
+    for ((seq, json), (number, want)) in stored.into_iter().zip(expected.into_iter().enumerate()) {
+        assert_eq!(seq, number as u64);
+        assert_eq!(json, floats(want), "order {number}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_parser_transforms_every_record_once() {
+    let plugin = Plugin::start(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = plugin.spec("");
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &["--parser", &spec]).await;
+    let summary = publish(
+        &mesh.url(),
+        &["--count", &ORDERS.to_string(), "--seed", "7"],
+    )
+    .await;
+    assert_eq!(summary["accepted"], ORDERS, "{summary}");
+    let source = summary["source"]
+        .as_str()
+        .expect("the summary names the source");
+    assert_parsed_once(&mesh, dir.path(), source).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_parser_transforms_every_record_once_even_when_killed() {
+    let plugin = Plugin::start(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    // Small plug-in batches, one at a time, so that the run lasts long
+    // enough for the kill to land in its middle; many attempts, so that
+    // the batches failed while the plug-in is down are not dead-lettered.
+    let spec = plugin.spec(r#","batch":20,"window":1"#);
+    let mesh = Mesh::start_bare(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--parser", &spec, "--max-attempts", "1000"],
+    )
+    .await;
+    let summary = publish(
+        &mesh.url(),
+        &["--count", &ORDERS.to_string(), "--seed", "7"],
+    )
+    .await;
+    assert_eq!(summary["accepted"], ORDERS, "{summary}");
+    let source = summary["source"]
+        .as_str()
+        .expect("the summary names the source");
+
+    let channel = mesh.channel().await;
+    eventually(
+        "the plug-in storing its first records",
+        Duration::from_secs(60),
+        async || {
+            let now = stored(&channel, "orders").await;
+            ready_if(now >= 500, now)
+        },
+    )
+    .await;
+    let port = plugin.kill9().await;
+    let at_kill = stored(&channel, "orders").await;
+    assert!(
+        at_kill < ORDERS,
+        "the kill landed after the run ({at_kill} stored)"
+    );
+    let _restarted = Plugin::start(port).await;
+    assert_parsed_once(&mesh, dir.path(), source).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_record_the_python_parser_fails_on_is_dead_lettered_with_its_message() {
+    let plugin = Plugin::start(0).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = plugin.spec("");
+    let mesh = Mesh::start_bare(
+        dir.path(),
+        "127.0.0.1:0",
+        &["--parser", &spec, "--max-attempts", "2"],
+    )
+    .await;
+    let summary = publish(&mesh.url(), &["--count", "1000", "--fail", "17"]).await;
+    assert_eq!(summary["accepted"], 1000, "{summary}");
+    let source = summary["source"]
+        .as_str()
+        .expect("the summary names the source");
+
+    let channel = mesh.channel().await;
+    let letters = eventually("one dead letter", Duration::from_secs(60), async || {
+        let letters = dead_letters(&mesh).await;
+        ready_if(!letters.is_empty(), letters)
+    })
+    .await;
+    wait_stored(&channel, "orders", 999, Duration::from_secs(60)).await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    let letter = &letters[0];
+    // The worker names the plug-in before its message.
+    assert_eq!(
+        letter.error,
+        format!(
+            "plug-in http://127.0.0.1:{}: order order-17 is marked to fail",
+            plugin.port
+        )
+    );
+    assert_eq!(letter.attempts, 2);
+    let record = letter
+        .record
+        .as_ref()
+        .expect("the dead letter holds its record");
+    assert_eq!((record.source.as_str(), record.seq), (source, 17));
+    assert_eq!(
+        rows_of(dir.path(), "orders", source).await,
+        (999, 999, 0, 999)
+    );
+    assert_eq!(dead_letters(&mesh).await.len(), 1, "only that record");
 }
