@@ -32,6 +32,16 @@ tributary_ensure_services
 step "browser (Debian chromium, playwright-core in tests/browser)"
 scripts/browser.sh
 
+step "python client (pip install ./clients/python into a fresh target/python-venv, its pytest suite)"
+# The Rust integration tests drive the client's examples with this python
+# (python_client.rs). A variable of its own: TRIBUTARY_PYTHON is the tools'
+# venv, which other tests need.
+start=$SECONDS
+TRIBUTARY_CLIENT_PYTHON="$(scripts/python-client.sh)"
+export TRIBUTARY_CLIENT_PYTHON
+printf '    %s\n' "TRIBUTARY_CLIENT_PYTHON=$TRIBUTARY_CLIENT_PYTHON"
+printf '    (scripts/python-client.sh: %d s)\n' $((SECONDS - start))
+
 step "release build (the README's run command, tested from a fresh clone)"
 # `cargo run --release -- up` in a clone that shares this target directory
 # then finds everything built (first_run::the_readme_run_command_...).

@@ -19,6 +19,7 @@ mod nats_outage;
 mod notebook;
 mod observability;
 mod peers;
+mod python_client;
 mod queue;
 mod readme;
 mod rest;
