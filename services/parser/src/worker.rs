@@ -281,6 +281,9 @@ impl Worker {
                 gathered.iter().map(|g| &g.span),
                 || tracing::info_span!("parse", parser = %self.group, records),
             );
+            if !self.wait_ready(&gathered, &requests, &shutdown).await {
+                return;
+            }
             let started = Instant::now();
             let (whole, answers) = self.process(&writer_id, gathered).instrument(parse).await;
             process_seconds.record(started.elapsed());
@@ -337,6 +340,43 @@ impl Worker {
             drop(commit);
             if !answers.send(&requests).await {
                 return;
+            }
+        }
+    }
+
+    /// Waits for [`Parser::ready`], keeping `gathered`'s deliveries ours
+    /// meanwhile. False when the worker shuts down first or the stream is
+    /// gone.
+    async fn wait_ready(
+        &self,
+        gathered: &[Gathered],
+        requests: &mpsc::Sender<PullRequest>,
+        shutdown: &CancellationToken,
+    ) -> bool {
+        // Asked again well within a deadline, so that the deliveries are
+        // extended before it passes.
+        let patience = self.tuning.ack_deadline / 3;
+        let mut retry = Backoff::client();
+        loop {
+            let error = match tokio::time::timeout(patience, self.parser.ready()).await {
+                Ok(Ok(())) => return true,
+                Ok(Err(error)) => error,
+                Err(_) => format!("not ready within {patience:?}"),
+            };
+            static WAITING: Throttle = Throttle::new(DEFAULT_INTERVAL);
+            if let Some(repeats) = WAITING.admit() {
+                tracing::warn!(parser = %self.group, %error, failures = retry.failures() + 1, repeats, "parser not ready; holding its records");
+            }
+            let extend = PullRequest {
+                extend_ack_ids: gathered.iter().map(|g| g.delivery.ack_id.clone()).collect(),
+                ..Default::default()
+            };
+            if requests.send(extend).await.is_err() {
+                return false;
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return false,
+                () = tokio::time::sleep(retry.next_wait()) => {}
             }
         }
     }

@@ -72,6 +72,16 @@ pub trait Parser: Send + Sync {
     /// record; for parsers that pass it on (a remote parser names it to its
     /// plug-in). The default ignores it.
     fn serves(&self, _group: &str) {}
+
+    /// Waits until the parser can work: for a parser that depends on a
+    /// service outside (a remote plug-in), until that service is reached.
+    /// While it fails, the worker keeps the batch's deliveries (extending
+    /// their deadlines) and asks again after a back-off, so an outage
+    /// charges no record an attempt and dead-letters nothing. The default
+    /// is always ready.
+    async fn ready(&self) -> Result<(), String> {
+        Ok(())
+    }
 }
 
 /// A parser type: its options as a spec gives them, checked, and the

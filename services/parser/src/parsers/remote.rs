@@ -579,6 +579,16 @@ impl Parser for Remote {
         *lock(&self.group) = group.to_owned();
     }
 
+    /// Ready once the stream to the plug-in is open: while the plug-in is
+    /// down the worker holds the records rather than failing them, so an
+    /// outage dead-letters nothing. A plug-in that fails a batch it was
+    /// given (crashing on it, or hanging past `timeout`) still charges that
+    /// batch an attempt, so a record that kills the plug-in every time ends
+    /// in the dead-letter table instead of stalling the group.
+    async fn ready(&self) -> Result<(), String> {
+        self.session().await.map(|_| ())
+    }
+
     /// One record as a batch of one. The worker always calls
     /// [`process_batch`](Parser::process_batch), the only place a drop can
     /// be carried out; here a drop fails the record (so it is retried,

@@ -542,3 +542,49 @@ async fn an_answer_with_the_wrong_count_is_retried() {
     mesh.stop().await;
     server.kill().await;
 }
+
+/// A plug-in that is down for longer than all of a record's attempts
+/// would take costs no attempt: the worker holds the records until the
+/// plug-in comes up, then stores every one, none dead-lettered.
+#[tokio::test]
+async fn a_plug_in_down_for_longer_than_every_attempt_dead_letters_nothing() {
+    tributary::metrics::install();
+    // A port with nothing behind it yet.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let endpoint = format!("http://{addr}");
+    let spec = format!(r#"{{"type":"remote","endpoint":"{endpoint}","timeout":"100ms"}}"#);
+    let limits = Limits {
+        max_attempts: 2,
+        ..Limits::default()
+    };
+    let mesh = Mesh::start(limits, &spec, texts(&["a", "b", "c", "d"])).await;
+    // Each failed connect is counted: wait for more of them than the
+    // records have attempts.
+    let prefix = format!("tributary_parser_plugin_failures_total{{endpoint=\"{endpoint}\"}} ");
+    eventually(
+        "the worker to fail to reach the plug-in 6 times",
+        Duration::from_secs(60),
+        async || {
+            let failures = tributary::metrics::render()
+                .lines()
+                .find_map(|line| line.strip_prefix(&prefix).map(str::to_owned))
+                .and_then(|value| value.parse::<f64>().ok())
+                .unwrap_or(0.0);
+            if failures >= 6.0 {
+                Ok(failures)
+            } else {
+                Err(failures)
+            }
+        },
+    )
+    .await;
+    assert_eq!(mesh.store.counts().await.unwrap().dead_letters, 0);
+    let server = Running::start(Arc::new(Plugin::default()), &addr.to_string()).await;
+    mesh.settled(4, 0).await;
+    mesh.stop().await;
+    server.kill().await;
+}
