@@ -13,6 +13,7 @@ pub mod clock;
 pub mod grpc;
 pub mod grpc_client;
 pub mod held_body;
+pub mod json_check;
 pub mod kind;
 pub mod limits;
 pub mod log_throttle;
