@@ -70,12 +70,21 @@ fn record(body: &[u8], what: &str, degraded: &mut Vec<String>) -> Option<Record>
         }
     };
     clear(&mut record.sent_at, "record.sent_at", degraded);
-    if let Some(Payload::SensorReading(reading)) = &mut record.payload {
-        clear(
+    match &mut record.payload {
+        Some(Payload::SensorReading(reading)) => clear(
             &mut reading.measured_at,
             "record.sensor_reading.measured_at",
             degraded,
-        );
+        ),
+        // A non-finite number has no proto3 JSON form: REST could not write
+        // the record at all.
+        Some(Payload::Json(object)) => {
+            if let Err(e) = tributary::json_check::check_json(object) {
+                degraded.push(format!("record.json cannot be shown ({e}); unset"));
+                record.payload = None;
+            }
+        }
+        _ => {}
     }
     Some(record)
 }
@@ -161,6 +170,35 @@ pub fn aggregate(row: AggregateRow) -> MetricAggregate {
         p99: row.p99,
         unit: row.unit,
         percentiles_sketched: row.percentiles_sketched,
+    }
+}
+
+/// A field aggregation's answer.
+pub fn field_aggregates(
+    parser: String,
+    field: String,
+    result: tributary::store::FieldAggregates,
+) -> tributary::proto::AggregateFieldResponse {
+    tributary::proto::AggregateFieldResponse {
+        parser,
+        field,
+        groups: result
+            .groups
+            .into_iter()
+            .map(|g| tributary::proto::FieldAggregate {
+                group: g.group,
+                count: g.count,
+                avg: g.avg,
+                min: g.min,
+                max: g.max,
+                p50: g.p50,
+                p95: g.p95,
+                p99: g.p99,
+            })
+            .collect(),
+        missing: result.missing,
+        non_numeric: result.non_numeric,
+        groups_truncated: result.groups_truncated,
     }
 }
 
