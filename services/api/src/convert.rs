@@ -282,6 +282,25 @@ mod tests {
         assert!(shown.degraded[0].contains("sent_at"));
     }
 
+    /// A JSON payload with a number proto3 JSON cannot write (stored before
+    /// ingest refused it, or by other means) is unset and named, so that
+    /// the page can still be written over REST.
+    #[test]
+    fn a_json_payload_rest_cannot_write_is_unset_and_named() {
+        let record = Record {
+            source: "s".into(),
+            payload: Some(Payload::Json(
+                [("price".to_owned(), pbjson_types::Value::from(f64::NAN))]
+                    .into_iter()
+                    .collect(),
+            )),
+            ..Default::default()
+        };
+        let shown = stored_record(stored(body(&record), 1));
+        assert_eq!(shown.record.as_ref().unwrap().payload, None);
+        assert!(shown.degraded[0].contains("price"), "{:?}", shown.degraded);
+    }
+
     #[test]
     fn a_body_that_does_not_decode_is_named_not_fatal() {
         let shown = stored_record(stored(vec![0xff, 0xff, 0xff], 1));

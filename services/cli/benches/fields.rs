@@ -4,7 +4,7 @@
 //! tenth of it. Prints a Markdown table.
 //!
 //! Set-up: the JSON records are written by the store's own write path
-//! (`Store::write`, 5,000 records a transaction, real encoded `Record`
+//! (`Store::write`, 5,000 JSON and 5,000 text records a transaction, real encoded `Record`
 //! bodies, so the `doc` column is filled as the `raw` parser fills it), one
 //! record per millisecond ending now, each `{"order": {"total": V,
 //! "items": N}, "region": R, "customer": "c-…"}` with V between 0 and 500,
@@ -82,7 +82,7 @@ async fn main() {
         let cases = [
             ("whole history", String::new()),
             ("whole history, by region", "?groupBy=region".to_owned()),
-            ("last tenth (100,000 s)", format!("?from={}", at(tenth))),
+            ("last tenth (100,000 records)", format!("?from={}", at(tenth))),
         ];
         for (label, query) in cases {
             let url = format!("http://{addr}/v1/parsers/raw/fields/order.total/aggregate{query}");
