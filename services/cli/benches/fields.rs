@@ -82,7 +82,10 @@ async fn main() {
         let cases = [
             ("whole history", String::new()),
             ("whole history, by region", "?groupBy=region".to_owned()),
-            ("last tenth (100,000 records)", format!("?from={}", at(tenth))),
+            (
+                "last tenth (100,000 records)",
+                format!("?from={}", at(tenth)),
+            ),
         ];
         for (label, query) in cases {
             let url = format!("http://{addr}/v1/parsers/raw/fields/order.total/aggregate{query}");
