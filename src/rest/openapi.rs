@@ -24,7 +24,7 @@ use http_body::Body as _;
 use serde_json::{Value, json};
 
 use super::{OPENAPI_JSON, OPENAPI_PATH};
-use crate::{queue::MAX_GROUP_BYTES, ranges};
+use crate::{queue::MAX_GROUP_BYTES, ranges, store::fields};
 
 /// The document served at [`OPENAPI_PATH`].
 pub fn document() -> &'static str {
@@ -108,6 +108,16 @@ fn bound(parameter: &mut Value) {
             "pattern": "^[A-Za-z0-9_-]+$",
         }),
         "metric" if in_path => json!({ "minLength": 1 }),
+        "field" if in_path => json!({
+            "minLength": 1,
+            "maxLength": fields::MAX_PATH_BYTES,
+            "pattern": fields::FIELD_PATTERN,
+        }),
+        // Empty for no grouping.
+        "groupBy" => json!({
+            "maxLength": fields::MAX_PATH_BYTES,
+            "pattern": format!("^$|{}", fields::FIELD_PATTERN),
+        }),
         _ => return,
     };
     if let Value::Object(extra) = extra {

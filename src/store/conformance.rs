@@ -259,3 +259,275 @@ pub async fn tail_reads_filter_and_start(store: &dyn Store) {
         newest
     );
 }
+
+/// A JSON record sent at `sent_at`, holding `doc` (an object).
+pub fn json_record(source: &str, seq: u64, sent_at: i64, doc: serde_json::Value) -> NewRecord {
+    use prost::Message as _;
+    let object: pbjson_types::Struct =
+        serde_json::from_value(doc).expect("a test document is a JSON object");
+    let body = crate::proto::Record {
+        source: source.into(),
+        seq,
+        payload: Some(crate::proto::record::Payload::Json(object)),
+        ..Default::default()
+    }
+    .encode_to_vec();
+    NewRecord {
+        kind: crate::proto::RecordKind::Json as i32,
+        sent_at,
+        body,
+        ..record(source, seq)
+    }
+}
+
+/// A small deterministic generator (xorshift64*), so that a failing seed
+/// can be replayed.
+struct Xorshift(u64);
+
+impl Xorshift {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// What a field aggregation should answer, recomputed in Rust from the
+/// documents in range: `(group JSON text, values)` per group, missing and
+/// non-numeric counts.
+fn recompute(
+    docs: &[serde_json::Value],
+    field: &[&str],
+    group_by: Option<&[&str]>,
+) -> (std::collections::BTreeMap<String, Vec<f64>>, u64, u64) {
+    let at = |doc: &serde_json::Value, path: &[&str]| -> Option<serde_json::Value> {
+        path.iter()
+            .try_fold(doc, |v, key| v.as_object()?.get(*key))
+            .cloned()
+    };
+    let mut groups = std::collections::BTreeMap::new();
+    let (mut missing, mut non_numeric) = (0, 0);
+    for doc in docs {
+        let group = match group_by {
+            Some(path) => at(doc, path).map(|g| g.to_string()),
+            None => Some(String::new()),
+        };
+        match (at(doc, field), group) {
+            (None, _) | (_, None) => missing += 1,
+            (Some(serde_json::Value::Number(n)), Some(group)) => groups
+                .entry(group)
+                .or_insert_with(Vec::new)
+                .push(n.as_f64().expect("a finite number")),
+            (Some(_), Some(_)) => non_numeric += 1,
+        }
+    }
+    (groups, missing, non_numeric)
+}
+
+/// Field aggregation over random JSON records, with and without a group,
+/// matches a recomputation in Rust: counts, extremes and nearest-rank
+/// percentiles exactly, the average to float rounding; records outside
+/// the range, of other parsers or of other kinds are not read.
+pub async fn json_fields_aggregate_as_recomputed(store: &dyn Store) {
+    use serde_json::json;
+
+    use super::fields::{FieldPath, FieldQuery};
+
+    let seed = 0x9e37_79b9_7f4a_7c15 ^ u64::from(rand::random::<u32>());
+    eprintln!("json field aggregation seed: {seed:#x}");
+    let mut rng = Xorshift(seed);
+    let regions = [json!("eu"), json!("us"), json!("ap"), json!(7), json!(null)];
+    let mut records = Vec::new();
+    let mut in_range = Vec::new();
+    for seq in 0..600u64 {
+        let mut doc = serde_json::Map::new();
+        let mut order = serde_json::Map::new();
+        match rng.below(20) {
+            0..=15 => {
+                // Integers and fractions, negative and positive, with ties.
+                let value = (rng.below(2_001) as f64 - 1_000.0) / [1.0, 4.0][rng.below(2) as usize];
+                order.insert("total".into(), json!(value));
+            }
+            16 => {}
+            17 => {
+                order.insert("total".into(), json!("12"));
+            }
+            18 => {
+                order.insert("total".into(), json!(null));
+            }
+            _ => {
+                order.insert("total".into(), json!({"amount": 1}));
+            }
+        }
+        doc.insert("order".into(), order.into());
+        if rng.below(20) != 0 {
+            doc.insert(
+                "region".into(),
+                regions[rng.below(regions.len() as u64) as usize].clone(),
+            );
+        }
+        let doc = serde_json::Value::Object(doc);
+        let sent_at = rng.below(1_000) as i64;
+        if (100..900).contains(&sent_at) {
+            in_range.push(doc.clone());
+        }
+        records.push(json_record("s", seq, sent_at, doc));
+    }
+    // Not read: another parser's JSON record, and a text record.
+    store
+        .write(&batch(
+            "other",
+            "w",
+            vec![json_record("s", 0, 500, json!({"order": {"total": 1e9}}))],
+        ))
+        .await
+        .unwrap();
+    records.push(NewRecord {
+        sent_at: 500,
+        ..record("t", 0)
+    });
+    store.write(&batch("raw", "w", records)).await.unwrap();
+
+    let field = FieldPath::parse("order.total").unwrap();
+    for group_by in [None, Some(&["region"][..])] {
+        let query = FieldQuery {
+            parser: "raw".into(),
+            field: field.clone(),
+            from: 100,
+            to: 900,
+            group_by: group_by.map(|p| FieldPath::parse(&p.join(".")).unwrap()),
+        };
+        let got = store.aggregate_field(&query).await.unwrap();
+        let (expected, missing, non_numeric) = recompute(&in_range, &["order", "total"], group_by);
+        assert_eq!(
+            (got.missing, got.non_numeric, got.groups_truncated),
+            (missing, non_numeric, false),
+            "grouped: {group_by:?}"
+        );
+        assert_eq!(
+            got.groups
+                .iter()
+                .map(|g| g.group.clone())
+                .collect::<Vec<_>>(),
+            expected.keys().cloned().collect::<Vec<_>>()
+        );
+        for (g, (_, values)) in got.groups.iter().zip(expected) {
+            let mut values = values;
+            values.sort_by(f64::total_cmp);
+            let n = values.len();
+            let rank = |p: usize| values[(n * p).div_ceil(100) - 1];
+            let avg = values.iter().sum::<f64>() / n as f64;
+            assert_eq!(
+                (g.count, g.min, g.max, g.p50, g.p95, g.p99),
+                (
+                    n as u64,
+                    values[0],
+                    values[n - 1],
+                    rank(50),
+                    rank(95),
+                    rank(99)
+                ),
+                "group {}",
+                g.group
+            );
+            assert!(
+                (g.avg - avg).abs() <= 1e-9 * avg.abs().max(1.0),
+                "{} vs {avg}",
+                g.avg
+            );
+        }
+    }
+    // A field no record has: every record in range is missing.
+    let nowhere = FieldQuery {
+        parser: "raw".into(),
+        field: FieldPath::parse("order.nothing").unwrap(),
+        from: 100,
+        to: 900,
+        group_by: None,
+    };
+    let got = store.aggregate_field(&nowhere).await.unwrap();
+    assert!(got.groups.is_empty());
+    assert_eq!((got.missing, got.non_numeric), (in_range.len() as u64, 0));
+    // A parser with nothing stored.
+    let empty = FieldQuery {
+        parser: "nobody".into(),
+        ..nowhere
+    };
+    assert_eq!(
+        store.aggregate_field(&empty).await.unwrap(),
+        Default::default()
+    );
+}
+
+/// More than 1,000 group values: the first 1,000 by JSON text are shown
+/// and the cut is reported. Group values keep their JSON form: strings
+/// quoted, numbers as written.
+pub async fn json_field_groups_are_cut_at_1000(store: &dyn Store) {
+    use serde_json::json;
+
+    use super::fields::{FieldPath, FieldQuery, MAX_GROUPS};
+
+    let records = (0..1_005u64)
+        .map(|i| json_record("s", i, 10, json!({"v": i, "k": format!("k{i:04}")})))
+        .collect();
+    store.write(&batch("raw", "w", records)).await.unwrap();
+    let query = |group: &str| FieldQuery {
+        parser: "raw".into(),
+        field: FieldPath::parse("v").unwrap(),
+        from: i64::MIN,
+        to: i64::MAX,
+        group_by: Some(FieldPath::parse(group).unwrap()),
+    };
+    let got = store.aggregate_field(&query("k")).await.unwrap();
+    assert!(got.groups_truncated);
+    assert_eq!(got.groups.len(), MAX_GROUPS);
+    assert_eq!(got.groups[0].group, "\"k0000\"");
+    assert_eq!(got.groups[999].group, "\"k0999\"");
+    assert_eq!((got.groups[3].count, got.groups[3].p99), (1, 3.0));
+    // Grouped by the numbers themselves: integers shown as integers.
+    let got = store.aggregate_field(&query("v")).await.unwrap();
+    assert!(
+        got.groups.iter().any(|g| g.group == "7"),
+        "{:?}",
+        &got.groups[..3]
+    );
+}
+
+/// A JSON record and a blob record are stored and read back as written.
+pub async fn json_and_blob_records_read_back(store: &dyn Store) {
+    use prost::Message as _;
+    let json = json_record("s", 0, 5, serde_json::json!({"order": 7, "price": 12.5}));
+    let blob = crate::proto::Record {
+        source: "s".into(),
+        seq: 1,
+        payload: Some(crate::proto::record::Payload::Blob(crate::proto::Blob {
+            content_type: "application/octet-stream".into(),
+            data: vec![0, 1, 2, 254, 255],
+        })),
+        ..Default::default()
+    };
+    let blob = NewRecord {
+        kind: crate::proto::RecordKind::Blob as i32,
+        body: blob.encode_to_vec(),
+        ..record("s", 1)
+    };
+    store
+        .write(&batch("raw", "w", vec![json.clone(), blob.clone()]))
+        .await
+        .unwrap();
+    let rows = store
+        .records(&RecordFilter {
+            parser: Some("raw".into()),
+            limit: 10,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let read: Vec<(i32, Vec<u8>)> = rows.into_iter().map(|r| (r.kind, r.body)).collect();
+    assert_eq!(read, vec![(json.kind, json.body), (blob.kind, blob.body)]);
+}

@@ -26,6 +26,8 @@
 
 #[cfg(test)]
 pub(crate) mod conformance;
+mod doc;
+pub mod fields;
 pub mod postgres;
 pub mod sql;
 pub mod sqlite;
@@ -36,6 +38,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 
 pub use crate::workloads::Fact;
+pub use fields::{FieldAggregates, FieldGroup, FieldPath, FieldQuery};
 
 /// Errors a caller of the store can act on.
 #[derive(Debug, thiserror::Error)]
@@ -203,6 +206,10 @@ pub trait Store: Send + Sync {
         &self,
         filter: &DeadLetterFilter,
     ) -> Result<Vec<DeadLetterRow>, StoreError>;
+
+    /// Aggregates one numeric field of a parser's stored JSON records (see
+    /// [`fields`]); missing and non-numeric values are counted, not errors.
+    async fn aggregate_field(&self, query: &FieldQuery) -> Result<FieldAggregates, StoreError>;
 
     /// Runs a read of a workload (see [`crate::workloads`]) on the read
     /// pool: `params` bound to `$1…`, each row decoded with `types`.

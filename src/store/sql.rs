@@ -130,6 +130,18 @@ where
     Ok(Row(cells))
 }
 
+/// The nearest-rank p50, p95 and p99 of `value` as three aggregate
+/// columns, over rows ranked by `rank` (ROW_NUMBER in ascending order of
+/// value) among `count` rows of their group: the value at rank
+/// ceil(p/100 * n). `(n * p + 99) / 100` is that ceiling in integer
+/// arithmetic, which both databases share (SQLite has no CEIL unless built
+/// with math functions).
+pub fn nearest_rank_columns(value: &str, rank: &str, count: &str) -> String {
+    [50, 95, 99]
+        .map(|p| format!("MIN(CASE WHEN {rank} = ({count} * {p} + 99) / 100 THEN {value} END)"))
+        .join(", ")
+}
+
 /// A table a workload inserts many rows into at once, skipping rows whose
 /// key is already there.
 #[derive(Debug)]
@@ -212,8 +224,14 @@ pub struct Migration {
 }
 
 /// The store's migrations: `init` is the backend's own first schema
-/// (records, counts, dead letters); the later steps are the workloads'.
-pub(super) fn migrator(init: &'static str) -> Result<sqlx::migrate::Migrator, StoreError> {
+/// (records, counts, dead letters); the later steps are the workloads' and
+/// the backend's `own` (whose SQL differs between backends), merged in
+/// version order. A version may not be both a workload's and the
+/// backend's.
+pub(super) fn migrator(
+    init: &'static str,
+    own: &[Migration],
+) -> Result<sqlx::migrate::Migrator, StoreError> {
     use sqlx::migrate::{Migration as Step, MigrationType, Migrator};
     let mut steps = vec![Step::new(
         1,
@@ -222,7 +240,18 @@ pub(super) fn migrator(init: &'static str) -> Result<sqlx::migrate::Migrator, St
         sqlx::SqlSafeStr::into_sql_str(init),
         false,
     )];
-    for (version, name, sql) in crate::workloads::migrations()? {
+    let mut all = crate::workloads::migrations()?;
+    for step in own {
+        if all.iter().any(|(version, _, _)| *version == step.version) {
+            return Err(StoreError::Unavailable(format!(
+                "migration {} is both a workload's and the backend's",
+                step.version
+            )));
+        }
+        all.push((step.version, step.name.to_owned(), step.sql.to_owned()));
+    }
+    all.sort_by_key(|(version, _, _)| *version);
+    for (version, name, sql) in all {
         steps.push(Step::new(
             version,
             name.into(),
@@ -258,7 +287,7 @@ mod tests {
                 "16827fc7ee2cb32e570498e0af3eeae644831770d625d81b8ceed032f99e910e1b2d86c460e3c1fcb78a301fbb429039",
             ),
         ];
-        let migrator = migrator("").unwrap();
+        let migrator = migrator("", &[]).unwrap();
         for (version, checksum) in pinned {
             let step = migrator
                 .iter()

@@ -70,12 +70,21 @@ fn record(body: &[u8], what: &str, degraded: &mut Vec<String>) -> Option<Record>
         }
     };
     clear(&mut record.sent_at, "record.sent_at", degraded);
-    if let Some(Payload::SensorReading(reading)) = &mut record.payload {
-        clear(
+    match &mut record.payload {
+        Some(Payload::SensorReading(reading)) => clear(
             &mut reading.measured_at,
             "record.sensor_reading.measured_at",
             degraded,
-        );
+        ),
+        // A non-finite number has no proto3 JSON form: REST could not write
+        // the record at all.
+        Some(Payload::Json(object)) => {
+            if let Err(e) = tributary::json_check::check_json(object) {
+                degraded.push(format!("record.json cannot be shown ({e}); unset"));
+                record.payload = None;
+            }
+        }
+        _ => {}
     }
     Some(record)
 }
@@ -164,6 +173,35 @@ pub fn aggregate(row: AggregateRow) -> MetricAggregate {
     }
 }
 
+/// A field aggregation's answer.
+pub fn field_aggregates(
+    parser: String,
+    field: String,
+    result: tributary::store::FieldAggregates,
+) -> tributary::proto::AggregateFieldResponse {
+    tributary::proto::AggregateFieldResponse {
+        parser,
+        field,
+        groups: result
+            .groups
+            .into_iter()
+            .map(|g| tributary::proto::FieldAggregate {
+                group: g.group,
+                count: g.count,
+                avg: g.avg,
+                min: g.min,
+                max: g.max,
+                p50: g.p50,
+                p95: g.p95,
+                p99: g.p99,
+            })
+            .collect(),
+        missing: result.missing,
+        non_numeric: result.non_numeric,
+        groups_truncated: result.groups_truncated,
+    }
+}
+
 /// Per-sender rows and their exact totals (sums of counts and of times).
 pub fn sms_progress(rows: Vec<SmsRow>) -> SmsProgress {
     let avg_ms = |total_us: i64, n: u64| {
@@ -242,6 +280,25 @@ mod tests {
         assert!(shown.stored_at.is_some());
         assert_eq!(shown.degraded.len(), 3, "{:?}", shown.degraded);
         assert!(shown.degraded[0].contains("sent_at"));
+    }
+
+    /// A JSON payload with a number proto3 JSON cannot write (stored before
+    /// ingest refused it, or by other means) is unset and named, so that
+    /// the page can still be written over REST.
+    #[test]
+    fn a_json_payload_rest_cannot_write_is_unset_and_named() {
+        let record = Record {
+            source: "s".into(),
+            payload: Some(Payload::Json(
+                [("price".to_owned(), pbjson_types::Value::from(f64::NAN))]
+                    .into_iter()
+                    .collect(),
+            )),
+            ..Default::default()
+        };
+        let shown = stored_record(stored(body(&record), 1));
+        assert_eq!(shown.record.as_ref().unwrap().payload, None);
+        assert!(shown.degraded[0].contains("price"), "{:?}", shown.degraded);
     }
 
     #[test]

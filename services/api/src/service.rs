@@ -210,6 +210,33 @@ async fn follow(
     }
 }
 
+/// A field aggregation's query: the parser is required, and both paths
+/// must follow the documented syntax.
+fn field_query(
+    request: &tributary::proto::AggregateFieldRequest,
+) -> Result<tributary::store::FieldQuery, Status> {
+    use tributary::store::FieldPath;
+    let Some(parser) = parser_filter(request.parser.clone())? else {
+        return Err(Status::invalid_argument("parser is required"));
+    };
+    let path = |name: &str, path: &str| {
+        FieldPath::parse(path).map_err(|e| Status::invalid_argument(format!("{name} {path:?} {e}")))
+    };
+    let field = path("field", &request.field)?;
+    let group_by = match request.group_by.as_str() {
+        "" => None,
+        group_by => Some(path("group_by", group_by)?),
+    };
+    let (from, to) = range(request.from, request.to)?;
+    Ok(tributary::store::FieldQuery {
+        parser,
+        field,
+        from,
+        to,
+        group_by,
+    })
+}
+
 #[tonic::async_trait]
 impl Query for QueryService {
     type WatchStatsStream = Pin<Box<dyn Stream<Item = Result<Stats, Status>> + Send>>;
@@ -218,9 +245,16 @@ impl Query for QueryService {
 
     async fn aggregate_field(
         &self,
-        _request: Request<tributary::proto::AggregateFieldRequest>,
+        request: Request<tributary::proto::AggregateFieldRequest>,
     ) -> Result<Response<tributary::proto::AggregateFieldResponse>, Status> {
-        Err(Status::unimplemented("AggregateField is not served yet"))
+        let request = request.into_inner();
+        let query = field_query(&request)?;
+        let result = self.store.aggregate_field(&query).await?;
+        Ok(Response::new(convert::field_aggregates(
+            request.parser,
+            request.field,
+            result,
+        )))
     }
 
     async fn tail_records(

@@ -25,6 +25,9 @@ pub const PAST_MICROS: i64 = 7 * 24 * 3_600 * 1_000_000;
 /// stamp cannot pin the dashboard's "latest" figures for long.
 pub const FUTURE_MICROS: i64 = 3_600 * 1_000_000;
 
+/// The longest blob content type accepted, in bytes.
+pub const MAX_CONTENT_TYPE_BYTES: usize = 256;
+
 /// The values a number generator (W0) may emit: a number with a tick is a
 /// coordinator grant, which always lies in this range.
 pub const W0_VALUES: std::ops::RangeInclusive<i64> = 1..=10_000;
@@ -103,6 +106,10 @@ pub fn check(record: &Record, max_record_bytes: usize, now: i64) -> Result<Recor
                 recent("measured_at", measured_at.seconds, measured_at.nanos, now)?;
             }
         }
+        Some(Payload::Json(object)) => {
+            tributary::json_check::check_json(object).map_err(|e| invalid(e.to_string()))?;
+        }
+        Some(Payload::Blob(blob)) => check_content_type(&blob.content_type)?,
         _ => {}
     }
     let size = record.encoded_len();
@@ -113,6 +120,24 @@ pub fn check(record: &Record, max_record_bytes: usize, now: i64) -> Result<Recor
         });
     }
     Ok(kind)
+}
+
+/// A blob's content type is a short line of printable ASCII, as MIME
+/// types are: it is shown in headers and logs, where control characters
+/// would forge lines.
+fn check_content_type(content_type: &str) -> Result<(), Refusal> {
+    if content_type.len() > MAX_CONTENT_TYPE_BYTES {
+        return Err(invalid(format!(
+            "blob content_type is {} bytes long; the limit is {MAX_CONTENT_TYPE_BYTES}",
+            content_type.len()
+        )));
+    }
+    if let Some(c) = content_type.chars().find(|c| !(' '..='~').contains(c)) {
+        return Err(invalid(format!(
+            "blob content_type holds {c:?}; only printable ASCII is allowed"
+        )));
+    }
+    Ok(())
 }
 
 /// A timestamp must be valid (nanos in 0..1e9) and lie in the window around
@@ -369,6 +394,55 @@ mod tests {
         }
         // Without a tick it is a fleet sample: any 64-bit value.
         assert!(check(&number(i64::MIN, 0), 4096, NOW).is_ok());
+    }
+
+    #[test]
+    fn json_payloads_are_checked_and_named_by_path() {
+        use pbjson_types::{Struct, Value};
+        let json = |fields: Vec<(&str, Value)>| {
+            with(Payload::Json(
+                fields
+                    .into_iter()
+                    .map(|(k, v)| (k.to_owned(), v))
+                    .collect::<Struct>(),
+            ))
+        };
+        let ok = json(vec![("order", 7.0.into()), ("price", 12.5.into())]);
+        assert_eq!(check(&ok, 4096, NOW), Ok(RecordKind::Json));
+        let items: Value = vec![Value::from(1.0), Value::from(f64::NAN)].into();
+        let order: Struct = [("items".to_owned(), items)].into_iter().collect();
+        let reason = refused(&json(vec![("order", order.into())]));
+        assert!(reason.contains("order.items[1]"), "{reason}");
+        assert!(refused(&json(vec![("k\0", 1.0.into())])).contains("NUL"));
+        assert!(refused(&json(vec![("k", "a\0".into())])).contains("NUL"));
+        let mut deep: Value = 1.0.into();
+        for _ in 0..40 {
+            deep = vec![deep].into();
+        }
+        assert!(refused(&json(vec![("k", deep)])).contains("deeper than 32"));
+        // Size is the record limit's.
+        let big = json(vec![("k", "x".repeat(5000).into())]);
+        assert_eq!(
+            check(&big, 4096, NOW).unwrap_err().code,
+            Code::ResourceExhausted
+        );
+    }
+
+    #[test]
+    fn blob_content_types_are_short_printable_ascii() {
+        use tributary::proto::Blob;
+        let blob = |content_type: &str| {
+            with(Payload::Blob(Blob {
+                content_type: content_type.into(),
+                data: vec![0, 1, 2, 255],
+            }))
+        };
+        assert_eq!(check(&blob(""), 4096, NOW), Ok(RecordKind::Blob));
+        assert!(check(&blob("image/png; charset=x"), 4096, NOW).is_ok());
+        assert!(refused(&blob(&"a".repeat(MAX_CONTENT_TYPE_BYTES + 1))).contains("content_type"));
+        for bad in ["text/plain\r\nX: y", "a\0", "imagé/png", "\u{7f}"] {
+            assert!(refused(&blob(bad)).contains("content_type"), "{bad:?}");
+        }
     }
 
     #[test]

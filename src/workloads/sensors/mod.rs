@@ -114,10 +114,8 @@ const READINGS: Table = Table {
 
 /// Aggregates of one metric: `$1` parser, `$2` metric, `$3` from, `$4` to.
 ///
-/// Percentiles are nearest-rank: the value at rank ceil(p/100 * n) in
-/// ascending order, found with ROW_NUMBER and COUNT window functions.
-/// `(n * p + 99) / 100` is that ceiling in integer arithmetic, which both
-/// databases share (SQLite has no CEIL unless built with math functions).
+/// Percentiles are nearest-rank (see [`crate::store::sql::nearest_rank_columns`]),
+/// found with ROW_NUMBER and COUNT window functions.
 fn aggregate_sql(group_by_sensor: bool) -> String {
     let group = if group_by_sensor { "sensor_id" } else { "''" };
     let partition = if group_by_sensor {
@@ -133,12 +131,9 @@ fn aggregate_sql(group_by_sensor: bool) -> String {
            FROM sensor_readings \
            WHERE parser = $1 AND metric = $2 AND measured_at >= $3 AND measured_at < $4\
          ) \
-         SELECT grp, COUNT(*), AVG(value), MIN(value), MAX(value), \
-           MIN(CASE WHEN rn = (n * 50 + 99) / 100 THEN value END), \
-           MIN(CASE WHEN rn = (n * 95 + 99) / 100 THEN value END), \
-           MIN(CASE WHEN rn = (n * 99 + 99) / 100 THEN value END), \
-           MIN(unit) \
-         FROM ranked GROUP BY grp ORDER BY grp"
+         SELECT grp, COUNT(*), AVG(value), MIN(value), MAX(value), {ranks}, MIN(unit) \
+         FROM ranked GROUP BY grp ORDER BY grp",
+        ranks = crate::store::sql::nearest_rank_columns("value", "rn", "n"),
     )
 }
 

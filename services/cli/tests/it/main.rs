@@ -18,6 +18,7 @@ mod mesh;
 mod nats_outage;
 mod notebook;
 mod observability;
+mod open_records;
 mod peers;
 mod python_client;
 mod queue;

@@ -335,6 +335,30 @@ async fn every_annotated_method_answers_over_rest_as_over_grpc() {
     assert_eq!(body, canonical(&grpc));
     assert_eq!(body["groups"][0]["count"], "8", "{body}");
 
+    // Field aggregation of JSON records: none were published here, so the
+    // answer is empty both ways; tests/it/open_records.rs checks figures.
+    let grpc = query
+        .aggregate_field(tributary::proto::AggregateFieldRequest {
+            parser: "raw".into(),
+            field: "order.total".into(),
+            group_by: "region".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let body = rest
+        .get(
+            "/v1/parsers/{parser}/fields/{field}/aggregate",
+            "/v1/parsers/raw/fields/order.total/aggregate?groupBy=region",
+        )
+        .await;
+    assert_eq!(body, canonical(&grpc));
+    assert_eq!(
+        body["field"], "order.total",
+        "the path binds `field`: {body}"
+    );
+
     let grpc = query
         .get_sms_progress(GetSmsProgressRequest::default())
         .await
