@@ -190,8 +190,7 @@ pub async fn text_with_nul_is_refused_as_data_by_both(store: &dyn Store) {
 pub async fn tail_reads_filter_and_start(store: &dyn Store) {
     use super::tail::{self, TailFilter};
     use crate::{kind::KindSet, proto::RecordKind};
-    let mut json = record("b", 100);
-    json.kind = RecordKind::Json as i32;
+    let json = json_record("b", 100, 1, serde_json::json!({"order": 7}));
     let mut records: Vec<NewRecord> = (0..6)
         .map(|i| record(if i % 2 == 0 { "a" } else { "b" }, i))
         .collect();

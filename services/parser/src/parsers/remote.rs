@@ -828,7 +828,7 @@ mod tests {
             ),
             (
                 vec![result(Answer::Text("T".into())), result(Answer::Json(nan))],
-                "result 1 is not a JSON payload a record may carry: $.x is NaN",
+                "result 1 is not a JSON payload a record may carry: JSON field x is NaN or infinite",
             ),
             (
                 vec![
