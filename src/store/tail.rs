@@ -156,7 +156,9 @@ pub const PAGE: u32 = 500;
 
 /// A bit mask of kinds, bit `k` for the enum value `k`, for the SQL below.
 fn kind_mask(kinds: KindSet) -> i64 {
-    kinds.kinds().fold(0i64, |mask, kind| mask | (1i64 << (kind as i32)))
+    kinds
+        .kinds()
+        .fold(0i64, |mask, kind| mask | (1i64 << (kind as i32)))
 }
 
 const ROWS: &str = "SELECT id, parser, CAST(kind AS BIGINT), sent_at, received_at, stored_at, body FROM records \
