@@ -14,9 +14,13 @@ use tokio::{
     process::{Child, Command},
 };
 use tributary::proto::{
-    DeadLetter, ListDeadLettersRequest, query_client::QueryClient, record::Payload,
+    AggregateFieldRequest, DeadLetter, ListDeadLettersRequest, query_client::QueryClient,
+    record::Payload,
 };
 
+use tributary::testkit;
+
+use crate::cluster::{Backends, Cluster};
 use crate::support::{Mesh, all_records, eventually, ready_if, rows_of, stored, tool, wait_stored};
 
 const ORDERS: u64 = 10_000;
@@ -119,28 +123,92 @@ fn json_by_seq(records: Vec<tributary::proto::Record>, source: &str) -> Vec<(u64
 async fn the_python_publisher_stores_every_json_record_once_and_intact() {
     let dir = tempfile::tempdir().unwrap();
     let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &["--parser", "raw"]).await;
-    let summary = publish(
-        &mesh.url(),
-        &["--count", &ORDERS.to_string(), "--seed", "7"],
-    )
-    .await;
+    let source = publish_and_read_back(&mesh.url()).await;
+    let n = ORDERS as i64;
+    assert_eq!(rows_of(dir.path(), "raw", &source).await, (n, n, 0, n - 1));
+}
+
+/// The same through Envoy to ingest and parser services on PostgreSQL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_python_publisher_stores_every_json_record_once_on_postgres_too() {
+    let backends = Backends::fresh(&testkit::postgres_admin_url()).await;
+    let cluster = Cluster::start(backends, 1, 1).await;
+    publish_and_read_back(&cluster.entry).await;
+}
+
+/// Publishes the example orders with the Python client to `url`, where a
+/// `raw` parser stores them; checks each is stored once, JSON intact, and
+/// that the client's reads match the gRPC answers. Returns the source.
+async fn publish_and_read_back(url: &str) -> String {
+    let summary = publish(url, &["--count", &ORDERS.to_string(), "--seed", "7"]).await;
     assert_eq!(summary["accepted"], ORDERS, "{summary}");
     let source = summary["source"]
         .as_str()
-        .expect("the summary names the source");
-
-    let channel = mesh.channel().await;
+        .expect("the summary names the source")
+        .to_owned();
+    let channel = tonic::transport::Channel::from_shared(url.to_owned())
+        .unwrap()
+        .connect()
+        .await
+        .expect("the mesh accepts connections");
     wait_stored(&channel, "raw", ORDERS, Duration::from_secs(60)).await;
-    let n = ORDERS as i64;
-    assert_eq!(rows_of(dir.path(), "raw", source).await, (n, n, 0, n - 1));
 
-    let stored = json_by_seq(all_records(&channel, "raw").await, source);
+    let stored = json_by_seq(all_records(&channel, "raw").await, &source);
     let expected = expected_orders(ORDERS, 7, false).await;
     assert_eq!(stored.len(), expected.len());
     for ((seq, json), (number, want)) in stored.into_iter().zip(expected.into_iter().enumerate()) {
         assert_eq!(seq, number as u64);
         assert_eq!(json, floats(want), "order {number}");
     }
+
+    // The client's reads against the real Query API: a field aggregation
+    // equal to the gRPC answer, and a tail's backlog of the last two.
+    let grpc = QueryClient::new(channel.clone())
+        .aggregate_field(AggregateFieldRequest {
+            parser: "raw".into(),
+            field: "qty".into(),
+            group_by: "region".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("AggregateField answers")
+        .into_inner();
+    let script = r#"
+import itertools, json, sys, tributary
+with tributary.Client(sys.argv[1]) as client:
+    totals = client.aggregate_field("raw", "qty", group_by="region")
+    groups = [[g.group, g.count, g.avg, g.min, g.max, g.p50, g.p99] for g in totals.groups]
+    tail = [s.record.seq for s in itertools.islice(client.tail(parser="raw", backlog=2), 2)]
+    print(json.dumps({"groups": groups, "missing": totals.missing, "tail": tail}))
+"#;
+    let output = Command::new(python())
+        .args(["-c", script, url])
+        .kill_on_drop(true)
+        .output()
+        .await
+        .expect("the client's python runs");
+    assert!(
+        output.status.success(),
+        "the client's reads failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let read: Value = serde_json::from_slice(&output.stdout).expect("one JSON object");
+    let want: Vec<Value> = grpc
+        .groups
+        .iter()
+        .map(|g| {
+            let group: Value = serde_json::from_str(&g.group).expect("a group is JSON text");
+            serde_json::json!([group, g.count, g.avg, g.min, g.max, g.p50, g.p99])
+        })
+        .collect();
+    assert!(!want.is_empty());
+    assert_eq!(read["groups"], Value::Array(want), "{read}");
+    assert_eq!(read["missing"], grpc.missing, "{read}");
+    assert_eq!(
+        read["tail"],
+        serde_json::json!([ORDERS - 2, ORDERS - 1]),
+        "{read}"
+    );
 }
 
 /// `examples/parser.py` running as a plug-in server.
