@@ -209,6 +209,7 @@ with tributary.Client(sys.argv[1]) as client:
         serde_json::json!([ORDERS - 2, ORDERS - 1]),
         "{read}"
     );
+    source
 }
 
 /// `examples/parser.py` running as a plug-in server.
