@@ -47,7 +47,7 @@ pub struct Config {
     #[arg(long, env = "TRIBUTARY_QUEUE", default_value = "embedded")]
     pub queue: String,
     /// A parser to run: a type name (`raw`, `uppercase`, `average`, `probe`,
-    /// `sensor`, `sms_sender`) or a JSON spec with a `type`, its options and
+    /// `sensor`, `sms_sender`, `remote`) or a JSON spec with a `type`, its options and
     /// optionally a `group`. Repeat the flag, or separate with `;`. The
     /// workloads' own parsers are added unless `--no-workloads`.
     #[arg(

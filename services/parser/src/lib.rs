@@ -51,7 +51,7 @@ pub struct Config {
     )]
     pub store: String,
     /// The parser: a type name (`raw`, `uppercase`, `average`, `probe`,
-    /// `sensor`, `sms_sender`) or a JSON object with a `type`, that parser's
+    /// `sensor`, `sms_sender`, `remote`) or a JSON object with a `type`, that parser's
     /// options and optionally its consumer `group`, for example
     /// `{"type":"sms_sender","mean_ms":50,"failure_rate":0.1,"concurrency":32}`
     /// or, for a plug-in in any language,
