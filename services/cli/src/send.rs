@@ -46,7 +46,14 @@ pub enum Kind {
     Sensor,
     /// Lines of text.
     Text,
+    /// JSON orders, `{"order": SEQ, "region": R, "items": N, "total": T}`
+    /// with R one of `eu`, `us`, `ap`, `sa`: for `AggregateField`, for
+    /// example `GET /v1/parsers/raw/fields/total/aggregate?groupBy=region`.
+    Json,
 }
+
+/// The regions of `--kind json` orders.
+const REGIONS: [&str; 4] = ["eu", "us", "ap", "sa"];
 
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let source = config
@@ -131,6 +138,17 @@ fn make_record(kind: Kind, source: &str, seq: u64) -> Record {
         Kind::Text => Payload::Text(Text {
             body: format!("line {seq} from {source}"),
         }),
+        Kind::Json => {
+            let mut rng = rand::rng();
+            let order = serde_json::json!({
+                "order": seq,
+                "region": REGIONS[seq as usize % REGIONS.len()],
+                "items": rng.random_range(1..=5),
+                "total": (rng.random_range(100..50_000) as f64) / 100.0,
+            });
+            // A JSON object always reads as a `Struct`.
+            Payload::Json(serde_json::from_value(order).unwrap_or_default())
+        }
     };
     Record {
         source: source.to_owned(),

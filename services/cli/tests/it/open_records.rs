@@ -289,3 +289,47 @@ async fn aggregates_over_both_faces(url: &str, http: &reqwest::Client, channel: 
     assert_eq!(status.code(), tonic::Code::InvalidArgument);
     assert!(status.message().contains("field"), "{status:?}");
 }
+
+/// `tributary send --kind json` publishes orders that `raw` stores and
+/// `AggregateField` groups by region.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_kind_json_orders_aggregate_by_region() {
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &["--parser", "raw"]).await;
+    let summary = crate::support::send(&mesh.url(), &["-n", "200", "--kind", "json"]).await;
+    assert_eq!(summary["accepted"], 200, "{summary}");
+    let channel = mesh.channel().await;
+    wait_stored(&channel, "raw", 200, Duration::from_secs(30)).await;
+    let answer = QueryClient::new(channel)
+        .aggregate_field(AggregateFieldRequest {
+            parser: "raw".into(),
+            field: "total".into(),
+            group_by: "region".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let groups: Vec<(&str, u64)> = answer
+        .groups
+        .iter()
+        .map(|g| (g.group.as_str(), g.count))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("\"ap\"", 50),
+            ("\"eu\"", 50),
+            ("\"sa\"", 50),
+            ("\"us\"", 50)
+        ]
+    );
+    assert_eq!((answer.missing, answer.non_numeric), (0, 0));
+    for group in &answer.groups {
+        assert!(group.min >= 1.0 && group.max < 500.0, "{group:?}");
+        assert!(
+            group.min <= group.p50 && group.p50 <= group.max,
+            "{group:?}"
+        );
+    }
+}
