@@ -113,34 +113,8 @@ pub async fn wait_stored(channel: &Channel, parser: &str, want: u64, within: Dur
     assert_eq!(now, want, "{parser} stored more records than were sent");
 }
 
-/// The longest pause between two polls of [`eventually`]. Polls start
-/// quicker, so that a condition that holds soon is seen soon, and slow down
-/// to this, so that a long wait does not load the processes under test.
-const POLL_MAX: Duration = Duration::from_millis(200);
-
-/// Polls `probe` until it answers `Ok`, and returns what it answered.
-/// `Err` carries what the probe saw instead; when `within` has passed, the
-/// test fails naming `what` it waited for and the last thing seen.
-pub async fn eventually<T, Seen: std::fmt::Debug>(
-    what: &str,
-    within: Duration,
-    mut probe: impl AsyncFnMut() -> Result<T, Seen>,
-) -> T {
-    let deadline = tokio::time::Instant::now() + within;
-    let mut pause = Duration::from_millis(20);
-    loop {
-        let seen = match probe().await {
-            Ok(done) => return done,
-            Err(seen) => seen,
-        };
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "waited {within:?} for {what}; last seen: {seen:#?}"
-        );
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(POLL_MAX);
-    }
-}
+/// Polls a probe until it answers `Ok` (the library's test helper).
+pub use tributary::testkit::eventually;
 
 /// Text that [`eventually`] shows as it is when it fails, lines and all,
 /// rather than escaped: a process's output, a status page.
