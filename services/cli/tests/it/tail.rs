@@ -238,3 +238,46 @@ async fn tail_refuses_bad_flags_with_a_reason() {
         assert!(stderr.contains(reason), "{args:?}: {stderr}");
     }
 }
+
+/// A server follows at most `MAX_TAILS` tails: one more is refused with
+/// RESOURCE_EXHAUSTED, and a tail whose client went away frees its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tails_past_the_limit_are_refused_until_one_goes_away() {
+    use tributary::{
+        proto::{TailRecordsRequest, query_client::QueryClient},
+        ranges::MAX_TAILS,
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mesh = Mesh::start_bare(dir.path(), "127.0.0.1:0", &["--parser", "raw"]).await;
+    let mut client = QueryClient::new(mesh.channel().await);
+    let mut open = Vec::new();
+    for _ in 0..MAX_TAILS {
+        let stream = client
+            .tail_records(TailRecordsRequest::default())
+            .await
+            .expect("a tail within the limit is followed")
+            .into_inner();
+        open.push(stream);
+    }
+    let refused = client
+        .tail_records(TailRecordsRequest::default())
+        .await
+        .expect_err("one tail past the limit is refused");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    // The client of one tail goes away: its place comes free.
+    drop(open.pop());
+    let mut again = client.clone();
+    crate::support::eventually(
+        "a tail to be followed again once one went away",
+        Duration::from_secs(10),
+        async || match again.tail_records(TailRecordsRequest::default()).await {
+            Ok(stream) => Ok(stream.into_inner()),
+            Err(status) => Err(status.code()),
+        },
+    )
+    .await;
+}
