@@ -16,9 +16,9 @@ use super::{
 };
 use crate::{clock, workloads};
 
-/// Rows per INSERT statement: 9 bound values each stays under SQLite's limit
-/// of 32,766 variables per statement.
-const ROWS_PER_INSERT: usize = 3000;
+/// The most rows one INSERT of records takes (9 bound values each, far
+/// under SQLite's limit of 32,766 variables per statement).
+const ROWS_PER_INSERT: usize = 512;
 
 const INIT: &str = "
 CREATE TABLE records (
@@ -108,6 +108,35 @@ impl SqliteStore {
 /// SQLite's limit of bound variables per statement.
 const MAX_VARIABLES: usize = 32_766;
 
+/// The row counts of the INSERT statements that write `rows` rows, at most
+/// `max` each: as many `max` as fit, then the rest in falling powers of two.
+///
+/// Every statement text is kept prepared in the connection's cache, keyed
+/// by its text, and a many-row INSERT's text follows its row count. Cut at
+/// whatever count a batch happens to have, every batch would bring new
+/// texts, each parsed anew (a 3,000-row statement takes longer to parse
+/// than to run) and pushing the last out of the cache; cut this way, a
+/// table only ever sees `log2(max) + 2` texts.
+fn statement_sizes(rows: usize, max: usize) -> impl Iterator<Item = usize> {
+    let max = max.max(1);
+    let rest = rows % max;
+    std::iter::repeat_n(max, rows / max).chain(
+        (0..usize::BITS)
+            .rev()
+            .map(|bit| 1usize << bit)
+            .filter(move |size| rest & size != 0),
+    )
+}
+
+/// Cuts `items` into consecutive slices of [`statement_sizes`].
+fn statement_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    statement_sizes(items.len(), max).map(move |size| {
+        let (head, tail) = items.split_at(size);
+        items = tail;
+        head
+    })
+}
+
 /// A SQLite connection running the workloads' SQL; `fail` classifies its
 /// errors (a write's are classified, a read's are all unavailable).
 struct Connection<'c> {
@@ -175,13 +204,15 @@ impl Connection<'_> {
         values: &[Value<'_>],
         existing: Existing,
     ) -> Result<(), StoreError> {
-        let width = table.columns.len();
+        let width = table.columns.len().max(1);
         let columns: Vec<&str> = table.columns.iter().map(|(name, _)| *name).collect();
         let head = format!("INSERT INTO {} ({}) ", table.name, columns.join(", "));
         let tail = table.on_conflict(existing);
-        for chunk in values.chunks((MAX_VARIABLES / width) * width) {
+        let rows: Vec<&[Value<'_>]> = values.chunks(width).collect();
+        let max_rows = (MAX_VARIABLES / width).min(ROWS_PER_INSERT);
+        for chunk in statement_chunks(&rows, max_rows) {
             let mut insert = QueryBuilder::<Sqlite>::new(head.as_str());
-            insert.push_values(chunk.chunks(width), |mut row, values| {
+            insert.push_values(chunk.iter().copied(), |mut row, values| {
                 for value in values {
                     match *value {
                         Value::Int(v) => row.push_bind(v),
@@ -217,9 +248,8 @@ impl Store for SqliteStore {
         // insert reports them when any record carries a fact.
         let with_facts = records.iter().any(|r| r.fact.is_some());
         let mut new_keys: HashSet<(String, i64)> = HashSet::new();
-        for (chunk, docs) in records
-            .chunks(ROWS_PER_INSERT)
-            .zip(docs.chunks(ROWS_PER_INSERT))
+        for (chunk, docs) in statement_chunks(&records, ROWS_PER_INSERT)
+            .zip(statement_chunks(&docs, ROWS_PER_INSERT))
         {
             let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO records (parser, source, seq, kind, sent_at, received_at, stored_at, body, doc) ",
@@ -436,6 +466,25 @@ fn classify(e: sqlx::Error) -> StoreError {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn statements_cover_every_row_once_with_few_texts(rows in 0usize..20_000, max in 1usize..1_000) {
+            let sizes: Vec<usize> = super::statement_sizes(rows, max).collect();
+            prop_assert_eq!(sizes.iter().sum::<usize>(), rows);
+            prop_assert!(sizes.iter().all(|&s| s >= 1 && s <= max));
+            // Past the full statements, each size is a distinct power of two
+            // below `max`: the texts a table can see are few and fixed.
+            let rest: Vec<usize> = sizes.iter().copied().filter(|&s| s != max).collect();
+            prop_assert!(rest.iter().all(|s| s.is_power_of_two() && *s < max));
+            prop_assert!(rest.windows(2).all(|w| w[0] > w[1]));
+            let items: Vec<usize> = (0..rows).collect();
+            let joined: Vec<usize> = super::statement_chunks(&items, max).flatten().copied().collect();
+            prop_assert_eq!(joined, items);
+        }
+    }
+
     use super::*;
     use crate::store::{conformance, conformance::record};
 
