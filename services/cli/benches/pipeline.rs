@@ -7,7 +7,10 @@
 //! the one kind, each storing every record.
 //!
 //! Run: `cargo bench -p tributary-cli --bench pipeline` (add `-- --records N`
-//! to change the bulk run's size; default 1,000,000).
+//! to change the bulk run's size; default 1,000,000). To compare builds in
+//! one sitting, `TRIBUTARY_BENCH_BIN=PATH` runs the meshes from another
+//! `tributary` binary (an older commit's release build); the ceilings and
+//! the producer stay this build's.
 
 mod support;
 
@@ -115,7 +118,9 @@ async fn main() {
 
 /// `tributary up --no-workloads` with one parser group per name in `parsers`.
 async fn start_mesh(dir: &Path, parsers: &[&str]) -> (tokio::process::Child, String) {
-    let mut child = Command::new(BIN)
+    let bin = std::env::var("TRIBUTARY_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned());
+    println!("mesh binary: {bin}");
+    let mut child = Command::new(bin)
         .args(["up", "--no-workloads", "--listen", "127.0.0.1:0"])
         .args(parsers.iter().flat_map(|p| ["--parser", p]))
         .arg("--data-dir")

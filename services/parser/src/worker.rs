@@ -384,7 +384,7 @@ impl Worker {
     /// Runs the records through the parser, all deliveries of the batch in
     /// one call so that a parser may work on them concurrently. Returns what
     /// to write, and how to answer the deliveries once it is written.
-    async fn process(&self, writer_id: &str, gathered: Vec<Gathered>) -> (Part, Answers) {
+    async fn process(&self, writer_id: &str, mut gathered: Vec<Gathered>) -> (Part, Answers) {
         let total = gathered.iter().map(|g| g.delivery.records.len()).sum();
         let mut part = Part {
             batch: WriteBatch {
@@ -400,14 +400,17 @@ impl Worker {
             nacks: Vec::new(),
             spans: Vec::with_capacity(gathered.len()),
         };
-        // The records of deliveries that may still be processed, in
-        // delivery order; the others are dead-lettered as they are.
-        let mut records: Vec<Record> = gathered
-            .iter()
-            .map(|g| &g.delivery)
-            .filter(|d| !exhausted(d))
-            .flat_map(|d| d.records.iter().cloned())
-            .collect();
+        // The records of deliveries that may still be processed, moved out
+        // in delivery order, with how many each delivery had; the others
+        // keep theirs and are dead-lettered as they are.
+        let mut records: Vec<Record> = Vec::with_capacity(total);
+        let mut sizes = Vec::with_capacity(gathered.len());
+        for g in &mut gathered {
+            sizes.push(g.delivery.records.len());
+            if !exhausted(&g.delivery) {
+                records.append(&mut g.delivery.records);
+            }
+        }
         let outcomes = self.parser.process_batch(&mut records).await;
         // Each record as the parser left it, with its outcome.
         let mut parsed =
@@ -416,9 +419,8 @@ impl Worker {
                 .zip(outcomes.into_iter().chain(std::iter::repeat_with(|| {
                     Err("the parser returned fewer outcomes than records".into())
                 })));
-        for Gathered { mut delivery, span } in gathered {
+        for (Gathered { mut delivery, span }, size) in gathered.into_iter().zip(sizes) {
             answers.spans.push(span);
-            let delivered = std::mem::take(&mut delivery.records);
             let mut failure = None;
             let mut keep = |processed| match processed {
                 Processed::Stored(record) => part.push(record, delivery.attempt),
@@ -431,7 +433,7 @@ impl Worker {
                     "not acknowledged after {} deliveries (parser crashed or timed out)",
                     delivery.max_attempts
                 );
-                for record in delivered {
+                for record in std::mem::take(&mut delivery.records) {
                     keep(Processed::of(
                         &self.group,
                         &delivery,
@@ -442,7 +444,7 @@ impl Worker {
             } else {
                 // `process_batch` keeps one record per record given, so the
                 // delivery's records are the next ones parsed.
-                for (record, outcome) in parsed.by_ref().take(delivered.len()) {
+                for (record, outcome) in parsed.by_ref().take(size) {
                     keep(Processed::of(&self.group, &delivery, record, outcome));
                 }
             }

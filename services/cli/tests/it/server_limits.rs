@@ -59,7 +59,7 @@ const BUDGET: u64 = 128 * MIB;
 /// MiB with 2 GiB offered. The budget counts encoded bytes; the rest is a
 /// second copy of what is in flight (decoded records and the queue's
 /// encoding of them), one decode buffer per open stream (the size of its
-/// largest message, 128 KiB here), the embedded queue's 64 MiB body cache
+/// largest message, 128 KiB here), the embedded queue's body cache (64 MiB when measured, 16 MiB now)
 /// and memory the allocator keeps after the peak (RssAnon stays ~460 MiB
 /// once the flood has ended).
 const BOUND: u64 = 1024 * MIB;
