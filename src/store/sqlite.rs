@@ -4,10 +4,10 @@
 //! SQLite takes one writer at a time, so writes go through a single
 //! connection and reads through a small pool that WAL lets run alongside.
 
-use std::{collections::HashSet, path::Path};
+use std::{collections::HashSet, path::Path, sync::Arc};
 
 use async_trait::async_trait;
-use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection, SqlitePool, sqlite::SqlitePoolOptions};
+use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, sqlite::SqlitePoolOptions};
 
 use super::{
     Counts, DeadLetterFilter, DeadLetterRow, FieldAggregates, FieldQuery, NewRecord, RecordFilter,
@@ -128,6 +128,44 @@ fn statement_sizes(rows: usize, max: usize) -> impl Iterator<Item = usize> {
     )
 }
 
+/// `head` followed by ` VALUES` and `rows` rows of `width` placeholders.
+/// Written out directly: sqlx's `QueryBuilder` formats each placeholder
+/// through `fmt`, which under load cost more than the binding itself.
+fn values_sql(head: &str, width: usize, rows: usize) -> String {
+    let row = format!("({})", vec!["?"; width].join(","));
+    let mut text = String::with_capacity(head.len() + 8 + rows * (row.len() + 1));
+    text.push_str(head);
+    text.push_str(" VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&row);
+    }
+    text
+}
+
+/// The sources of one write, each bound as one shared string: a batch's
+/// records mostly come from a few producers, and binding a `&str` copies
+/// it into a new allocation per row.
+#[derive(Default)]
+struct Sources<'a> {
+    last: Option<(&'a str, Arc<str>)>,
+}
+
+impl<'a> Sources<'a> {
+    fn of(&mut self, source: &'a str) -> Arc<str> {
+        match &self.last {
+            Some((name, shared)) if *name == source => shared.clone(),
+            _ => {
+                let shared: Arc<str> = Arc::from(source);
+                self.last = Some((source, shared.clone()));
+                shared
+            }
+        }
+    }
+}
+
 /// Cuts `items` into consecutive slices of [`statement_sizes`].
 fn statement_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
     statement_sizes(items.len(), max).map(move |size| {
@@ -206,28 +244,18 @@ impl Connection<'_> {
     ) -> Result<(), StoreError> {
         let width = table.columns.len().max(1);
         let columns: Vec<&str> = table.columns.iter().map(|(name, _)| *name).collect();
-        let head = format!("INSERT INTO {} ({}) ", table.name, columns.join(", "));
+        let head = format!("INSERT INTO {} ({})", table.name, columns.join(", "));
         let tail = table.on_conflict(existing);
         let rows: Vec<&[Value<'_>]> = values.chunks(width).collect();
         let max_rows = (MAX_VARIABLES / width).min(ROWS_PER_INSERT);
         for chunk in statement_chunks(&rows, max_rows) {
-            let mut insert = QueryBuilder::<Sqlite>::new(head.as_str());
-            insert.push_values(chunk.iter().copied(), |mut row, values| {
-                for value in values {
-                    match *value {
-                        Value::Int(v) => row.push_bind(v),
-                        Value::Real(v) => row.push_bind(v),
-                        Value::Text(v) => row.push_bind(v),
-                        Value::Blob(v) => row.push_bind(v),
-                    };
-                }
-            });
-            insert.push(tail.as_str());
-            insert
-                .build()
-                .execute(&mut *self.conn)
-                .await
-                .map_err(self.fail)?;
+            let mut text = values_sql(&head, width, chunk.len());
+            text.push_str(&tail);
+            let query = chunk
+                .iter()
+                .flat_map(|row| row.iter())
+                .fold(sqlx::query(sqlx::AssertSqlSafe(text)), bind);
+            query.execute(&mut *self.conn).await.map_err(self.fail)?;
         }
         Ok(())
     }
@@ -248,32 +276,40 @@ impl Store for SqliteStore {
         // insert reports them when any record carries a fact.
         let with_facts = records.iter().any(|r| r.fact.is_some());
         let mut new_keys: HashSet<(String, i64)> = HashSet::new();
+        // Shared rather than copied into every row's arguments.
+        let parser: Arc<str> = Arc::from(batch.parser.as_str());
+        let mut sources = Sources::default();
         for (chunk, docs) in statement_chunks(&records, ROWS_PER_INSERT)
             .zip(statement_chunks(&docs, ROWS_PER_INSERT))
         {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO records (parser, source, seq, kind, sent_at, received_at, stored_at, body, doc) ",
+            let mut text = values_sql(
+                "INSERT INTO records (parser, source, seq, kind, sent_at, received_at, stored_at, body, doc)",
+                9,
+                chunk.len(),
             );
-            insert.push_values(chunk.iter().zip(docs), |mut row, (r, doc)| {
-                row.push_bind(batch.parser.as_str())
-                    .push_bind(r.source.as_str())
-                    .push_bind(r.seq as i64)
-                    .push_bind(r.kind)
-                    .push_bind(r.sent_at)
-                    .push_bind(r.received_at)
-                    .push_bind(stored_at)
-                    .push_bind(r.body.as_slice())
-                    .push_bind(doc.as_deref());
-            });
-            insert.push(" ON CONFLICT (parser, source, seq) DO NOTHING");
+            text.push_str(" ON CONFLICT (parser, source, seq) DO NOTHING");
             if with_facts {
-                insert.push(" RETURNING source, seq");
-                let rows = insert.build().fetch_all(&mut *tx).await.map_err(classify)?;
+                text.push_str(" RETURNING source, seq");
+            }
+            let mut insert = sqlx::query(sqlx::AssertSqlSafe(text));
+            for (r, doc) in chunk.iter().zip(docs) {
+                insert = insert
+                    .bind(parser.clone())
+                    .bind(sources.of(&r.source))
+                    .bind(r.seq as i64)
+                    .bind(r.kind)
+                    .bind(r.sent_at)
+                    .bind(r.received_at)
+                    .bind(stored_at)
+                    .bind(r.body.as_slice())
+                    .bind(doc.as_deref());
+            }
+            if with_facts {
+                let rows = insert.fetch_all(&mut *tx).await.map_err(classify)?;
                 stored += rows.len() as u64;
                 new_keys.extend(rows.into_iter().map(|row| (row.get(0), row.get(1))));
             } else {
                 stored += insert
-                    .build()
                     .execute(&mut *tx)
                     .await
                     .map_err(classify)?
