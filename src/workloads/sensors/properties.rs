@@ -11,6 +11,7 @@ use std::sync::{
     atomic::{AtomicU64, Ordering},
 };
 
+use futures::future::BoxFuture;
 use proptest::{
     prelude::*,
     test_runner::{Config, TestRunner},
@@ -249,12 +250,17 @@ fn rollups_match_exact_aggregates_on_postgres() {
 /// (minutes) and migration 6 (their hours) without a sketch; an aggregate
 /// over them stays exact, over whole hours and inside them.
 #[test]
-fn readings_from_before_rollups_aggregate_exactly() {
-    use sqlx::{Connection, Executor};
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("before.db").display());
-    runtime.block_on(async {
+fn readings_from_before_rollups_aggregate_exactly_on_sqlite() {
+    on_sqlite(readings_from_before_rollups_aggregate_exactly);
+}
+
+#[test]
+fn readings_from_before_rollups_aggregate_exactly_on_postgres() {
+    on_postgres(readings_from_before_rollups_aggregate_exactly);
+}
+
+fn readings_from_before_rollups_aggregate_exactly(url: String) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
         let store = crate::store::open(&url).await.unwrap();
         // 500 readings over 2 h 30 min.
         let case = Case {
@@ -277,13 +283,9 @@ fn readings_from_before_rollups_aggregate_exactly() {
         write(store.as_ref(), GROUP, &case).await;
         // As an older release left it: readings, no rollups; then the
         // migrations' backfills.
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        conn.execute("DELETE FROM sensor_rollups").await.unwrap();
-        conn.execute("DELETE FROM sensor_hourly_rollups")
-            .await
-            .unwrap();
-        conn.execute(super::rollup::BACKFILL).await.unwrap();
-        conn.close().await.unwrap();
+        execute(&url, "DELETE FROM sensor_rollups").await;
+        execute(&url, "DELETE FROM sensor_hourly_rollups").await;
+        execute(&url, super::rollup::BACKFILL).await;
         for table in ["sensor_rollups", "sensor_hourly_rollups"] {
             let backfilled = store
                 .read(
@@ -311,7 +313,7 @@ fn readings_from_before_rollups_aggregate_exactly() {
             assert!(rolled.iter().all(|r| !r.percentiles_sketched));
             assert_eq!(rolled, exact(store.as_ref(), &query).await.unwrap());
         }
-    });
+    })
 }
 
 /// A store upgraded to hour rollups has its earlier hours rolled up by
@@ -319,12 +321,19 @@ fn readings_from_before_rollups_aggregate_exactly() {
 /// aggregate over those hours reads the minutes and still sketches, before
 /// and after a writer adds readings to those hours.
 #[test]
-fn hours_rolled_up_by_the_migration_answer_from_their_minutes() {
-    use sqlx::{Connection, Executor};
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("upgraded.db").display());
-    runtime.block_on(async {
+fn hours_rolled_up_by_the_migration_answer_from_their_minutes_on_sqlite() {
+    on_sqlite(hours_rolled_up_by_the_migration_answer_from_their_minutes);
+}
+
+#[test]
+fn hours_rolled_up_by_the_migration_answer_from_their_minutes_on_postgres() {
+    on_postgres(hours_rolled_up_by_the_migration_answer_from_their_minutes);
+}
+
+fn hours_rolled_up_by_the_migration_answer_from_their_minutes(
+    url: String,
+) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
         let store = crate::store::open(&url).await.unwrap();
         // The first 400 readings (2 h 13 min) before the upgrade.
         let all = hours_case(true);
@@ -333,12 +342,8 @@ fn hours_rolled_up_by_the_migration_answer_from_their_minutes() {
         write(store.as_ref(), GROUP, &before).await;
         // As migration 6 leaves a store whose minutes were rolled up with
         // sketches: hour rows from the minute rows, without sketches.
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        conn.execute("DELETE FROM sensor_hourly_rollups")
-            .await
-            .unwrap();
-        conn.execute(super::rollup::HOURLY_BACKFILL).await.unwrap();
-        conn.close().await.unwrap();
+        execute(&url, "DELETE FROM sensor_hourly_rollups").await;
+        execute(&url, super::rollup::HOURLY_BACKFILL).await;
         let query = AggregateQuery {
             parser: GROUP.into(),
             metric: "temperature".into(),
@@ -352,7 +357,36 @@ fn hours_rolled_up_by_the_migration_answer_from_their_minutes() {
         // not new, and do not count again).
         write(store.as_ref(), GROUP, &all).await;
         check_sketched(store.as_ref(), &query).await;
-    });
+    })
+}
+
+/// Runs `test` against a fresh SQLite database's URL.
+fn on_sqlite(test: fn(String) -> BoxFuture<'static, ()>) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rollups.db").display());
+    runtime.block_on(test(url));
+}
+
+/// Runs `test` against a fresh PostgreSQL database's URL.
+fn on_postgres(test: fn(String) -> BoxFuture<'static, ()>) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async { test(crate::testkit::postgres_database().await).await });
+}
+
+/// Runs `sql` on the database at `url` beside its store, as a migration
+/// or an older release would.
+async fn execute(url: &str, sql: &'static str) {
+    use sqlx::{Connection, Executor};
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        conn.execute(sql).await.unwrap();
+        conn.close().await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        conn.execute(sql).await.unwrap();
+        conn.close().await.unwrap();
+    }
 }
 
 /// The rollup path sketches `query` and agrees with the exact path.
