@@ -232,6 +232,14 @@ pub const ROLLED_FROM: i64 = -9_223_371_999_960_000_000;
 /// are rolled up in minutes only, so that an hour row holds whole hours.
 pub const HOURS_ROLLED_FROM: i64 = -9_223_371_997_200_000_000;
 
+// The first whole hour of minute rows: an hour boundary at or after
+// ROLLED_FROM, less than an hour after it.
+const _: () = assert!(
+    HOURS_ROLLED_FROM % HOUR == 0
+        && HOURS_ROLLED_FROM >= ROLLED_FROM
+        && HOURS_ROLLED_FROM - HOUR < ROLLED_FROM
+);
+
 /// The start of the minute holding `at`.
 pub fn minute_of(at: i64) -> i64 {
     at.saturating_sub(at.rem_euclid(MINUTE))
@@ -567,8 +575,6 @@ mod tests {
         assert_eq!(hour_of(i64::MAX) % HOUR, 0);
         // The first hour rolled up is the first whole hour of minute rows.
         assert_eq!(hour_of(HOURS_ROLLED_FROM), HOURS_ROLLED_FROM);
-        assert!(HOURS_ROLLED_FROM >= ROLLED_FROM);
-        assert!(HOURS_ROLLED_FROM - HOUR < ROLLED_FROM);
         assert_eq!(minute_of(HOURS_ROLLED_FROM), HOURS_ROLLED_FROM);
         // The hourly backfill's literal and euclidean floor are these.
         assert!(hourly_backfill!().contains(&HOURS_ROLLED_FROM.to_string()));
