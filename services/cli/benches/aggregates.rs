@@ -2,22 +2,29 @@
 //! sensor rollups keep the history: over the whole history and the last
 //! hour (rollups, plus raw readings at the edges) against a range inside one
 //! minute (the exact path), at 1,000,000 and 10,000,000 readings. Prints a
-//! Markdown table.
+//! Markdown table of the answer times and one of the loads' write rates.
 //!
-//! Set-up: the readings are written into `DATA_DIR/tributary.db` by the
-//! store's own write path (`Store::write`, 5,000 records a transaction, with
-//! their facts, so the rollups are written exactly as the sensor parser
-//! writes them; the records' bodies are empty), one reading per
-//! millisecond ending now, twenty sensors taking turns, values between
-//! −10 and +30. Then `tributary up --no-workloads --data-dir DATA_DIR`
-//! (this bench's build: the release profile) answers 200 sequential
-//! HTTP/1.1 requests per case, after two warm-ups.
+//! Set-up: the readings are written into a fresh store by the store's own
+//! write path (`Store::write`, 5,000 records a transaction, with their
+//! facts, so the rollups are written exactly as the sensor parser writes
+//! them; the records' bodies are empty), one reading per millisecond ending
+//! now, twenty sensors taking turns, values between −10 and +30. On SQLite
+//! the store is `DATA_DIR/tributary.db` and `tributary up --no-workloads
+//! --data-dir DATA_DIR` answers; on PostgreSQL (with `--postgres URL`, an
+//! admin URL: the bench creates a database of its own per history size)
+//! `tributary api --store URL` answers. Either is this bench's build (the
+//! release profile) and answers 200 sequential HTTP/1.1 requests per case,
+//! after two warm-ups.
+//!
+//! "Whole history" sends no bounds: the range is all time, so every hour of
+//! the history, the first and the last included, is a whole hour of it.
 //!
 //! Run: `cargo bench -p tributary-cli --bench aggregates`
-//! (`-- --rows 1000000,10000000` sets the history sizes).
+//! (`-- --rows 1000000,10000000` sets the history sizes;
+//! `--postgres postgres://postgres@127.0.0.1:5432/postgres` adds
+//! PostgreSQL, and `--postgres-only` leaves SQLite out).
 
 use std::{
-    path::Path,
     process::Stdio,
     time::{Duration, Instant},
 };
@@ -30,6 +37,7 @@ use tributary::{
     clock,
     proto::RecordKind,
     store::{NewRecord, WriteBatch},
+    testkit,
     workloads::{
         Fact,
         sensors::{GROUP, Reading, rollup::MINUTE},
@@ -48,78 +56,124 @@ struct Case {
     sketched: bool,
 }
 
+fn arg(name: &str) -> Option<String> {
+    std::env::args().skip_while(|a| a != name).nth(1)
+}
+
 #[tokio::main]
 async fn main() {
-    let sizes: Vec<i64> = std::env::args()
-        .skip_while(|a| a != "--rows")
-        .nth(1)
-        .map_or(vec![1_000_000, 10_000_000], |list| {
-            list.split(',')
-                .map(|n| n.parse().expect("--rows takes numbers"))
-                .collect()
-        });
+    let sizes: Vec<i64> = arg("--rows").map_or(vec![1_000_000, 10_000_000], |list| {
+        list.split(',')
+            .map(|n| n.parse().expect("--rows takes numbers"))
+            .collect()
+    });
+    let postgres = arg("--postgres");
+    let sqlite = !std::env::args().any(|a| a == "--postgres-only");
     let mut table = vec![
-        "| readings | query | path | p50 | p99 | requests |".to_owned(),
-        "|---|---|---|---|---|---|".to_owned(),
+        "| backend | readings | query | path | p50 | p99 | requests |".to_owned(),
+        "|---|---|---|---|---|---|---|".to_owned(),
+    ];
+    let mut loads = vec![
+        "| backend | readings | written in | readings/s |".to_owned(),
+        "|---|---|---|---|".to_owned(),
     ];
     for rows in sizes {
-        let dir = tempfile::tempdir().unwrap();
-        let end = clock::now_micros();
-        let start = end - rows * 1000;
-        let began = Instant::now();
-        fill(dir.path(), rows, start).await;
-        eprintln!(
-            "{rows} readings written in {:.1} s",
-            began.elapsed().as_secs_f64()
-        );
-        let (mut up, addr) = start_up(dir.path()).await;
-        let client = reqwest::Client::builder().http1_only().build().unwrap();
-        // A minute well inside the history, and the bounds of the last hour
-        // (or of the whole history, if shorter), both inside minutes.
-        let minute = end - end.rem_euclid(MINUTE) - 5 * MINUTE;
-        let hour_from = (end - 3_600_000_000).max(start) + 30_500_000;
-        let cases = [
-            Case {
-                label: "10 s inside one minute (10,000 readings)",
-                query: format!(
-                    "?from={}&to={}",
-                    at(minute + 20_000_000),
-                    at(minute + 30_000_000)
-                ),
-                sketched: false,
-            },
-            Case {
-                label: "whole history",
-                query: String::new(),
-                sketched: true,
-            },
-            Case {
-                label: "whole history, per sensor",
-                query: "?groupBySensor=true".into(),
-                sketched: true,
-            },
-            Case {
-                label: "last hour, bounds inside minutes (edges read raw)",
-                query: format!("?from={}&to={}", at(hour_from), at(end - 29_500_000)),
-                sketched: true,
-            },
-        ];
-        for case in &cases {
-            let url = format!(
-                "http://{addr}/v1/metrics/temperature/aggregate{}",
-                case.query
-            );
-            let (p50, p99) = time(&client, &url, case.sketched, rows).await;
-            let path = if case.sketched { "rollups" } else { "exact" };
-            eprintln!("{rows} / {}: p50 {p50:.1} ms, p99 {p99:.1} ms", case.label);
-            table.push(format!(
-                "| {rows} | {} | {path} | {p50:.1} ms | {p99:.1} ms | {REQUESTS} |",
-                case.label
-            ));
+        let mut backends = Vec::new();
+        if sqlite {
+            backends.push("SQLite");
         }
-        up.kill().await.unwrap();
+        if postgres.is_some() {
+            backends.push("PostgreSQL");
+        }
+        for backend in backends {
+            let dir = tempfile::tempdir().unwrap();
+            let url = match &postgres {
+                Some(admin) if backend == "PostgreSQL" => {
+                    testkit::postgres_database_on(admin).await
+                }
+                _ => format!("sqlite://{}", dir.path().join("tributary.db").display()),
+            };
+            let end = clock::now_micros();
+            let start = end - rows * 1000;
+            let began = Instant::now();
+            fill(&url, rows, start).await;
+            let seconds = began.elapsed().as_secs_f64();
+            eprintln!("{backend}: {rows} readings written in {seconds:.1} s");
+            loads.push(format!(
+                "| {backend} | {rows} | {seconds:.1} s | {:.0} |",
+                rows as f64 / seconds
+            ));
+            let (mut server, addr) = if backend == "SQLite" {
+                serve(
+                    &["up", "--no-workloads", "--data-dir"],
+                    dir.path().to_str().unwrap(),
+                )
+                .await
+            } else {
+                serve(&["api", "--store"], &url).await
+            };
+            for (label, p50, p99, path) in run_cases(&addr, rows, start, end).await {
+                eprintln!("{backend} / {rows} / {label}: p50 {p50:.1} ms, p99 {p99:.1} ms");
+                table.push(format!(
+                    "| {backend} | {rows} | {label} | {path} | {p50:.1} ms | {p99:.1} ms | {REQUESTS} |"
+                ));
+            }
+            server.kill().await.unwrap();
+        }
     }
-    println!("\n{}", table.join("\n"));
+    println!("\n{}\n\n{}", table.join("\n"), loads.join("\n"));
+}
+
+/// Times every case against the server at `addr` over a history of `rows`
+/// readings from `start` to `end`: (label, p50, p99, path).
+async fn run_cases(
+    addr: &str,
+    rows: i64,
+    start: i64,
+    end: i64,
+) -> Vec<(&'static str, f64, f64, &'static str)> {
+    let client = reqwest::Client::builder().http1_only().build().unwrap();
+    // A minute well inside the history, and the bounds of the last hour
+    // (or of the whole history, if shorter), both inside minutes.
+    let minute = end - end.rem_euclid(MINUTE) - 5 * MINUTE;
+    let hour_from = (end - 3_600_000_000).max(start) + 30_500_000;
+    let cases = [
+        Case {
+            label: "10 s inside one minute (10,000 readings)",
+            query: format!(
+                "?from={}&to={}",
+                at(minute + 20_000_000),
+                at(minute + 30_000_000)
+            ),
+            sketched: false,
+        },
+        Case {
+            label: "whole history",
+            query: String::new(),
+            sketched: true,
+        },
+        Case {
+            label: "whole history, per sensor",
+            query: "?groupBySensor=true".into(),
+            sketched: true,
+        },
+        Case {
+            label: "last hour, bounds inside minutes (edges read raw)",
+            query: format!("?from={}&to={}", at(hour_from), at(end - 29_500_000)),
+            sketched: true,
+        },
+    ];
+    let mut timed = Vec::new();
+    for case in &cases {
+        let url = format!(
+            "http://{addr}/v1/metrics/temperature/aggregate{}",
+            case.query
+        );
+        let (p50, p99) = time(&client, &url, case.sketched, rows).await;
+        let path = if case.sketched { "rollups" } else { "exact" };
+        timed.push((case.label, p50, p99, path));
+    }
+    timed
 }
 
 /// RFC 3339 for a query string.
@@ -132,10 +186,10 @@ fn at(micros: i64) -> String {
         .replace('+', "%2B")
 }
 
-/// Writes `rows` readings through the store, as the sensor parser would.
-async fn fill(dir: &Path, rows: i64, start: i64) {
-    let url = format!("sqlite://{}", dir.join("tributary.db").display());
-    let store = tributary::store::open(&url).await.unwrap();
+/// Writes `rows` readings through the store at `url`, as the sensor parser
+/// would.
+async fn fill(url: &str, rows: i64, start: i64) {
+    let store = tributary::store::open(url).await.unwrap();
     for first in (0..rows).step_by(BATCH as usize) {
         let records = (first..(first + BATCH).min(rows))
             .map(|i| NewRecord {
@@ -165,12 +219,12 @@ async fn fill(dir: &Path, rows: i64, start: i64) {
     store.close().await;
 }
 
-/// `tributary up --no-workloads` on `dir`; returns it and its address.
-async fn start_up(dir: &Path) -> (Child, String) {
+/// `tributary ARGS VALUE --listen 127.0.0.1:0`; returns it and its address.
+async fn serve(args: &[&str], value: &str) -> (Child, String) {
     let mut child = Command::new(BIN)
-        .args(["up", "--no-workloads", "--listen", "127.0.0.1:0"])
-        .arg("--data-dir")
-        .arg(dir)
+        .args(args)
+        .arg(value)
+        .args(["--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)

@@ -2,10 +2,11 @@
 //! time range (count, average, extremes, percentiles).
 //!
 //! Readings are kept raw and, in the same transaction, rolled up per minute
-//! ([`rollup`]); an aggregate over a long range merges the rollups of the
-//! whole minutes in it and reads raw readings only in the partial minutes
-//! at its edges, so its cost follows the minutes in the range, not the
-//! readings.
+//! and per hour ([`rollup`]); an aggregate over a long range merges the
+//! hour rollups of the whole hours in it, the minute rollups of the whole
+//! minutes in its partial edge hours, and reads raw readings only in the
+//! partial minutes at its edges, so its cost follows the hours in the
+//! range, not the readings.
 
 #[cfg(test)]
 mod properties;
@@ -173,6 +174,11 @@ impl Workload for Sensors {
             version: 4,
             name: "sensor rollups",
             sql: rollup::TABLE,
+        },
+        Migration {
+            version: 6,
+            name: "sensor hourly rollups",
+            sql: rollup::HOURLY_TABLE,
         },
     ];
 

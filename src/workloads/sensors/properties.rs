@@ -2,13 +2,16 @@
 //! over any range, grouped or not, it answers with the exact path's count,
 //! average (to float rounding), extremes and unit, and with percentiles
 //! within [`RELATIVE_ERROR`] of the exact nearest-rank ones; and it sketches
-//! exactly when the range holds a whole minute.
+//! exactly when the range holds a whole minute. Ranges over a few minutes
+//! meet minute rollups and raw edges; ranges over a few hours also meet
+//! hour rollups, with bounds on hours, on minutes and inside minutes.
 
 use std::sync::{
     Arc,
     atomic::{AtomicU64, Ordering},
 };
 
+use futures::future::BoxFuture;
 use proptest::{
     prelude::*,
     test_runner::{Config, TestRunner},
@@ -16,7 +19,7 @@ use proptest::{
 
 use super::{
     AggregateQuery, AggregateRow, GROUP, Reading, aggregate, aggregate_with, exact,
-    rollup::{MINUTE, RELATIVE_ERROR},
+    rollup::{HOUR, MINUTE, RELATIVE_ERROR, whole_hours},
     whole_minutes,
 };
 use crate::store::{Store, conformance};
@@ -24,11 +27,16 @@ use crate::workloads::Fact;
 
 /// Cases per backend: each writes a few hundred readings in several
 /// batches and asks two aggregates, well under a second on either.
-const CASES: u32 = 24;
+const CASES: u32 = 32;
 
-/// A minute boundary (in November 2023), so that offsets below read as
-/// minutes and their parts.
-const BASE: i64 = 28_333_334 * MINUTE;
+/// An hour boundary (in November 2023), so that offsets below read as
+/// hours, minutes and their parts.
+const BASE: i64 = 472_222 * HOUR;
+
+/// How long a case's readings span after [`BASE`]: a few minutes (several
+/// readings a minute, so whole and edge minutes both hold some) or a few
+/// hours (ranges with whole hours, their edge hours read from minutes).
+const SPANS: [i64; 2] = [5 * MINUTE, 3 * HOUR + 20 * MINUTE];
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -41,29 +49,33 @@ struct Case {
     group_by_sensor: bool,
 }
 
-fn bound() -> impl Strategy<Value = i64> {
-    // Some bounds on a minute boundary, most inside a minute.
+fn bound(span: i64) -> impl Strategy<Value = i64> {
+    // Some bounds on an hour or a minute boundary, most inside a minute.
     prop_oneof![
-        (-1i64..7).prop_map(|m| BASE + m * MINUTE),
-        (-MINUTE..6 * MINUTE).prop_map(|at| BASE + at),
+        (-1..=span / HOUR + 1).prop_map(|h| BASE + h * HOUR),
+        (-1..=span / MINUTE + 1).prop_map(|m| BASE + m * MINUTE),
+        (-MINUTE..span + MINUTE).prop_map(|at| BASE + at),
     ]
 }
 
 fn case() -> impl Strategy<Value = Case> {
-    let reading = (
-        0u8..3,
-        0..5 * MINUTE,
-        -100_000i32..100_000,
-        any::<bool>(),
-        any::<bool>(),
-    );
-    (
-        prop::collection::vec(reading, 1..300),
-        1usize..5,
-        bound(),
-        bound(),
-        any::<bool>(),
-    )
+    prop::sample::select(SPANS.to_vec())
+        .prop_flat_map(|span| {
+            let reading = (
+                0u8..3,
+                0..span,
+                -100_000i32..100_000,
+                any::<bool>(),
+                any::<bool>(),
+            );
+            (
+                prop::collection::vec(reading, 1..300),
+                1usize..5,
+                bound(span),
+                bound(span),
+                any::<bool>(),
+            )
+        })
         .prop_map(|(readings, batches, a, b, group_by_sensor)| Case {
             readings,
             batches,
@@ -164,8 +176,43 @@ async fn check(store: &dyn Store, parser: &str, case: &Case) {
     }
 }
 
-/// Runs [`CASES`] random cases against `store`, each under its own parser.
+/// Readings every 20 s over 3 h 20 min, and a range with bounds inside
+/// minutes that holds two whole hours: its edge hours are read from minute
+/// rows and its edge minutes raw. Run on every backend before the random
+/// cases, so that the hour rows are always met.
+fn hours_case(group_by_sensor: bool) -> Case {
+    Case {
+        readings: (0..600)
+            .map(|i: i64| {
+                (
+                    (i % 3) as u8,
+                    i * 20_000_000 + i % 7,
+                    ((i * 7919) % 20_000 - 10_000) as i32,
+                    i % 11 == 0,
+                    i % 2 == 0,
+                )
+            })
+            .collect(),
+        batches: 4,
+        from: BASE + 47 * MINUTE + 12_345_678,
+        to: BASE + 3 * HOUR + 5 * MINUTE + 30_000_001,
+        group_by_sensor,
+    }
+}
+
+/// Runs a fixed several-hours case, then [`CASES`] random cases, against
+/// `store`, each under its own parser.
 fn run(store: Arc<dyn Store>, runtime: &tokio::runtime::Runtime) {
+    for group_by_sensor in [false, true] {
+        let case = hours_case(group_by_sensor);
+        let minutes = whole_minutes(case.from, case.to).unwrap();
+        assert_eq!(
+            whole_hours(minutes.0, minutes.1),
+            Some((BASE + HOUR, BASE + 3 * HOUR))
+        );
+        let parser = format!("{GROUP}-hours-{group_by_sensor}");
+        runtime.block_on(check(store.as_ref(), &parser, &case));
+    }
     let next = AtomicU64::new(0);
     let mut runner = TestRunner::new(Config {
         cases: CASES,
@@ -200,21 +247,28 @@ fn rollups_match_exact_aggregates_on_postgres() {
 }
 
 /// Readings stored before rollups existed are rolled up by migration 4
-/// without a sketch; an aggregate over them stays exact.
+/// (minutes) and migration 6 (their hours) without a sketch; an aggregate
+/// over them stays exact, over whole hours and inside them.
 #[test]
-fn readings_from_before_rollups_aggregate_exactly() {
-    use sqlx::{Connection, Executor};
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", dir.path().join("before.db").display());
-    runtime.block_on(async {
+fn readings_from_before_rollups_aggregate_exactly_on_sqlite() {
+    on_sqlite(readings_from_before_rollups_aggregate_exactly);
+}
+
+#[test]
+fn readings_from_before_rollups_aggregate_exactly_on_postgres() {
+    on_postgres(readings_from_before_rollups_aggregate_exactly);
+}
+
+fn readings_from_before_rollups_aggregate_exactly(url: String) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
         let store = crate::store::open(&url).await.unwrap();
+        // 500 readings over 2 h 30 min.
         let case = Case {
             readings: (0..500)
                 .map(|i| {
                     (
                         i as u8 % 3,
-                        i * MINUTE / 100,
+                        i * 3 * MINUTE / 10,
                         (i as i32 * 7919) % 5000 - 2500,
                         false,
                         false,
@@ -228,31 +282,127 @@ fn readings_from_before_rollups_aggregate_exactly() {
         };
         write(store.as_ref(), GROUP, &case).await;
         // As an older release left it: readings, no rollups; then the
-        // migration's backfill.
-        let mut conn = sqlx::SqliteConnection::connect(&url).await.unwrap();
-        conn.execute("DELETE FROM sensor_rollups").await.unwrap();
-        conn.execute(super::rollup::BACKFILL).await.unwrap();
-        conn.close().await.unwrap();
-        let backfilled = store
-            .read(
-                "SELECT CAST(SUM(count) AS BIGINT) FROM sensor_rollups WHERE sketch IS NULL",
-                &[],
-                &[crate::store::sql::Type::Int],
-            )
-            .await
-            .unwrap();
-        assert_eq!(backfilled[0].int(0).unwrap(), 500);
+        // migrations' backfills.
+        execute(&url, "DELETE FROM sensor_rollups").await;
+        execute(&url, "DELETE FROM sensor_hourly_rollups").await;
+        execute(&url, super::rollup::BACKFILL).await;
+        for table in ["sensor_rollups", "sensor_hourly_rollups"] {
+            let backfilled = store
+                .read(
+                    &format!("SELECT CAST(SUM(count) AS BIGINT) FROM {table} WHERE sketch IS NULL"),
+                    &[],
+                    &[crate::store::sql::Type::Int],
+                )
+                .await
+                .unwrap();
+            assert_eq!(backfilled[0].int(0).unwrap(), 500, "{table}");
+        }
+        for (from, to) in [
+            (case.from, case.to),
+            (BASE + 20 * MINUTE + 1, BASE + 2 * HOUR + 10 * MINUTE + 7),
+        ] {
+            let query = AggregateQuery {
+                parser: GROUP.into(),
+                metric: "temperature".into(),
+                from,
+                to,
+                group_by_sensor: true,
+            };
+            let rolled = aggregate_with(store.as_ref(), &query, 0).await.unwrap();
+            assert_eq!(rolled.len(), 3);
+            assert!(rolled.iter().all(|r| !r.percentiles_sketched));
+            assert_eq!(rolled, exact(store.as_ref(), &query).await.unwrap());
+        }
+    })
+}
+
+/// A store upgraded to hour rollups has its earlier hours rolled up by
+/// migration 6 without a sketch, though their minutes have theirs: an
+/// aggregate over those hours reads the minutes and still sketches, before
+/// and after a writer adds readings to those hours.
+#[test]
+fn hours_rolled_up_by_the_migration_answer_from_their_minutes_on_sqlite() {
+    on_sqlite(hours_rolled_up_by_the_migration_answer_from_their_minutes);
+}
+
+#[test]
+fn hours_rolled_up_by_the_migration_answer_from_their_minutes_on_postgres() {
+    on_postgres(hours_rolled_up_by_the_migration_answer_from_their_minutes);
+}
+
+fn hours_rolled_up_by_the_migration_answer_from_their_minutes(
+    url: String,
+) -> BoxFuture<'static, ()> {
+    Box::pin(async move {
+        let store = crate::store::open(&url).await.unwrap();
+        // The first 400 readings (2 h 13 min) before the upgrade.
+        let all = hours_case(true);
+        let mut before = all.clone();
+        before.readings.truncate(400);
+        write(store.as_ref(), GROUP, &before).await;
+        // As migration 6 leaves a store whose minutes were rolled up with
+        // sketches: hour rows from the minute rows, without sketches.
+        execute(&url, "DELETE FROM sensor_hourly_rollups").await;
+        execute(&url, super::rollup::HOURLY_BACKFILL).await;
         let query = AggregateQuery {
             parser: GROUP.into(),
             metric: "temperature".into(),
-            from: case.from,
-            to: case.to,
+            from: all.from,
+            to: all.to,
             group_by_sensor: true,
         };
-        let rolled = aggregate_with(store.as_ref(), &query, 0).await.unwrap();
-        assert_eq!(rolled.len(), 3);
-        assert_eq!(rolled.iter().map(|r| r.count).sum::<u64>(), 500);
-        assert!(rolled.iter().all(|r| !r.percentiles_sketched));
-        assert_eq!(rolled, exact(store.as_ref(), &query).await.unwrap());
-    });
+        check_sketched(store.as_ref(), &query).await;
+        // After it, the writers roll the rest up into their own hour rows,
+        // beside the migration's in hour 2 (the first 400 are redelivered,
+        // not new, and do not count again).
+        write(store.as_ref(), GROUP, &all).await;
+        check_sketched(store.as_ref(), &query).await;
+    })
+}
+
+/// Runs `test` against a fresh SQLite database's URL.
+fn on_sqlite(test: fn(String) -> BoxFuture<'static, ()>) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("rollups.db").display());
+    runtime.block_on(test(url));
+}
+
+/// Runs `test` against a fresh PostgreSQL database's URL.
+fn on_postgres(test: fn(String) -> BoxFuture<'static, ()>) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async { test(crate::testkit::postgres_database().await).await });
+}
+
+/// Runs `sql` on the database at `url` beside its store, as a migration
+/// or an older release would.
+async fn execute(url: &str, sql: &'static str) {
+    use sqlx::{Connection, Executor};
+    if url.starts_with("sqlite:") {
+        let mut conn = sqlx::SqliteConnection::connect(url).await.unwrap();
+        conn.execute(sql).await.unwrap();
+        conn.close().await.unwrap();
+    } else {
+        let mut conn = sqlx::PgConnection::connect(url).await.unwrap();
+        conn.execute(sql).await.unwrap();
+        conn.close().await.unwrap();
+    }
+}
+
+/// The rollup path sketches `query` and agrees with the exact path.
+async fn check_sketched(store: &dyn Store, query: &AggregateQuery) {
+    let exact = by_sensor(exact(store, query).await.unwrap());
+    let rolled = by_sensor(aggregate_with(store, query, 0).await.unwrap());
+    assert_eq!(rolled.len(), exact.len());
+    for (r, e) in rolled.iter().zip(&exact) {
+        assert!(r.percentiles_sketched, "{r:?}");
+        assert_eq!(
+            (&r.sensor_id, r.count, r.min, r.max, &r.unit),
+            (&e.sensor_id, e.count, e.min, e.max, &e.unit)
+        );
+        assert!((r.avg - e.avg).abs() <= 1e-9 * e.avg.abs().max(1.0));
+        for (got, want) in [(r.p50, e.p50), (r.p95, e.p95), (r.p99, e.p99)] {
+            assert!((got - want).abs() <= RELATIVE_ERROR * want.abs() + 1e-9);
+        }
+    }
 }

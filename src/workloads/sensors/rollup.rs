@@ -1,6 +1,7 @@
-//! Per-minute rollups of sensor readings, so that an aggregate over a long
-//! range reads one row per minute, sensor and writer instead of every
-//! reading.
+//! Per-minute and per-hour rollups of sensor readings, so that an aggregate
+//! over a long range reads one row per hour, sensor and writer for the whole
+//! hours in it and one per minute at its partial edge hours, instead of
+//! every reading.
 //!
 //! A rollup holds the exact count, sum, minimum and maximum of its
 //! readings and a DDSketch of their values: sketches merge without loss, and
@@ -11,7 +12,9 @@
 //! Like `average_partials`, each writer (one parser instance) keeps its own
 //! rows and reads, merges and rewrites them inside its write transaction:
 //! no other writer touches them, so replicas never contend and a
-//! redelivered record, which is not newly stored, never counts twice.
+//! redelivered record, which is not newly stored, never counts twice. Both
+//! levels are rewritten in that one transaction, so an hour's rows always
+//! hold exactly what its minutes' rows hold.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -24,8 +27,11 @@ use crate::store::{
 };
 use crate::workloads::{Batch, Stored};
 
-/// The length of a rollup's time bucket (µs).
+/// The length of a minute rollup's time bucket (µs).
 pub const MINUTE: i64 = 60_000_000;
+
+/// The length of an hour rollup's time bucket (µs).
+pub const HOUR: i64 = 60 * MINUTE;
 
 /// How far a sketched percentile may lie from the value at its nearest
 /// rank, relative to that value: within 1%. (DDSketch's α; the sketch's
@@ -58,9 +64,33 @@ GROUP BY parser, metric, measured_at - ((measured_at % 60000000) + 60000000) % 6
     };
 }
 
-/// [`backfill!`]'s statement, for readings written into `sensor_readings`
-/// by other means than the store (a benchmark's bulk load).
-pub const BACKFILL: &str = backfill!();
+/// Rolls the minute rollups already stored up into hours (migration 6),
+/// as `(before hourly rollups)`, without a sketch: SQL cannot merge the
+/// minutes' sketches, so an aggregate that meets such an hour reads the
+/// hour's minute rows instead (see [`read`]). The hour is the euclidean
+/// floor of the minute; minutes before [`HOURS_ROLLED_FROM`] stay in minute
+/// rows only.
+macro_rules! hourly_backfill {
+    () => {
+        "
+INSERT INTO sensor_hourly_rollups (parser, metric, hour, sensor_id, writer, count, sum, min, max, unit, sketch)
+SELECT parser, metric, minute - ((minute % 3600000000) + 3600000000) % 3600000000 AS hour,
+       sensor_id, '(before hourly rollups)', SUM(count), SUM(sum), MIN(min), MAX(max), MIN(unit), NULL
+FROM sensor_rollups
+WHERE minute >= -9223371997200000000
+GROUP BY parser, metric, minute - ((minute % 3600000000) + 3600000000) % 3600000000, sensor_id;
+"
+    };
+}
+
+/// [`backfill!`]'s and [`hourly_backfill!`]'s statements, for readings
+/// written into `sensor_readings` by other means than the store (a
+/// benchmark's bulk load): their minute rollups, then those minutes' hours.
+pub const BACKFILL: &str = concat!(backfill!(), hourly_backfill!());
+
+/// [`hourly_backfill!`]'s statement alone, as migration 6 runs it.
+#[cfg(test)]
+pub(super) const HOURLY_BACKFILL: &str = hourly_backfill!();
 
 /// Migration 4: the rollups table, and the rollups of readings already
 /// stored.
@@ -83,35 +113,103 @@ CREATE TABLE sensor_rollups (
     backfill!()
 );
 
-const ROLLUPS: Table = Table {
-    name: "sensor_rollups",
-    columns: &[
-        ("parser", Type::Text),
-        ("metric", Type::Text),
-        ("minute", Type::Int),
-        ("sensor_id", Type::Text),
-        ("writer", Type::Text),
-        ("count", Type::Int),
-        ("sum", Type::Real),
-        ("min", Type::Real),
-        ("max", Type::Real),
-        ("unit", Type::Text),
-        ("sketch", Type::Blob),
-    ],
-    key: "parser, metric, minute, sensor_id, writer",
+/// Migration 6: the hour rollups table, and the hours of the minute
+/// rollups already stored.
+pub(super) const HOURLY_TABLE: &str = concat!(
+    "
+CREATE TABLE sensor_hourly_rollups (
+    parser TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    hour BIGINT NOT NULL,
+    sensor_id TEXT NOT NULL,
+    writer TEXT NOT NULL,
+    count BIGINT NOT NULL,
+    sum DOUBLE PRECISION NOT NULL,
+    min DOUBLE PRECISION NOT NULL,
+    max DOUBLE PRECISION NOT NULL,
+    unit TEXT NOT NULL,
+    sketch BYTEA,
+    PRIMARY KEY (parser, metric, hour, sensor_id, writer)
+);",
+    hourly_backfill!()
+);
+
+/// A level of rollups: minutes or hours.
+struct Level {
+    table: Table,
+    /// Readings measured before this are not rolled up at this level.
+    from: i64,
+    /// One writer's rows of a metric over a span of buckets: `$1` parser,
+    /// `$2` metric, `$3` first bucket, `$4` last bucket, `$5` writer.
+    select_own: &'static str,
+}
+
+const MINUTES: Level = Level {
+    table: Table {
+        name: "sensor_rollups",
+        columns: &[
+            ("parser", Type::Text),
+            ("metric", Type::Text),
+            ("minute", Type::Int),
+            ("sensor_id", Type::Text),
+            ("writer", Type::Text),
+            ("count", Type::Int),
+            ("sum", Type::Real),
+            ("min", Type::Real),
+            ("max", Type::Real),
+            ("unit", Type::Text),
+            ("sketch", Type::Blob),
+        ],
+        key: "parser, metric, minute, sensor_id, writer",
+    },
+    from: ROLLED_FROM,
+    select_own: "\
+SELECT minute, sensor_id, count, sum, min, max, unit, sketch FROM sensor_rollups \
+WHERE parser = $1 AND metric = $2 AND minute >= $3 AND minute <= $4 AND writer = $5",
 };
 
-/// One writer's rollups of a metric over a span of minutes: `$1` parser,
-/// `$2` metric, `$3` first minute, `$4` last minute, `$5` writer.
-const SELECT_OWN: &str = "\
-SELECT minute, sensor_id, count, sum, min, max, unit, sketch FROM sensor_rollups \
-WHERE parser = $1 AND metric = $2 AND minute >= $3 AND minute <= $4 AND writer = $5";
+const HOURS: Level = Level {
+    table: Table {
+        name: "sensor_hourly_rollups",
+        columns: &[
+            ("parser", Type::Text),
+            ("metric", Type::Text),
+            ("hour", Type::Int),
+            ("sensor_id", Type::Text),
+            ("writer", Type::Text),
+            ("count", Type::Int),
+            ("sum", Type::Real),
+            ("min", Type::Real),
+            ("max", Type::Real),
+            ("unit", Type::Text),
+            ("sketch", Type::Blob),
+        ],
+        key: "parser, metric, hour, sensor_id, writer",
+    },
+    from: HOURS_ROLLED_FROM,
+    select_own: "\
+SELECT hour, sensor_id, count, sum, min, max, unit, sketch FROM sensor_hourly_rollups \
+WHERE parser = $1 AND metric = $2 AND hour >= $3 AND hour <= $4 AND writer = $5",
+};
 
-/// Every writer's rollups of a metric for the minutes starting in
+/// Every writer's minute rollups of a metric for the minutes starting in
 /// [`$3`, `$4`): `$1` parser, `$2` metric.
-const SELECT_RANGE: &str = "\
+const SELECT_MINUTES: &str = "\
 SELECT minute, sensor_id, count, sum, min, max, unit, sketch FROM sensor_rollups \
 WHERE parser = $1 AND metric = $2 AND minute >= $3 AND minute < $4";
+
+/// Every writer's rollups of a metric for the hours starting in [`$3`,
+/// `$4`) and the minutes starting in [`$5`, `$6`) and [`$7`, `$8`): `$1`
+/// parser, `$2` metric. Each part is a range scan of its table's key.
+const SELECT_SPANS: &str = "\
+SELECT hour, sensor_id, count, sum, min, max, unit, sketch FROM sensor_hourly_rollups \
+WHERE parser = $1 AND metric = $2 AND hour >= $3 AND hour < $4 \
+UNION ALL \
+SELECT minute, sensor_id, count, sum, min, max, unit, sketch FROM sensor_rollups \
+WHERE parser = $1 AND metric = $2 AND minute >= $5 AND minute < $6 \
+UNION ALL \
+SELECT minute, sensor_id, count, sum, min, max, unit, sketch FROM sensor_rollups \
+WHERE parser = $1 AND metric = $2 AND minute >= $7 AND minute < $8";
 
 const COLUMNS: [Type; 8] = [
     Type::Int,
@@ -130,9 +228,38 @@ const COLUMNS: [Type; 8] = [
 /// integer in SQLite (which parses one beyond −(2^63 − 2^25) as a float).
 pub const ROLLED_FROM: i64 = -9_223_371_999_960_000_000;
 
+/// Readings measured before this hour, the first after [`ROLLED_FROM`],
+/// are rolled up in minutes only, so that an hour row holds whole hours.
+pub const HOURS_ROLLED_FROM: i64 = -9_223_371_997_200_000_000;
+
+// The first whole hour of minute rows: an hour boundary at or after
+// ROLLED_FROM, less than an hour after it.
+const _: () = assert!(
+    HOURS_ROLLED_FROM % HOUR == 0
+        && HOURS_ROLLED_FROM >= ROLLED_FROM
+        && HOURS_ROLLED_FROM - HOUR < ROLLED_FROM
+);
+
 /// The start of the minute holding `at`.
 pub fn minute_of(at: i64) -> i64 {
     at.saturating_sub(at.rem_euclid(MINUTE))
+}
+
+/// The start of the hour holding `at`.
+pub fn hour_of(at: i64) -> i64 {
+    at.saturating_sub(at.rem_euclid(HOUR))
+}
+
+/// The whole hours inside the minute-aligned span `[first, end)` that hour
+/// rollups cover, as the first hour's start and the end of the last;
+/// `None` when there is none.
+pub fn whole_hours(first: i64, end: i64) -> Option<(i64, i64)> {
+    let hour = i128::from(HOUR);
+    let start = (i128::from(first) + hour - 1).div_euclid(hour) * hour;
+    let start = start.max(i128::from(HOURS_ROLLED_FROM));
+    let stop = i128::from(end).div_euclid(hour) * hour;
+    // Both lie in [HOURS_ROLLED_FROM, end] when start < stop.
+    (start < stop).then_some((start as i64, stop as i64))
 }
 
 /// Aggregates of a set of readings: exact count, sum and extremes, and a
@@ -269,29 +396,56 @@ impl Rollup {
 /// A rollup's place: metric, minute, sensor.
 type Key<'a> = (&'a str, i64, &'a str);
 
-/// Counts newly stored readings into their writer's rollups.
+/// Counts newly stored readings into their writer's minute and hour
+/// rollups.
 pub(super) async fn write(
     sql: &mut dyn Sql,
     batch: Batch<'_>,
     facts: &[Stored<'_, Reading>],
 ) -> Result<(), StoreError> {
-    let mut new: BTreeMap<Key<'_>, Rollup> = BTreeMap::new();
-    for Stored { fact, .. } in facts.iter().filter(|s| s.fact.measured_at >= ROLLED_FROM) {
+    let mut minutes: BTreeMap<Key<'_>, Rollup> = BTreeMap::new();
+    for Stored { fact, .. } in facts.iter().filter(|s| s.fact.measured_at >= MINUTES.from) {
         let key = (
             fact.metric.as_str(),
             minute_of(fact.measured_at),
             fact.sensor_id.as_str(),
         );
-        new.entry(key).or_default().add(fact.value, &fact.unit);
+        minutes.entry(key).or_default().add(fact.value, &fact.unit);
     }
-    // One read per metric of the writer's rows over the batch's minutes.
+    // The batch's hours from its minutes: merging a few sketches costs
+    // less than adding every reading to a second one.
+    let mut hours: BTreeMap<Key<'_>, Rollup> = BTreeMap::new();
+    for ((metric, minute, sensor), rollup) in &minutes {
+        if *minute >= HOURS.from {
+            hours
+                .entry((metric, hour_of(*minute), sensor))
+                .or_default()
+                .merge(rollup)?;
+        }
+    }
+    rewrite(sql, batch, &MINUTES, minutes).await?;
+    rewrite(sql, batch, &HOURS, hours).await
+}
+
+/// Merges the writer's stored rows of `level` into `new` and writes the
+/// result back.
+async fn rewrite(
+    sql: &mut dyn Sql,
+    batch: Batch<'_>,
+    level: &Level,
+    mut new: BTreeMap<Key<'_>, Rollup>,
+) -> Result<(), StoreError> {
+    if new.is_empty() {
+        return Ok(());
+    }
+    // One read per metric of the writer's rows over the batch's buckets.
     let mut spans: BTreeMap<&str, (i64, i64)> = BTreeMap::new();
     let mut sensors: BTreeSet<&str> = BTreeSet::new();
-    for (metric, minute, sensor) in new.keys() {
+    for (metric, bucket, sensor) in new.keys() {
         sensors.insert(sensor);
-        let span = spans.entry(metric).or_insert((*minute, *minute));
-        span.0 = span.0.min(*minute);
-        span.1 = span.1.max(*minute);
+        let span = spans.entry(metric).or_insert((*bucket, *bucket));
+        span.0 = span.0.min(*bucket);
+        span.1 = span.1.max(*bucket);
     }
     for (metric, (first, last)) in spans {
         let params = [
@@ -301,25 +455,25 @@ pub(super) async fn write(
             Value::Int(last),
             Value::Text(batch.writer),
         ];
-        for row in sql.fetch(SELECT_OWN, &params, &COLUMNS).await? {
-            let (minute, sensor) = (row.int(0)?, row.text(1)?);
+        for row in sql.fetch(level.select_own, &params, &COLUMNS).await? {
+            let (bucket, sensor) = (row.int(0)?, row.text(1)?);
             let Some(sensor) = sensors.get(sensor.as_str()) else {
                 continue;
             };
-            if let Some(rollup) = new.get_mut(&(metric, minute, *sensor)) {
+            if let Some(rollup) = new.get_mut(&(metric, bucket, *sensor)) {
                 rollup.merge(&Rollup::from_row(&row)?)?;
             }
         }
     }
     let sketches: Vec<Vec<u8>> = new.values().map(Rollup::encode).collect::<Result<_, _>>()?;
-    let mut values = Vec::with_capacity(new.len() * ROLLUPS.columns.len());
-    for (((metric, minute, sensor), rollup), sketch) in new.iter().zip(&sketches) {
+    let mut values = Vec::with_capacity(new.len() * level.table.columns.len());
+    for (((metric, bucket, sensor), rollup), sketch) in new.iter().zip(&sketches) {
         let count = i64::try_from(rollup.count)
             .map_err(|_| StoreError::Data("a sensor rollup past 2^63 readings".into()))?;
         values.extend([
             Value::Text(batch.parser),
             Value::Text(metric),
-            Value::Int(*minute),
+            Value::Int(*bucket),
             Value::Text(sensor),
             Value::Text(batch.writer),
             Value::Int(count),
@@ -330,12 +484,52 @@ pub(super) async fn write(
             Value::Blob(sketch),
         ]);
     }
-    sql.upsert(&ROLLUPS, &values).await
+    sql.upsert(&level.table, &values).await
 }
 
 /// Every writer's rollups of `metric` for the minutes starting in
-/// `[first, end)`, merged per sensor.
+/// `[first, end)` (both minute starts), merged per sensor: hour rows for
+/// the whole hours inside, minute rows for the rest.
+///
+/// An hour rolled up by migration 6 has no sketch, though its minutes may
+/// have theirs: meeting one, the span is read again from minute rows alone,
+/// which sketch exactly when every minute does.
 pub(super) async fn read(
+    store: &dyn crate::store::Store,
+    parser: &str,
+    metric: &str,
+    first: i64,
+    end: i64,
+) -> Result<BTreeMap<String, Rollup>, StoreError> {
+    // Without a whole hour, an empty hour span and all minutes in the
+    // second minute span.
+    let (start, stop) = whole_hours(first, end).unwrap_or((first, first));
+    let params = [
+        Value::Text(parser),
+        Value::Text(metric),
+        Value::Int(start),
+        Value::Int(stop),
+        Value::Int(first),
+        Value::Int(start),
+        Value::Int(stop),
+        Value::Int(end),
+    ];
+    let mut merged: BTreeMap<String, Rollup> = BTreeMap::new();
+    for row in store.read(SELECT_SPANS, &params, &COLUMNS).await? {
+        let rollup = Rollup::from_row(&row)?;
+        // The spans are disjoint: a bucket among the hours is an hour row.
+        let bucket = row.int(0)?;
+        if rollup.sketch.is_none() && (start..stop).contains(&bucket) {
+            return read_minutes(store, parser, metric, first, end).await;
+        }
+        merged.entry(row.text(1)?).or_default().merge(&rollup)?;
+    }
+    Ok(merged)
+}
+
+/// Every writer's minute rollups of `metric` for the minutes starting in
+/// `[first, end)`, merged per sensor.
+async fn read_minutes(
     store: &dyn crate::store::Store,
     parser: &str,
     metric: &str,
@@ -349,7 +543,7 @@ pub(super) async fn read(
         Value::Int(end),
     ];
     let mut merged: BTreeMap<String, Rollup> = BTreeMap::new();
-    for row in store.read(SELECT_RANGE, &params, &COLUMNS).await? {
+    for row in store.read(SELECT_MINUTES, &params, &COLUMNS).await? {
         merged
             .entry(row.text(1)?)
             .or_default()
@@ -369,6 +563,40 @@ mod tests {
         assert_eq!(minute_of(-1), -MINUTE);
         assert_eq!(minute_of(ROLLED_FROM), ROLLED_FROM);
         assert_eq!(minute_of(i64::MAX) % MINUTE, 0);
+    }
+
+    #[test]
+    fn hours_floor_below_zero_too() {
+        assert_eq!(hour_of(0), 0);
+        assert_eq!(hour_of(HOUR - 1), 0);
+        assert_eq!(hour_of(-1), -HOUR);
+        assert_eq!(hour_of(-HOUR), -HOUR);
+        assert_eq!(hour_of(-HOUR - 1), -2 * HOUR);
+        assert_eq!(hour_of(i64::MAX) % HOUR, 0);
+        // The first hour rolled up is the first whole hour of minute rows.
+        assert_eq!(hour_of(HOURS_ROLLED_FROM), HOURS_ROLLED_FROM);
+        assert_eq!(minute_of(HOURS_ROLLED_FROM), HOURS_ROLLED_FROM);
+        // The hourly backfill's literal and euclidean floor are these.
+        assert!(hourly_backfill!().contains(&HOURS_ROLLED_FROM.to_string()));
+        assert!(hourly_backfill!().contains(&format!("% {HOUR}) + {HOUR}) % {HOUR}")));
+    }
+
+    #[test]
+    fn whole_hours_lie_inside_their_minutes() {
+        assert_eq!(whole_hours(0, HOUR), Some((0, HOUR)));
+        assert_eq!(whole_hours(MINUTE, HOUR), None);
+        assert_eq!(whole_hours(0, HOUR - MINUTE), None);
+        assert_eq!(
+            whole_hours(MINUTE, 3 * HOUR - MINUTE),
+            Some((HOUR, 2 * HOUR))
+        );
+        assert_eq!(whole_hours(-HOUR - MINUTE, MINUTE), Some((-HOUR, 0)));
+        let top = minute_of(i64::MAX);
+        assert_eq!(
+            whole_hours(ROLLED_FROM, top),
+            Some((HOURS_ROLLED_FROM, hour_of(top)))
+        );
+        assert_eq!(whole_hours(ROLLED_FROM, HOURS_ROLLED_FROM), None);
     }
 
     #[test]
