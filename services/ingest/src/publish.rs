@@ -63,14 +63,18 @@ pub fn check_count(records: usize, limits: &Limits) -> Result<(), Status> {
 /// The source as echoed in a rejection: at most [`validate::MAX_SOURCE_BYTES`],
 /// cut at a character boundary, so an over-long source is not sent back whole.
 fn echo(mut source: String) -> String {
-    if source.len() > validate::MAX_SOURCE_BYTES {
-        let mut end = validate::MAX_SOURCE_BYTES;
-        while !source.is_char_boundary(end) {
-            end -= 1;
-        }
-        source.truncate(end);
-    }
+    let end = echo_str(&source).len();
+    source.truncate(end);
     source
+}
+
+/// [`echo`] of a borrowed source.
+fn echo_str(source: &str) -> &str {
+    let mut end = source.len().min(validate::MAX_SOURCE_BYTES);
+    while !source.is_char_boundary(end) {
+        end -= 1;
+    }
+    &source[..end]
 }
 
 /// Validates `records`, appends the valid ones (one queue message per kind)
@@ -108,19 +112,20 @@ pub async fn accept(
 async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -> Outcome {
     let received_at = clock::now_micros();
     let mut outcome = Outcome::default();
+    // One batch per kind; a request holds few kinds, so they are found by
+    // a scan (as the counts below), not a hash per record.
     let mut batches: Vec<Batch> = Vec::new();
-    let mut slot: HashMap<RecordKind, usize> = HashMap::new();
-    // (index, source, seq) of every valid record, to answer for them if the
-    // queue refuses the whole append.
-    let mut keys = Vec::with_capacity(records.len());
+    let mut keys = Keys::with_capacity(records.len());
     // Counted per kind per request, not per record: a metric lookup per
     // record would cost more than the rest of the bookkeeping.
-    let mut received: HashMap<&'static str, u64> = HashMap::new();
+    let mut received: Vec<(&'static str, u64)> = Vec::new();
     for (index, mut record) in records.into_iter().enumerate() {
         let index = index as u32;
-        *received
-            .entry(kind::of(&record).map_or("unknown", kind::name))
-            .or_default() += 1;
+        let name = kind::of(&record).map_or("unknown", kind::name);
+        match received.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, count)) => *count += 1,
+            None => received.push((name, 1)),
+        }
         match validate::check(&record, limits.max_record_bytes, received_at) {
             Err(refusal) => outcome.reject(Rejection {
                 index,
@@ -133,16 +138,19 @@ async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -
                 if record.sent_at.is_none() {
                     record.sent_at = Some(clock::from_micros(received_at));
                 }
-                keys.push((index, echo(record.source.clone()), record.seq));
-                let at = *slot.entry(kind).or_insert_with(|| {
-                    batches.push(Batch {
-                        kind,
-                        records: Vec::new(),
-                        received_at,
-                        traceparent: None,
-                    });
-                    batches.len() - 1
-                });
+                keys.push(index, &record.source, record.seq);
+                let at = match batches.iter().position(|b| b.kind == kind) {
+                    Some(at) => at,
+                    None => {
+                        batches.push(Batch {
+                            kind,
+                            records: Vec::new(),
+                            received_at,
+                            traceparent: None,
+                        });
+                        batches.len() - 1
+                    }
+                };
                 batches[at].records.push(record);
             }
         }
@@ -191,7 +199,7 @@ async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -
             if let Some(repeats) = REFUSED.admit() {
                 tracing::warn!(error = %e, records = keys.len(), repeats, "queue refused a batch");
             }
-            for (index, source, seq) in keys {
+            for (index, source, seq) in keys.into_iter() {
                 outcome.reject(Rejection {
                     index,
                     source,
@@ -204,6 +212,44 @@ async fn append(queue: &Arc<dyn Queue>, limits: &Limits, records: Vec<Record>) -
         }
     }
     outcome
+}
+
+/// The keys of a request's valid records, to answer for them if the queue
+/// refuses the whole append. A request's records mostly share a source, so
+/// each run of one source is kept once, not copied per record.
+struct Keys {
+    /// Each run's source, as echoed in a rejection.
+    sources: Vec<String>,
+    /// (index in the request, run, seq) per record.
+    keys: Vec<(u32, usize, u64)>,
+}
+
+impl Keys {
+    fn with_capacity(records: usize) -> Self {
+        Self {
+            sources: Vec::new(),
+            keys: Vec::with_capacity(records),
+        }
+    }
+
+    fn push(&mut self, index: u32, source: &str, seq: u64) {
+        let echoed = echo_str(source);
+        if self.sources.last().is_none_or(|last| last != echoed) {
+            self.sources.push(echoed.to_owned());
+        }
+        self.keys.push((index, self.sources.len() - 1, seq));
+    }
+
+    fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    fn into_iter(self) -> impl Iterator<Item = (u32, String, u64)> {
+        let Keys { sources, keys } = self;
+        keys.into_iter().map(move |(index, run, seq)| {
+            (index, sources.get(run).cloned().unwrap_or_default(), seq)
+        })
+    }
 }
 
 /// Reserves `bytes` of the in-flight budget for one request; `None` when
@@ -364,5 +410,31 @@ mod tests {
             "resource_exhausted"
         );
         assert_eq!(code_label(Code::Unavailable as i32), "unavailable");
+    }
+
+    #[test]
+    fn keys_answer_for_every_record_with_its_own_source() {
+        // Multi-byte characters put the cut inside one: it moves back to a
+        // boundary, as `echo` cuts an owned source.
+        let long = "é".repeat(validate::MAX_SOURCE_BYTES);
+        let mut keys = Keys::with_capacity(5);
+        keys.push(0, "a", 1);
+        keys.push(2, "a", 2);
+        keys.push(3, "b", 7);
+        keys.push(5, "a", 3);
+        keys.push(6, &long, 9);
+        assert_eq!(keys.len(), 5);
+        let answered: Vec<(u32, String, u64)> = keys.into_iter().collect();
+        assert_eq!(
+            answered,
+            vec![
+                (0, "a".to_owned(), 1),
+                (2, "a".to_owned(), 2),
+                (3, "b".to_owned(), 7),
+                (5, "a".to_owned(), 3),
+                (6, echo(long.clone()), 9),
+            ]
+        );
+        assert!(echo(long).len() <= validate::MAX_SOURCE_BYTES);
     }
 }

@@ -174,32 +174,34 @@ fn within(field: &str, shown: &str, at: i64, now: i64) -> Result<(), Refusal> {
 /// or not, so that the rule is one line in the docs.
 pub fn check_strings(record: &Record) -> Result<(), String> {
     use tributary::proto::record::Payload;
-    let mut fields: Vec<(&str, &str)> = vec![("source", &record.source)];
+    let check = |field: &str, value: &str| {
+        if value.contains('\0') {
+            return Err(format!(
+                "{field} holds a NUL character (U+0000), which the store cannot hold"
+            ));
+        }
+        Ok(())
+    };
+    check("source", &record.source)?;
     for (key, value) in &record.attributes {
-        fields.push(("attribute name", key));
-        fields.push(("attribute value", value));
+        check("attribute name", key)?;
+        check("attribute value", value)?;
     }
     match &record.payload {
-        Some(Payload::Text(text)) => fields.push(("text body", &text.body)),
-        Some(Payload::SensorReading(reading)) => fields.extend([
-            ("sensor_id", reading.sensor_id.as_str()),
-            ("metric", &reading.metric),
-            ("unit", &reading.unit),
-        ]),
-        Some(Payload::Sms(sms)) => fields.extend([
-            ("phone_number", sms.phone_number.as_str()),
-            ("SMS body", &sms.body),
-        ]),
+        Some(Payload::Text(text)) => check("text body", &text.body),
+        Some(Payload::SensorReading(reading)) => {
+            check("sensor_id", &reading.sensor_id)?;
+            check("metric", &reading.metric)?;
+            check("unit", &reading.unit)
+        }
+        Some(Payload::Sms(sms)) => {
+            check("phone_number", &sms.phone_number)?;
+            check("SMS body", &sms.body)
+        }
         Some(
             Payload::RandomNumber(_) | Payload::Probe(_) | Payload::Json(_) | Payload::Blob(_),
         )
-        | None => {}
-    }
-    match fields.into_iter().find(|(_, value)| value.contains('\0')) {
-        Some((field, _)) => Err(format!(
-            "{field} holds a NUL character (U+0000), which the store cannot hold"
-        )),
-        None => Ok(()),
+        | None => Ok(()),
     }
 }
 
