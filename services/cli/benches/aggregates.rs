@@ -24,15 +24,11 @@
 //! `--postgres postgres://postgres@127.0.0.1:5432/postgres` adds
 //! PostgreSQL, and `--postgres-only` leaves SQLite out).
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+#[allow(dead_code)]
+mod support;
 
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use std::time::{Duration, Instant};
+
 use tributary::{
     clock,
     proto::RecordKind,
@@ -44,7 +40,6 @@ use tributary::{
     },
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 const SENSORS: i64 = 20;
 const BATCH: i64 = 5_000;
 const REQUESTS: usize = 200;
@@ -103,15 +98,7 @@ async fn main() {
                 "| {backend} | {rows} | {seconds:.1} s | {:.0} |",
                 rows as f64 / seconds
             ));
-            let (mut server, addr) = if backend == "SQLite" {
-                serve(
-                    &["up", "--no-workloads", "--data-dir"],
-                    dir.path().to_str().unwrap(),
-                )
-                .await
-            } else {
-                serve(&["api", "--store"], &url).await
-            };
+            let (mut server, addr) = support::serve_store(backend, dir.path(), &url).await;
             for (label, p50, p99, path) in run_cases(&addr, rows, start, end).await {
                 eprintln!("{backend} / {rows} / {label}: p50 {p50:.1} ms, p99 {p99:.1} ms");
                 table.push(format!(
@@ -217,23 +204,6 @@ async fn fill(url: &str, rows: i64, start: i64) {
         store.write(&batch).await.unwrap();
     }
     store.close().await;
-}
-
-/// `tributary ARGS VALUE --listen 127.0.0.1:0`; returns it and its address.
-async fn serve(args: &[&str], value: &str) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .arg(value)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next_line().await.unwrap().unwrap();
-    let addr = line.strip_prefix("listening on ").unwrap().to_owned();
-    (child, addr)
 }
 
 /// p50 and p99 in ms of [`REQUESTS`] sequential GETs of `url`, after two

@@ -19,23 +19,18 @@
 //! Run: `cargo bench -p tributary-cli --bench fields`
 //! (`-- --rows 1000000 --requests 20 --postgres postgres://…/db`).
 
-use std::{
-    process::Stdio,
-    time::{Duration, Instant},
-};
+#[allow(dead_code)]
+mod support;
+
+use std::time::{Duration, Instant};
 
 use prost::Message as _;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
 use tributary::{
     clock,
     proto::{Record, RecordKind, Text, record::Payload},
     store::{NewRecord, WriteBatch},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 const BATCH: i64 = 5_000;
 const REGIONS: [&str; 8] = ["ap", "br", "ca", "de", "eu", "in", "jp", "us"];
 
@@ -68,15 +63,7 @@ async fn main() {
             "{backend}: {rows} JSON records written in {:.1} s",
             began.elapsed().as_secs_f64()
         );
-        let (mut server, addr) = if backend == "SQLite" {
-            serve(
-                &["up", "--no-workloads", "--data-dir"],
-                dir.path().to_str().unwrap(),
-            )
-            .await
-        } else {
-            serve(&["api", "--store"], &url).await
-        };
+        let (mut server, addr) = support::serve_store(backend, dir.path(), &url).await;
         let client = reqwest::Client::builder().http1_only().build().unwrap();
         let tenth = start + rows * 900;
         let cases = [
@@ -167,23 +154,6 @@ async fn fill(url: &str, rows: i64, start: i64) {
         store.write(&batch).await.unwrap();
     }
     store.close().await;
-}
-
-/// `tributary ARGS VALUE --listen 127.0.0.1:0`; returns it and its address.
-async fn serve(args: &[&str], value: &str) -> (Child, String) {
-    let mut child = Command::new(BIN)
-        .args(args)
-        .arg(value)
-        .args(["--listen", "127.0.0.1:0"])
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next_line().await.unwrap().unwrap();
-    let addr = line.strip_prefix("listening on ").unwrap().to_owned();
-    (child, addr)
 }
 
 /// p50 and p99 in ms of `requests` sequential GETs of `url`, after one

@@ -752,3 +752,113 @@ async fn conformance() {
     let queue = open(&dir).await;
     crate::queue::conformance::run(&queue).await;
 }
+
+/// One step of [`acks_and_deletes_survive_reopening_as_the_model_says`].
+#[derive(Debug, Clone)]
+enum Step {
+    /// Publish one message of one record, with the next sequence number.
+    Publish,
+    /// Take up to this many messages as group 0 or 1 and ack each at once,
+    /// without waiting between acks, so that one commit writes several.
+    Ack { group: usize, count: usize },
+    /// Close the queue and open the file again.
+    Reopen,
+}
+
+fn step() -> impl proptest::strategy::Strategy<Value = Step> {
+    use proptest::prelude::*;
+    prop_oneof![
+        3 => Just(Step::Publish),
+        3 => (0..2usize, 1..6usize).prop_map(|(group, count)| Step::Ack { group, count }),
+        1 => Just(Step::Reopen),
+    ]
+}
+
+const MODEL_GROUPS: [&str; 2] = ["raw", "sensor"];
+
+async fn subscribe_both(queue: &EmbeddedQueue) -> Vec<Box<dyn Subscription>> {
+    let mut subs = Vec::new();
+    for group in MODEL_GROUPS {
+        subs.push(
+            queue
+                .subscribe(options(group, KindSet::ALL, 30_000))
+                .await
+                .unwrap(),
+        );
+    }
+    subs
+}
+
+/// What the file holds must match the model: each group's lag is what it
+/// has not acked, and a message stays retained while any group lacks it.
+async fn check_against(queue: &EmbeddedQueue, unacked: &[std::collections::BTreeSet<u64>; 2]) {
+    for (group, model) in MODEL_GROUPS.iter().zip(unacked) {
+        assert_eq!(
+            queue.lag(group).await.unwrap(),
+            model.len() as u64,
+            "lag of {group}"
+        );
+    }
+    let union: std::collections::BTreeSet<u64> = unacked[0].union(&unacked[1]).copied().collect();
+    assert_eq!(retained(queue), union.len(), "messages retained");
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 24, ..Default::default() })]
+
+    /// Acks and the deletes they cause are written set-wise, several per
+    /// statement. Random publishes, acks by two groups and reopenings of
+    /// the file, checked against a model of what each group still lacks
+    /// after every reopening; at the end each group gets exactly that,
+    /// once, and the file is empty.
+    #[test]
+    fn acks_and_deletes_survive_reopening_as_the_model_says(steps in proptest::collection::vec(step(), 1..40)) {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async {
+            let dir = tempfile::tempdir().unwrap();
+            let mut queue = open(&dir).await;
+            let mut subs = subscribe_both(&queue).await;
+            let mut unacked: [std::collections::BTreeSet<u64>; 2] = Default::default();
+            let mut seq = 0u64;
+            for step in steps.into_iter().chain([Step::Reopen]) {
+                match step {
+                    Step::Publish => {
+                        publish_text(&queue, "model", seq).await;
+                        for model in &mut unacked {
+                            model.insert(seq);
+                        }
+                        seq += 1;
+                    }
+                    Step::Ack { group, count } => {
+                        for _ in 0..count.min(unacked[group].len()) {
+                            let msg = next(&mut subs[group]).await;
+                            let got = msg.records[0].seq;
+                            assert!(unacked[group].remove(&got), "{got} delivered to {} after its ack", MODEL_GROUPS[group]);
+                            queue.ack(MODEL_GROUPS[group], &msg.ack_id).await.unwrap();
+                        }
+                    }
+                    Step::Reopen => {
+                        drop(subs);
+                        queue.close().await;
+                        queue = open(&dir).await;
+                        subs = subscribe_both(&queue).await;
+                        check_against(&queue, &unacked).await;
+                    }
+                }
+            }
+            for (group, model) in unacked.iter().enumerate() {
+                let mut got = std::collections::BTreeSet::new();
+                for _ in 0..model.len() {
+                    let msg = next(&mut subs[group]).await;
+                    assert!(got.insert(msg.records[0].seq), "delivered twice");
+                    queue.ack(MODEL_GROUPS[group], &msg.ack_id).await.unwrap();
+                }
+                assert_eq!(&got, model, "what {} still lacked", MODEL_GROUPS[group]);
+            }
+            drop(subs);
+            queue.close().await;
+            let queue = open(&dir).await;
+            check_against(&queue, &Default::default()).await;
+        });
+    }
+}

@@ -144,22 +144,27 @@ struct Level {
     select_own: &'static str,
 }
 
+/// A rollups table's columns; `bucket` names its time bucket's column.
+const fn columns(bucket: &'static str) -> [(&'static str, Type); 11] {
+    [
+        ("parser", Type::Text),
+        ("metric", Type::Text),
+        (bucket, Type::Int),
+        ("sensor_id", Type::Text),
+        ("writer", Type::Text),
+        ("count", Type::Int),
+        ("sum", Type::Real),
+        ("min", Type::Real),
+        ("max", Type::Real),
+        ("unit", Type::Text),
+        ("sketch", Type::Blob),
+    ]
+}
+
 const MINUTES: Level = Level {
     table: Table {
         name: "sensor_rollups",
-        columns: &[
-            ("parser", Type::Text),
-            ("metric", Type::Text),
-            ("minute", Type::Int),
-            ("sensor_id", Type::Text),
-            ("writer", Type::Text),
-            ("count", Type::Int),
-            ("sum", Type::Real),
-            ("min", Type::Real),
-            ("max", Type::Real),
-            ("unit", Type::Text),
-            ("sketch", Type::Blob),
-        ],
+        columns: &columns("minute"),
         key: "parser, metric, minute, sensor_id, writer",
     },
     from: ROLLED_FROM,
@@ -171,19 +176,7 @@ WHERE parser = $1 AND metric = $2 AND minute >= $3 AND minute <= $4 AND writer =
 const HOURS: Level = Level {
     table: Table {
         name: "sensor_hourly_rollups",
-        columns: &[
-            ("parser", Type::Text),
-            ("metric", Type::Text),
-            ("hour", Type::Int),
-            ("sensor_id", Type::Text),
-            ("writer", Type::Text),
-            ("count", Type::Int),
-            ("sum", Type::Real),
-            ("min", Type::Real),
-            ("max", Type::Real),
-            ("unit", Type::Text),
-            ("sketch", Type::Blob),
-        ],
+        columns: &columns("hour"),
         key: "parser, metric, hour, sensor_id, writer",
     },
     from: HOURS_ROLLED_FROM,

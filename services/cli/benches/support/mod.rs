@@ -1,8 +1,14 @@
 //! What more than one benchmark needs.
 
-use std::time::Duration;
+use std::{path::Path, process::Stdio, time::Duration};
 
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
 use tributary::proto::{GetStatsRequest, query_client::QueryClient};
+
+const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
 /// Returns once `parser` has stored at least `count` records, asking the
 /// query API at `url` every 5 ms (a benchmark's clock runs meanwhile, so the
@@ -24,4 +30,30 @@ pub async fn wait_stored(url: &str, parser: &str, count: u64) {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// Serves a store a benchmark filled, on a free port: `up --no-workloads`
+/// over the SQLite files in `dir` for `SQLite`, else `api --store URL`.
+/// Returns the process (killed when dropped) and its address.
+#[allow(dead_code)] // not every benchmark serves a store it filled
+pub async fn serve_store(backend: &str, dir: &Path, url: &str) -> (Child, String) {
+    let mut command = Command::new(BIN);
+    if backend == "SQLite" {
+        command
+            .args(["up", "--no-workloads", "--data-dir"])
+            .arg(dir);
+    } else {
+        command.args(["api", "--store", url]);
+    }
+    let mut child = command
+        .args(["--listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = lines.next_line().await.unwrap().unwrap();
+    let addr = line.strip_prefix("listening on ").unwrap().to_owned();
+    (child, addr)
 }
