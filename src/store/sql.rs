@@ -150,8 +150,9 @@ pub struct Table {
     pub name: &'static str,
     /// Its columns, in the order each inserted row gives their values.
     pub columns: &'static [(&'static str, Type)],
-    /// The conflict target: rows whose key exists are skipped (by
-    /// [`Sql::insert`]) or replaced (by [`Sql::upsert`]).
+    /// The conflict target of [`Sql::upsert`]: rows whose key exists are
+    /// replaced. [`Sql::insert`] skips a row that clashes with any unique
+    /// key of the table.
     pub key: &'static str,
 }
 
@@ -167,7 +168,9 @@ impl Table {
     /// column outside the key to the inserted row's.
     pub(super) fn on_conflict(&self, existing: Existing) -> String {
         match existing {
-            Existing::Skip => format!(" ON CONFLICT ({}) DO NOTHING", self.key),
+            // Any key: a table's unique key may differ between backends
+            // (SQLite's sensor readings are keyed by time).
+            Existing::Skip => " ON CONFLICT DO NOTHING".to_owned(),
             Existing::Replace => {
                 let key: Vec<&str> = self.key.split(',').map(str::trim).collect();
                 let set: Vec<String> = self
@@ -331,9 +334,6 @@ mod tests {
             table.on_conflict(Existing::Replace),
             " ON CONFLICT (a, b) DO UPDATE SET c = excluded.c"
         );
-        assert_eq!(
-            table.on_conflict(Existing::Skip),
-            " ON CONFLICT (a, b) DO NOTHING"
-        );
+        assert_eq!(table.on_conflict(Existing::Skip), " ON CONFLICT DO NOTHING");
     }
 }

@@ -4,7 +4,11 @@
 //! SQLite takes one writer at a time, so writes go through a single
 //! connection and reads through a small pool that WAL lets run alongside.
 
-use std::{collections::HashSet, path::Path, sync::Arc};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    sync::Arc,
+};
 
 use async_trait::async_trait;
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, sqlite::SqlitePoolOptions};
@@ -54,14 +58,19 @@ CREATE TABLE dead_letters (
 /// This backend's own schema steps: the JSON document of each JSON record
 /// (text holding JSON, read with SQLite's JSON functions) and the partial
 /// index field aggregation scans, which holds JSON records only.
-const OWN_MIGRATIONS: &[sql::Migration] = &[sql::Migration {
-    version: 5,
-    name: "json documents",
-    sql: "
+/// Then the sensor readings as one B-tree ordered by time
+/// ([`workloads::sensors::SQLITE_READINGS_BY_TIME`]).
+const OWN_MIGRATIONS: &[sql::Migration] = &[
+    sql::Migration {
+        version: 5,
+        name: "json documents",
+        sql: "
 ALTER TABLE records ADD COLUMN doc TEXT;
 CREATE INDEX records_doc ON records (parser, sent_at) WHERE doc IS NOT NULL;
 ",
-}];
+    },
+    workloads::sensors::SQLITE_READINGS_BY_TIME,
+];
 
 /// How SQLite reads JSON for field aggregation: `json_type` tells
 /// `integer`/`real` apart from the rest, and `->` gives a value's JSON
@@ -166,6 +175,24 @@ impl<'a> Sources<'a> {
     }
 }
 
+/// The texts of one statement, each distinct one bound as one shared
+/// string: sqlx copies a bound `&str` into two new allocations, and a
+/// workload's rows repeat a few texts (parser, writer, metric, unit,
+/// sensor) in every row.
+#[derive(Default)]
+struct Texts<'a> {
+    seen: HashMap<&'a str, Arc<str>>,
+}
+
+impl<'a> Texts<'a> {
+    fn of(&mut self, text: &'a str) -> Arc<str> {
+        self.seen
+            .entry(text)
+            .or_insert_with(|| Arc::from(text))
+            .clone()
+    }
+}
+
 /// Cuts `items` into consecutive slices of [`statement_sizes`].
 fn statement_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
     statement_sizes(items.len(), max).map(move |size| {
@@ -251,10 +278,14 @@ impl Connection<'_> {
         for chunk in statement_chunks(&rows, max_rows) {
             let mut text = values_sql(&head, width, chunk.len());
             text.push_str(&tail);
-            let query = chunk
-                .iter()
-                .flat_map(|row| row.iter())
-                .fold(sqlx::query(sqlx::AssertSqlSafe(text)), bind);
+            let mut texts = Texts::default();
+            let query = chunk.iter().flat_map(|row| row.iter()).fold(
+                sqlx::query(sqlx::AssertSqlSafe(text)),
+                |query, value| match *value {
+                    Value::Text(v) => query.bind(texts.of(v)),
+                    _ => bind(query, value),
+                },
+            );
             query.execute(&mut *self.conn).await.map_err(self.fail)?;
         }
         Ok(())
@@ -272,10 +303,21 @@ impl Store for SqliteStore {
             .collect::<Result<Vec<_>, _>>()?;
         let mut tx = self.writer.begin().await.map_err(unavailable)?;
         let mut stored = 0u64;
-        // Facts must follow only the keys this transaction inserted, so the
-        // insert reports them when any record carries a fact.
+        // Facts must follow only the records this transaction inserts. This
+        // one connection is the only writer, and a new row's id is one past
+        // the highest, so they are the rows past the highest id now (a
+        // writer elsewhere committing first makes the insert fail instead,
+        // with SQLITE_BUSY_SNAPSHOT). When every record is new, as in all
+        // but a redelivery, they are not even read back.
         let with_facts = records.iter().any(|r| r.fact.is_some());
-        let mut new_keys: HashSet<(String, i64)> = HashSet::new();
+        let last_id: Option<i64> = if with_facts {
+            sqlx::query_scalar("SELECT MAX(id) FROM records")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?
+        } else {
+            None
+        };
         // Shared rather than copied into every row's arguments.
         let parser: Arc<str> = Arc::from(batch.parser.as_str());
         let mut sources = Sources::default();
@@ -288,9 +330,6 @@ impl Store for SqliteStore {
                 chunk.len(),
             );
             text.push_str(" ON CONFLICT (parser, source, seq) DO NOTHING");
-            if with_facts {
-                text.push_str(" RETURNING source, seq");
-            }
             let mut insert = sqlx::query(sqlx::AssertSqlSafe(text));
             for (r, doc) in chunk.iter().zip(docs) {
                 insert = insert
@@ -304,24 +343,30 @@ impl Store for SqliteStore {
                     .bind(r.body.as_slice())
                     .bind(doc.as_deref());
             }
-            if with_facts {
-                let rows = insert.fetch_all(&mut *tx).await.map_err(classify)?;
-                stored += rows.len() as u64;
-                new_keys.extend(rows.into_iter().map(|row| (row.get(0), row.get(1))));
-            } else {
-                stored += insert
-                    .execute(&mut *tx)
-                    .await
-                    .map_err(classify)?
-                    .rows_affected();
-            }
+            stored += insert
+                .execute(&mut *tx)
+                .await
+                .map_err(classify)?
+                .rows_affected();
         }
         if with_facts {
-            let new: Vec<&NewRecord> = records
-                .iter()
-                .copied()
-                .filter(|r| new_keys.contains(&(r.source.clone(), r.seq as i64)))
-                .collect();
+            let new: Vec<&NewRecord> = if stored == records.len() as u64 {
+                records.clone()
+            } else {
+                let inserted: HashSet<(String, i64)> =
+                    sqlx::query_as("SELECT source, seq FROM records WHERE id > ?")
+                        .bind(last_id.unwrap_or(i64::MIN))
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(classify)?
+                        .into_iter()
+                        .collect();
+                records
+                    .iter()
+                    .copied()
+                    .filter(|r| inserted.contains(&(r.source.clone(), r.seq as i64)))
+                    .collect()
+            };
             let mut conn = Connection {
                 conn: &mut tx,
                 fail: classify,
@@ -547,6 +592,95 @@ mod tests {
         assert_eq!(
             counts.parsers,
             vec![("raw".to_string(), 5000), ("uppercase".to_string(), 5000)]
+        );
+    }
+
+    /// A store an earlier release left (migrated to 6, readings in a rowid
+    /// table with its key and covering index) keeps every reading through
+    /// migration 7, answers the same aggregates from the time-ordered
+    /// table, and still stores a redelivered reading once.
+    #[tokio::test]
+    async fn readings_move_into_the_time_ordered_table_intact() {
+        use crate::workloads::{
+            Fact,
+            sensors::{self, AggregateQuery, Reading},
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.db");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(crate::sqlite::options(&path).unwrap())
+            .await
+            .unwrap();
+        sql::migrator(INIT, OWN_MIGRATIONS)
+            .unwrap()
+            .run_to(6, &pool)
+            .await
+            .unwrap();
+        // 300 readings of two sensors: s0 holds the even values 2..=300,
+        // s1 the odd 1..=299.
+        sqlx::query(
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < 300) \
+             INSERT INTO sensor_readings (parser, source, seq, sensor_id, metric, value, unit, measured_at) \
+             SELECT 'sensor', 'old', i, 's' || (i % 2), 'temperature', i, 'celsius', i * 1000 FROM n",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let store = SqliteStore::open(&path).await.unwrap();
+        let schema: String =
+            sqlx::query_scalar("SELECT sql FROM sqlite_schema WHERE name = 'sensor_readings'")
+                .fetch_one(&store.reader)
+                .await
+                .unwrap();
+        assert!(schema.contains("WITHOUT ROWID"), "{schema}");
+        let query = AggregateQuery {
+            parser: "sensor".into(),
+            metric: "temperature".into(),
+            from: 0,
+            to: i64::MAX,
+            group_by_sensor: true,
+        };
+        let summary = |rows: Vec<sensors::AggregateRow>| -> Vec<(String, u64, f64, f64, f64)> {
+            rows.into_iter()
+                .map(|r| (r.sensor_id, r.count, r.avg, r.min, r.max))
+                .collect()
+        };
+        assert_eq!(
+            summary(sensors::aggregate(&store, &query).await.unwrap()),
+            [
+                ("s0".to_string(), 150, 151.0, 2.0, 300.0),
+                ("s1".to_string(), 150, 150.0, 1.0, 299.0)
+            ]
+        );
+
+        let reading = conformance::with_fact(
+            "new",
+            1,
+            0,
+            0,
+            Fact::Reading(Reading {
+                sensor_id: "s0".into(),
+                metric: "temperature".into(),
+                value: 1000.0,
+                unit: "celsius".into(),
+                measured_at: 400_000,
+            }),
+        );
+        let batch = conformance::batch("sensor", "w", vec![reading]);
+        assert_eq!(store.write(&batch).await.unwrap().stored, 1);
+        assert_eq!(store.write(&batch).await.unwrap().duplicates, 1);
+        assert_eq!(
+            summary(sensors::aggregate(&store, &query).await.unwrap())[0],
+            (
+                "s0".to_string(),
+                151,
+                (22_650.0 + 1000.0) / 151.0,
+                2.0,
+                1000.0
+            )
         );
     }
 

@@ -98,6 +98,40 @@ CREATE INDEX sensor_readings_covering
 DROP INDEX sensor_readings_by_metric;
 ";
 
+/// SQLite only (migration 7): the readings rebuilt as one B-tree ordered
+/// by time, `WITHOUT ROWID`.
+///
+/// Before it, each reading went into three: the table's rows by rowid, its
+/// primary key, and the covering index the aggregates read. Clustered on
+/// the covering index's leading columns, the table is that index: a time
+/// window is one range scan of it, and a reading costs one insert near the
+/// end of its metric's range instead of three. Its key no longer holds
+/// `(parser, source, seq)` alone, which needs no constraint of its own: a
+/// reading is written only for a record this transaction newly stored, and
+/// `records` keeps that key unique. PostgreSQL keeps its heap, key and
+/// covering index.
+pub const SQLITE_READINGS_BY_TIME: Migration = Migration {
+    version: 7,
+    name: "sensor readings clustered by time",
+    sql: "
+CREATE TABLE sensor_readings_by_time (
+    parser TEXT NOT NULL,
+    metric TEXT NOT NULL,
+    measured_at INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    sensor_id TEXT NOT NULL,
+    value REAL NOT NULL,
+    unit TEXT NOT NULL,
+    PRIMARY KEY (parser, metric, measured_at, source, seq)
+) WITHOUT ROWID;
+INSERT INTO sensor_readings_by_time (parser, metric, measured_at, source, seq, sensor_id, value, unit)
+SELECT parser, metric, measured_at, source, seq, sensor_id, value, unit FROM sensor_readings;
+DROP TABLE sensor_readings;
+ALTER TABLE sensor_readings_by_time RENAME TO sensor_readings;
+",
+};
+
 const READINGS: Table = Table {
     name: "sensor_readings",
     columns: &[
@@ -139,9 +173,9 @@ fn aggregate_sql(group_by_sensor: bool) -> String {
 }
 
 /// The metrics `$1` (a parser) has readings of, in order, at most `$2`: a
-/// loose index scan over `sensor_readings_covering` (parser, metric, …)
-/// that costs one index seek per metric, however many readings each has,
-/// on both backends.
+/// loose index scan over `sensor_readings_covering` (PostgreSQL) or the
+/// time-ordered table (SQLite), both led by (parser, metric, …), that costs
+/// one seek per metric, however many readings each has.
 const SELECT_METRICS: &str = "
 WITH RECURSIVE known(metric) AS (
     SELECT (SELECT min(metric) FROM sensor_readings WHERE parser = $1)
@@ -264,7 +298,8 @@ pub const EXACT_UP_TO: u64 = 10_000;
 
 /// Readings of one metric in the partial minutes at a range's edges,
 /// `[$3, $4)` and `[$5, $6)`: `$1` parser, `$2` metric. Each half is a range
-/// scan of `sensor_readings_covering`.
+/// scan of `sensor_readings_covering` (PostgreSQL) or of the table itself
+/// (SQLite, [`SQLITE_READINGS_BY_TIME`]).
 const SELECT_EDGES: &str = "\
 SELECT sensor_id, value, unit FROM sensor_readings \
 WHERE parser = $1 AND metric = $2 AND measured_at >= $3 AND measured_at < $4 \
