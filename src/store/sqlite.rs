@@ -210,11 +210,9 @@ struct Connection<'c> {
 }
 
 type Arguments<'q> = <Sqlite as sqlx::Database>::Arguments;
+type Query<'q> = sqlx::query::Query<'q, Sqlite, Arguments<'q>>;
 
-fn bind<'q>(
-    query: sqlx::query::Query<'q, Sqlite, Arguments<'q>>,
-    value: &Value<'q>,
-) -> sqlx::query::Query<'q, Sqlite, Arguments<'q>> {
+fn bind<'q>(query: Query<'q>, value: &Value<'q>) -> Query<'q> {
     match *value {
         Value::Int(v) => query.bind(v),
         Value::Real(v) => query.bind(v),
@@ -292,38 +290,20 @@ impl Connection<'_> {
     }
 }
 
-#[async_trait]
-impl Store for SqliteStore {
-    async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
-        let stored_at = clock::now_micros();
-        let records = super::storable_records(batch)?;
-        let docs = records
-            .iter()
-            .map(|r| super::doc::of(r))
-            .collect::<Result<Vec<_>, _>>()?;
-        let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        let mut stored = 0u64;
-        // Facts must follow only the records this transaction inserts. This
-        // one connection is the only writer, and a new row's id is one past
-        // the highest, so they are the rows past the highest id now (a
-        // writer elsewhere committing first makes the insert fail instead,
-        // with SQLITE_BUSY_SNAPSHOT). When every record is new, as in all
-        // but a redelivery, they are not even read back.
-        let with_facts = records.iter().any(|r| r.fact.is_some());
-        let last_id: Option<i64> = if with_facts {
-            sqlx::query_scalar("SELECT MAX(id) FROM records")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(classify)?
-        } else {
-            None
-        };
-        // Shared rather than copied into every row's arguments.
-        let parser: Arc<str> = Arc::from(batch.parser.as_str());
-        let mut sources = Sources::default();
-        for (chunk, docs) in statement_chunks(&records, ROWS_PER_INSERT)
-            .zip(statement_chunks(&docs, ROWS_PER_INSERT))
-        {
+/// The INSERTs of `records` (with their JSON documents `docs`) into
+/// `records`, skipping keys the parser already stored.
+fn record_inserts<'q>(
+    batch: &WriteBatch,
+    records: &[&'q NewRecord],
+    docs: &'q [Option<String>],
+    stored_at: i64,
+) -> Vec<Query<'q>> {
+    // Shared rather than copied into every row's arguments.
+    let parser: Arc<str> = Arc::from(batch.parser.as_str());
+    let mut sources = Sources::default();
+    statement_chunks(records, ROWS_PER_INSERT)
+        .zip(statement_chunks(docs, ROWS_PER_INSERT))
+        .map(|(chunk, docs)| {
             let mut text = values_sql(
                 "INSERT INTO records (parser, source, seq, kind, sent_at, received_at, stored_at, body, doc)",
                 9,
@@ -343,6 +323,42 @@ impl Store for SqliteStore {
                     .bind(r.body.as_slice())
                     .bind(doc.as_deref());
             }
+            insert
+        })
+        .collect()
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
+        let stored_at = clock::now_micros();
+        let records = super::storable_records(batch)?;
+        let docs = records
+            .iter()
+            .map(|r| super::doc::of(r))
+            .collect::<Result<Vec<_>, _>>()?;
+        // The inserts are built before the transaction begins: with one
+        // writer connection, another batch's transaction runs meanwhile
+        // instead of waiting on the binding of this one's rows.
+        let inserts = record_inserts(batch, &records, &docs, stored_at);
+        let mut tx = self.writer.begin().await.map_err(unavailable)?;
+        let mut stored = 0u64;
+        // Facts must follow only the records this transaction inserts. This
+        // one connection is the only writer, and a new row's id is one past
+        // the highest, so they are the rows past the highest id now (a
+        // writer elsewhere committing first makes the insert fail instead,
+        // with SQLITE_BUSY_SNAPSHOT). When every record is new, as in all
+        // but a redelivery, they are not even read back.
+        let with_facts = records.iter().any(|r| r.fact.is_some());
+        let last_id: Option<i64> = if with_facts {
+            sqlx::query_scalar("SELECT MAX(id) FROM records")
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(classify)?
+        } else {
+            None
+        };
+        for insert in inserts {
             stored += insert
                 .execute(&mut *tx)
                 .await
