@@ -245,11 +245,24 @@ pub(crate) fn classify(
     }
 }
 
+/// A batch's storable records ([`storable_records`]) with the JSON
+/// document of each ([`doc::of`]), as both backends insert them.
+pub(crate) fn storable_with_docs(
+    batch: &WriteBatch,
+) -> Result<(Vec<&NewRecord>, Vec<Option<String>>), StoreError> {
+    let records = storable_records(batch)?;
+    let docs = records
+        .iter()
+        .map(|r| doc::of(r))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((records, docs))
+}
+
 /// The records of `batch` with each key once: the first copy wins, as it
 /// would had the copies come in separate batches, so a key repeated in one
 /// batch is stored, counted and folded into its facts once. Returns an
 /// error naming the first record neither backend can hold.
-pub(crate) fn storable_records(batch: &WriteBatch) -> Result<Vec<&NewRecord>, StoreError> {
+fn storable_records(batch: &WriteBatch) -> Result<Vec<&NewRecord>, StoreError> {
     let mut seen = std::collections::HashSet::with_capacity(batch.records.len());
     let mut unique = Vec::with_capacity(batch.records.len());
     for record in &batch.records {

@@ -312,11 +312,7 @@ impl Connection<'_> {
 impl Store for PostgresStore {
     async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
         let stored_at = clock::now_micros();
-        let records = super::storable_records(batch)?;
-        let docs = records
-            .iter()
-            .map(|r| super::doc::of(r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (records, docs) = super::storable_with_docs(batch)?;
         let mut tx = self.pool.begin().await.map_err(unavailable)?;
         let mut stored = 0u64;
         // Facts must follow only the keys this transaction inserted, so the

@@ -332,11 +332,7 @@ fn record_inserts<'q>(
 impl Store for SqliteStore {
     async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
         let stored_at = clock::now_micros();
-        let records = super::storable_records(batch)?;
-        let docs = records
-            .iter()
-            .map(|r| super::doc::of(r))
-            .collect::<Result<Vec<_>, _>>()?;
+        let (records, docs) = super::storable_with_docs(batch)?;
         // The inserts are bound before the transaction begins, so the one
         // writer connection is not held while they are (this measured no
         // change in rate; see docs/benchmarks.md).

@@ -17,18 +17,13 @@ mod support;
 use std::{
     path::Path,
     pin::Pin,
-    process::Stdio,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use futures::Stream;
 use prost::Message;
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::Command,
-    sync::mpsc,
-};
+use tokio::{process::Command, sync::mpsc};
 use tokio_stream::{StreamExt, wrappers::ReceiverStream};
 use tonic::{Request, Response, Status, Streaming, transport::Server};
 use tributary::{
@@ -120,20 +115,14 @@ async fn main() {
 async fn start_mesh(dir: &Path, parsers: &[&str]) -> (tokio::process::Child, String) {
     let bin = std::env::var("TRIBUTARY_BENCH_BIN").unwrap_or_else(|_| BIN.to_owned());
     println!("mesh binary: {bin}");
-    let mut child = Command::new(bin)
-        .args(["up", "--no-workloads", "--listen", "127.0.0.1:0"])
-        .args(parsers.iter().flat_map(|p| ["--parser", p]))
-        .arg("--data-dir")
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next_line().await.unwrap().unwrap();
-    let addr = line.strip_prefix("listening on ").unwrap().to_owned();
-    (child, addr)
+    support::spawn_announcing(
+        Command::new(bin)
+            .args(["up", "--no-workloads", "--listen", "127.0.0.1:0"])
+            .args(parsers.iter().flat_map(|p| ["--parser", p]))
+            .arg("--data-dir")
+            .arg(dir),
+    )
+    .await
 }
 
 /// Publishes `count` records with a window; returns (acked/s, stored/s),

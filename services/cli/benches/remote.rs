@@ -23,10 +23,7 @@ mod support;
 
 use std::{process::Stdio, time::Instant};
 
-use tokio::{
-    io::{AsyncBufReadExt, BufReader},
-    process::{Child, Command},
-};
+use tokio::process::Command;
 
 const BIN: &str = env!("CARGO_BIN_EXE_tributary");
 
@@ -53,7 +50,8 @@ async fn main() {
 
     let builtin = run_case(records, "uppercase", "uppercase").await;
 
-    let (mut plugin, endpoint) = spawn_announcing(Command::new(&python).args(["-c", PLUGIN])).await;
+    let (mut plugin, endpoint) =
+        support::spawn_announcing(Command::new(&python).args(["-c", PLUGIN])).await;
     let spec = format!(r#"{{"type":"remote","endpoint":"http://{endpoint}","kinds":["text"]}}"#);
     let remote = run_case(records, &spec, "remote").await;
     plugin.kill().await.unwrap();
@@ -77,7 +75,7 @@ async fn main() {
 async fn run_case(records: u64, spec: &str, group: &str) -> f64 {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().to_str().unwrap().to_owned();
-    let (mut mesh, addr) = spawn_announcing(Command::new(BIN).args([
+    let (mut mesh, addr) = support::spawn_announcing(Command::new(BIN).args([
         "up",
         "--no-workloads",
         "--listen",
@@ -103,22 +101,4 @@ async fn run_case(records: u64, spec: &str, group: &str) -> f64 {
     let seconds = started.elapsed().as_secs_f64();
     mesh.kill().await.unwrap();
     seconds
-}
-
-/// Spawns `command` and waits for its first line, `listening on ADDR`.
-async fn spawn_announcing(command: &mut Command) -> (Child, String) {
-    let mut child = command
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let line = lines.next_line().await.unwrap().unwrap();
-    let addr = line
-        .strip_prefix("listening on ")
-        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-        .trim_start_matches("http://")
-        .to_owned();
-    (child, addr)
 }

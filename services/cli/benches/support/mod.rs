@@ -45,8 +45,14 @@ pub async fn serve_store(backend: &str, dir: &Path, url: &str) -> (Child, String
     } else {
         command.args(["api", "--store", url]);
     }
+    spawn_announcing(command.args(["--listen", "127.0.0.1:0"])).await
+}
+
+/// Spawns `command` (killed when dropped, logging warnings only) and waits
+/// for its first line, `listening on ADDR`; returns the process and ADDR.
+#[allow(dead_code)] // not every benchmark starts a server
+pub async fn spawn_announcing(command: &mut Command) -> (Child, String) {
     let mut child = command
-        .args(["--listen", "127.0.0.1:0"])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .kill_on_drop(true)
@@ -54,6 +60,10 @@ pub async fn serve_store(backend: &str, dir: &Path, url: &str) -> (Child, String
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let line = lines.next_line().await.unwrap().unwrap();
-    let addr = line.strip_prefix("listening on ").unwrap().to_owned();
+    let addr = line
+        .strip_prefix("listening on ")
+        .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+        .trim_start_matches("http://")
+        .to_owned();
     (child, addr)
 }
