@@ -2,21 +2,22 @@
 //! committed batch (and with it a parser's ack) survives a crash.
 //!
 //! SQLite takes one writer at a time, so writes go through a single
-//! connection and reads through a small pool that WAL lets run alongside.
+//! connection, owned by one thread ([`writer`]), and reads through a small
+//! pool that WAL lets run alongside.
 
-use std::{
-    collections::{HashMap, HashSet},
-    path::Path,
-    sync::Arc,
-};
+mod writer;
+
+use std::path::Path;
 
 use async_trait::async_trait;
 use sqlx::{Row, Sqlite, SqliteConnection, SqlitePool, sqlite::SqlitePoolOptions};
 
+use self::writer::Writer;
+
 use super::{
-    Counts, DeadLetterFilter, DeadLetterRow, FieldAggregates, FieldQuery, NewRecord, RecordFilter,
-    Store, StoreError, StoredRow, WriteBatch, Written, fields,
-    sql::{self, Existing, Sql, Table, Type, Value},
+    Counts, DeadLetterFilter, DeadLetterRow, FieldAggregates, FieldQuery, RecordFilter, Store,
+    StoreError, StoredRow, WriteBatch, Written, fields,
+    sql::{self, Sql, Table, Type, Value},
 };
 use crate::{clock, workloads};
 
@@ -86,7 +87,7 @@ const DIALECT: fields::Dialect = fields::Dialect {
 
 /// The SQLite-backed store.
 pub struct SqliteStore {
-    writer: SqlitePool,
+    writer: Writer,
     reader: SqlitePool,
 }
 
@@ -96,15 +97,19 @@ impl SqliteStore {
         let options = crate::sqlite::options(path).map_err(|e| {
             StoreError::Unavailable(format!("cannot create {}: {e}", path.display()))
         })?;
-        let writer = SqlitePoolOptions::new()
+        // Migrated through sqlx, whose migrator keeps the applied versions;
+        // then written through the writer's own connection.
+        let migrating = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())
             .await
             .map_err(unavailable)?;
         sql::migrator(INIT, OWN_MIGRATIONS)?
-            .run(&writer)
+            .run(&migrating)
             .await
             .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+        migrating.close().await;
+        let writer = Writer::open(path)?;
         let reader = SqlitePoolOptions::new()
             .max_connections(4)
             .connect_with(options.read_only(true))
@@ -154,45 +159,6 @@ fn values_sql(head: &str, width: usize, rows: usize) -> String {
     text
 }
 
-/// The sources of one write, each bound as one shared string: a batch's
-/// records mostly come from a few producers, and binding a `&str` copies
-/// it into a new allocation per row.
-#[derive(Default)]
-struct Sources<'a> {
-    last: Option<(&'a str, Arc<str>)>,
-}
-
-impl<'a> Sources<'a> {
-    fn of(&mut self, source: &'a str) -> Arc<str> {
-        match &self.last {
-            Some((name, shared)) if *name == source => shared.clone(),
-            _ => {
-                let shared: Arc<str> = Arc::from(source);
-                self.last = Some((source, shared.clone()));
-                shared
-            }
-        }
-    }
-}
-
-/// The texts of one statement, each distinct one bound as one shared
-/// string: sqlx copies a bound `&str` into two new allocations, and a
-/// workload's rows repeat a few texts (parser, writer, metric, unit,
-/// sensor) in every row.
-#[derive(Default)]
-struct Texts<'a> {
-    seen: HashMap<&'a str, Arc<str>>,
-}
-
-impl<'a> Texts<'a> {
-    fn of(&mut self, text: &'a str) -> Arc<str> {
-        self.seen
-            .entry(text)
-            .or_insert_with(|| Arc::from(text))
-            .clone()
-    }
-}
-
 /// Cuts `items` into consecutive slices of [`statement_sizes`].
 fn statement_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
     statement_sizes(items.len(), max).map(move |size| {
@@ -202,11 +168,10 @@ fn statement_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item = &[T]
     })
 }
 
-/// A SQLite connection running the workloads' SQL; `fail` classifies its
-/// errors (a write's are classified, a read's are all unavailable).
+/// A read connection running the workloads' SQL: its errors are all
+/// unavailable (a read holds no data to refuse).
 struct Connection<'c> {
     conn: &'c mut SqliteConnection,
-    fail: fn(sqlx::Error) -> StoreError,
 }
 
 type Arguments<'q> = <Sqlite as sqlx::Database>::Arguments;
@@ -230,7 +195,7 @@ impl Sql for Connection<'_> {
         Ok(query
             .execute(&mut *self.conn)
             .await
-            .map_err(self.fail)?
+            .map_err(unavailable)?
             .rows_affected())
     }
 
@@ -243,186 +208,37 @@ impl Sql for Connection<'_> {
         let query = params
             .iter()
             .fold(sqlx::query(sqlx::AssertSqlSafe(text)), bind);
-        let rows = query.fetch_all(&mut *self.conn).await.map_err(self.fail)?;
+        let rows = query
+            .fetch_all(&mut *self.conn)
+            .await
+            .map_err(unavailable)?;
         rows.iter()
-            .map(|row| sql::decode(row, types).map_err(self.fail))
+            .map(|row| sql::decode(row, types).map_err(unavailable))
             .collect()
     }
 
-    async fn insert(&mut self, table: &Table, values: &[Value<'_>]) -> Result<(), StoreError> {
-        self.insert_rows(table, values, Existing::Skip).await
+    async fn insert(&mut self, table: &Table, _: &[Value<'_>]) -> Result<(), StoreError> {
+        Err(read_only(table))
     }
 
-    async fn upsert(&mut self, table: &Table, values: &[Value<'_>]) -> Result<(), StoreError> {
-        self.insert_rows(table, values, Existing::Replace).await
-    }
-}
-
-impl Connection<'_> {
-    /// A many-row insert, in statements of at most [`MAX_VARIABLES`]
-    /// bound values.
-    async fn insert_rows(
-        &mut self,
-        table: &Table,
-        values: &[Value<'_>],
-        existing: Existing,
-    ) -> Result<(), StoreError> {
-        let width = table.columns.len().max(1);
-        let columns: Vec<&str> = table.columns.iter().map(|(name, _)| *name).collect();
-        let head = format!("INSERT INTO {} ({})", table.name, columns.join(", "));
-        let tail = table.on_conflict(existing);
-        let rows: Vec<&[Value<'_>]> = values.chunks(width).collect();
-        let max_rows = (MAX_VARIABLES / width).min(ROWS_PER_INSERT);
-        for chunk in statement_chunks(&rows, max_rows) {
-            let mut text = values_sql(&head, width, chunk.len());
-            text.push_str(&tail);
-            let mut texts = Texts::default();
-            let query = chunk.iter().flat_map(|row| row.iter()).fold(
-                sqlx::query(sqlx::AssertSqlSafe(text)),
-                |query, value| match *value {
-                    Value::Text(v) => query.bind(texts.of(v)),
-                    _ => bind(query, value),
-                },
-            );
-            query.execute(&mut *self.conn).await.map_err(self.fail)?;
-        }
-        Ok(())
+    async fn upsert(&mut self, table: &Table, _: &[Value<'_>]) -> Result<(), StoreError> {
+        Err(read_only(table))
     }
 }
 
-/// The INSERTs of `records` (with their JSON documents `docs`) into
-/// `records`, skipping keys the parser already stored.
-fn record_inserts<'q>(
-    batch: &WriteBatch,
-    records: &[&'q NewRecord],
-    docs: &'q [Option<String>],
-    stored_at: i64,
-) -> Vec<Query<'q>> {
-    // Shared rather than copied into every row's arguments.
-    let parser: Arc<str> = Arc::from(batch.parser.as_str());
-    let mut sources = Sources::default();
-    statement_chunks(records, ROWS_PER_INSERT)
-        .zip(statement_chunks(docs, ROWS_PER_INSERT))
-        .map(|(chunk, docs)| {
-            let mut text = values_sql(
-                "INSERT INTO records (parser, source, seq, kind, sent_at, received_at, stored_at, body, doc)",
-                9,
-                chunk.len(),
-            );
-            text.push_str(" ON CONFLICT (parser, source, seq) DO NOTHING");
-            let mut insert = sqlx::query(sqlx::AssertSqlSafe(text));
-            for (r, doc) in chunk.iter().zip(docs) {
-                insert = insert
-                    .bind(parser.clone())
-                    .bind(sources.of(&r.source))
-                    .bind(r.seq as i64)
-                    .bind(r.kind)
-                    .bind(r.sent_at)
-                    .bind(r.received_at)
-                    .bind(stored_at)
-                    .bind(r.body.as_slice())
-                    .bind(doc.as_deref());
-            }
-            insert
-        })
-        .collect()
+/// Reads go through the read pool, which never writes: every write is the
+/// writer's.
+fn read_only(table: &Table) -> StoreError {
+    StoreError::Unavailable(format!(
+        "a read of the SQLite store tried to write {}",
+        table.name
+    ))
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
-        let stored_at = clock::now_micros();
-        let (records, docs) = super::storable_with_docs(batch)?;
-        // The inserts are bound before the transaction begins, so the one
-        // writer connection is not held while they are (this measured no
-        // change in rate; see docs/benchmarks.md).
-        let inserts = record_inserts(batch, &records, &docs, stored_at);
-        let mut tx = self.writer.begin().await.map_err(unavailable)?;
-        let mut stored = 0u64;
-        // Facts must follow only the records this transaction inserts. This
-        // one connection is the only writer, and a new row's id is one past
-        // the highest, so they are the rows past the highest id now (a
-        // writer elsewhere committing first makes the insert fail instead,
-        // with SQLITE_BUSY_SNAPSHOT). When every record is new, as in all
-        // but a redelivery, they are not even read back.
-        let with_facts = records.iter().any(|r| r.fact.is_some());
-        let last_id: Option<i64> = if with_facts {
-            sqlx::query_scalar("SELECT MAX(id) FROM records")
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(classify)?
-        } else {
-            None
-        };
-        for insert in inserts {
-            stored += insert
-                .execute(&mut *tx)
-                .await
-                .map_err(classify)?
-                .rows_affected();
-        }
-        if with_facts {
-            let new: Vec<&NewRecord> = if stored == records.len() as u64 {
-                records.clone()
-            } else {
-                let inserted: HashSet<(String, i64)> =
-                    sqlx::query_as("SELECT source, seq FROM records WHERE id > ?")
-                        .bind(last_id.unwrap_or(i64::MIN))
-                        .fetch_all(&mut *tx)
-                        .await
-                        .map_err(classify)?
-                        .into_iter()
-                        .collect();
-                records
-                    .iter()
-                    .copied()
-                    .filter(|r| inserted.contains(&(r.source.clone(), r.seq as i64)))
-                    .collect()
-            };
-            let mut conn = Connection {
-                conn: &mut tx,
-                fail: classify,
-            };
-            let context = workloads::Batch {
-                parser: &batch.parser,
-                writer: &batch.writer,
-                stored_at,
-            };
-            workloads::write(&mut conn, context, &new).await?;
-        }
-        if stored > 0 {
-            sqlx::query(
-                "INSERT INTO parser_counts (parser, stored) VALUES (?, ?) \
-                 ON CONFLICT (parser) DO UPDATE SET stored = stored + excluded.stored",
-            )
-            .bind(batch.parser.as_str())
-            .bind(stored as i64)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        for dead in &batch.dead_letters {
-            sqlx::query(
-                "INSERT INTO dead_letters (parser, source, seq, kind, body, error, attempts, dead_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (parser, source, seq) DO NOTHING",
-            )
-            .bind(batch.parser.as_str())
-            .bind(super::dead_letter_text(&dead.source))
-            .bind(dead.seq as i64)
-            .bind(dead.kind)
-            .bind(dead.body.as_slice())
-            .bind(super::dead_letter_text(&dead.error))
-            .bind(i64::from(dead.attempts))
-            .bind(stored_at)
-            .execute(&mut *tx)
-            .await
-            .map_err(classify)?;
-        }
-        tx.commit().await.map_err(unavailable)?;
-        Ok(Written {
-            stored,
-            duplicates: batch.records.len() as u64 - stored,
-        })
+        self.writer.write(batch, clock::now_micros()).await
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {
@@ -505,10 +321,7 @@ impl Store for SqliteStore {
     async fn aggregate_field(&self, query: &FieldQuery) -> Result<FieldAggregates, StoreError> {
         // One read transaction: the counts and the groups see one snapshot.
         let mut tx = self.reader.begin().await.map_err(unavailable)?;
-        let mut conn = Connection {
-            conn: &mut tx,
-            fail: unavailable,
-        };
+        let mut conn = Connection { conn: &mut tx };
         let result = fields::aggregate(&mut conn, &DIALECT, query).await?;
         tx.commit().await.map_err(unavailable)?;
         Ok(result)
@@ -521,10 +334,7 @@ impl Store for SqliteStore {
         types: &[Type],
     ) -> Result<Vec<sql::Row>, StoreError> {
         let mut conn = self.reader.acquire().await.map_err(unavailable)?;
-        let mut conn = Connection {
-            conn: &mut conn,
-            fail: unavailable,
-        };
+        let mut conn = Connection { conn: &mut conn };
         conn.fetch(text, params, types).await
     }
 
@@ -536,25 +346,6 @@ impl Store for SqliteStore {
 
 fn unavailable(e: sqlx::Error) -> StoreError {
     StoreError::Unavailable(e.to_string())
-}
-
-/// SQLite's permanent data errors: a string or blob too big, a failed
-/// constraint, a type mismatch, and an integer overflow in arithmetic.
-/// Busy, locked, I/O and full-disk errors are worth a retry.
-fn is_data(db: &dyn sqlx::error::DatabaseError) -> bool {
-    const TOOBIG: i32 = 18;
-    const CONSTRAINT: i32 = 19;
-    const MISMATCH: i32 = 20;
-    let primary = db
-        .code()
-        .and_then(|code| code.parse::<i32>().ok())
-        .map(|code| code & 0xff);
-    matches!(primary, Some(TOOBIG | CONSTRAINT | MISMATCH))
-        || db.message().contains("integer overflow")
-}
-
-fn classify(e: sqlx::Error) -> StoreError {
-    super::classify(e, is_data)
 }
 
 #[cfg(test)]
@@ -577,6 +368,8 @@ mod tests {
             prop_assert_eq!(joined, items);
         }
     }
+
+    use std::collections::HashMap;
 
     use super::*;
     use crate::store::{conformance, conformance::record};
@@ -696,6 +489,195 @@ mod tests {
         );
     }
 
+    /// Batches queued together share one transaction, each in its own
+    /// savepoint: one the store refuses as data (an average's sum past
+    /// 2^63, found after its records were inserted) is answered with its
+    /// error and leaves nothing, while every other batch of the group is
+    /// stored whole. A large first batch keeps the writer busy, so the rest
+    /// queue up behind it and are written as one group.
+    #[tokio::test]
+    async fn a_refused_batch_leaves_its_group_stored() {
+        use crate::workloads::{Fact, averages::Number};
+        let (_dir, store) = open_store().await;
+        let number = |source: &str, seq, value| {
+            conformance::with_fact(
+                source,
+                seq,
+                0,
+                0,
+                Fact::Number(Number {
+                    window_start: 0,
+                    window_ms: 1000,
+                    value,
+                }),
+            )
+        };
+        let mut batches = vec![conformance::batch(
+            "first",
+            "w",
+            (0..20_000).map(|i| record("a", i)).collect(),
+        )];
+        for group in 0..6 {
+            let records = if group == 3 {
+                vec![number("big", 0, i64::MAX), number("big", 1, i64::MAX)]
+            } else {
+                (0..100).map(|i| number("n", i, 1)).collect()
+            };
+            batches.push(conformance::batch(&format!("p{group}"), "w", records));
+        }
+        let outcomes =
+            futures::future::join_all(batches.iter().map(|batch| store.write(batch))).await;
+        for (batch, outcome) in batches.iter().zip(&outcomes) {
+            if batch.parser == "p3" {
+                assert!(matches!(outcome, Err(StoreError::Data(_))), "{outcome:?}");
+            } else {
+                assert_eq!(
+                    outcome.as_ref().unwrap().stored,
+                    batch.records.len() as u64,
+                    "{}",
+                    batch.parser
+                );
+            }
+        }
+        let counts = store.counts().await.unwrap();
+        let expected: Vec<(String, u64)> = std::iter::once(("first".to_string(), 20_000))
+            .chain(
+                [0, 1, 2, 4, 5]
+                    .into_iter()
+                    .map(|group| (format!("p{group}"), 100)),
+            )
+            .collect();
+        assert_eq!(counts.parsers, expected);
+        let refused = store
+            .records(&RecordFilter {
+                parser: Some("p3".into()),
+                limit: 10,
+                ..RecordFilter::default()
+            })
+            .await
+            .unwrap();
+        assert!(refused.is_empty(), "{refused:?}");
+    }
+
+    /// One batch of the group-commit property: the parser writing and its
+    /// numbers `(source, seq, value)`, all in one averages window.
+    type Numbers = (usize, Vec<(usize, u64, i64)>);
+
+    fn numbers() -> impl Strategy<Value = Numbers> {
+        let value = prop_oneof![3 => Just(1i64), 1 => Just(i64::MAX / 3)];
+        (
+            0usize..2,
+            prop::collection::vec((0usize..2, 0u64..6, value), 1..6),
+        )
+    }
+
+    /// What one transaction per batch, in order, would answer: a batch is
+    /// refused as data when its new numbers would take its parser's window
+    /// past 2^63 − 1 (and then leaves nothing), and otherwise stores the
+    /// keys its parser has not stored, the first copy of a repeated one.
+    #[derive(Default)]
+    struct Model {
+        stored: HashMap<(usize, usize, u64), ()>,
+        sums: HashMap<usize, i128>,
+    }
+
+    impl Model {
+        fn write(&mut self, (parser, numbers): &Numbers) -> Option<Written> {
+            let mut seen = std::collections::HashSet::new();
+            let new: Vec<&(usize, u64, i64)> = numbers
+                .iter()
+                .filter(|(source, seq, _)| seen.insert((*source, *seq)))
+                .filter(|(source, seq, _)| !self.stored.contains_key(&(*parser, *source, *seq)))
+                .collect();
+            let sum = self.sums.get(parser).copied().unwrap_or(0)
+                + new.iter().map(|(_, _, v)| i128::from(*v)).sum::<i128>();
+            if sum > i128::from(i64::MAX) {
+                return None;
+            }
+            self.sums.insert(*parser, sum);
+            for (source, seq, _) in &new {
+                self.stored.insert((*parser, *source, *seq), ());
+            }
+            Some(Written {
+                stored: new.len() as u64,
+                duplicates: (numbers.len() - new.len()) as u64,
+            })
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 32, failure_persistence: None, ..ProptestConfig::default() })]
+
+        /// Batches written in rounds, each round's batches at once (so the
+        /// writer groups them into shared transactions as they queue), are
+        /// answered exactly as one transaction per batch in order would
+        /// answer them, and the store then holds what that would hold.
+        #[test]
+        fn group_commits_answer_as_one_transaction_per_batch(
+            rounds in prop::collection::vec(prop::collection::vec(numbers(), 1..6), 1..4)
+        ) {
+            use crate::workloads::{Fact, averages::Number};
+            let runtime = tokio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let (_dir, store) = open_store().await;
+                let mut model = Model::default();
+                for round in &rounds {
+                    let batches: Vec<WriteBatch> = round
+                        .iter()
+                        .map(|(parser, numbers)| {
+                            let records = numbers
+                                .iter()
+                                .map(|(source, seq, value)| {
+                                    let fact = Fact::Number(Number {
+                                        window_start: 0,
+                                        window_ms: 1000,
+                                        value: *value,
+                                    });
+                                    conformance::with_fact(&format!("s{source}"), *seq, 0, 0, fact)
+                                })
+                                .collect();
+                            conformance::batch(&format!("p{parser}"), "w", records)
+                        })
+                        .collect();
+                    let outcomes =
+                        futures::future::join_all(batches.iter().map(|b| store.write(b))).await;
+                    for (numbers, outcome) in round.iter().zip(outcomes) {
+                        match (model.write(numbers), outcome) {
+                            (Some(expected), Ok(written)) => assert_eq!(written, expected),
+                            (None, Err(StoreError::Data(_))) => {}
+                            (expected, outcome) => {
+                                panic!("expected {expected:?}, got {outcome:?} for {numbers:?}")
+                            }
+                        }
+                    }
+                }
+                let mut expected: Vec<(String, u64)> = (0..2)
+                    .map(|parser| {
+                        let n = model.stored.keys().filter(|k| k.0 == parser).count() as u64;
+                        (format!("p{parser}"), n)
+                    })
+                    .filter(|(_, n)| *n > 0)
+                    .collect();
+                expected.sort();
+                assert_eq!(store.counts().await.unwrap().parsers, expected);
+            });
+        }
+    }
+
+    /// A write after the store is closed is answered, as unavailable, not
+    /// left waiting on a writer that has gone.
+    #[tokio::test]
+    async fn writes_after_close_are_unavailable() {
+        let (_dir, store) = open_store().await;
+        store.close().await;
+        let batch = conformance::batch("raw", "w", vec![record("a", 0)]);
+        let outcome = store.write(&batch).await;
+        assert!(
+            matches!(outcome, Err(StoreError::Unavailable(_))),
+            "{outcome:?}"
+        );
+    }
+
     #[tokio::test]
     async fn reads_back_in_pages_and_keeps_dead_letters() {
         let (_dir, store) = open_store().await;
@@ -761,25 +743,33 @@ mod tests {
 
     /// Constraint failures and integer overflow are data; they would fail
     /// the same way again.
-    #[tokio::test]
-    async fn sqlite_errors_are_classified() {
-        let (_dir, store) = open_store().await;
-        let overflow =
-            sqlx::query("SELECT SUM(x) FROM (SELECT 9223372036854775807 AS x UNION ALL SELECT 1)")
-                .fetch_one(&store.writer)
-                .await
-                .unwrap_err();
-        assert!(matches!(classify(overflow), StoreError::Data(_)));
-        let not_null = sqlx::query("INSERT INTO parser_counts (parser, stored) VALUES ('p', NULL)")
-            .execute(&store.writer)
-            .await
+    #[test]
+    fn sqlite_errors_are_classified() {
+        let dir = tempfile::tempdir().unwrap();
+        let conn = rusqlite::Connection::open(dir.path().join("s.db")).unwrap();
+        conn.execute_batch(INIT).unwrap();
+        let overflow = conn
+            .query_row(
+                "SELECT SUM(x) FROM (SELECT 9223372036854775807 AS x UNION ALL SELECT 1)",
+                [],
+                |row| row.get::<_, i64>(0),
+            )
             .unwrap_err();
-        assert!(matches!(classify(not_null), StoreError::Data(_)));
-        store.writer.close().await;
-        let closed = sqlx::query("SELECT 1")
-            .execute(&store.writer)
-            .await
+        assert!(matches!(writer::classify(overflow), StoreError::Data(_)));
+        let not_null = conn
+            .execute(
+                "INSERT INTO parser_counts (parser, stored) VALUES ('p', NULL)",
+                [],
+            )
             .unwrap_err();
-        assert!(matches!(classify(closed), StoreError::Unavailable(_)));
+        assert!(matches!(writer::classify(not_null), StoreError::Data(_)));
+        drop(conn);
+        std::fs::remove_dir_all(dir.path()).unwrap();
+        let gone = rusqlite::Connection::open_with_flags(
+            dir.path().join("s.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_WRITE,
+        )
+        .unwrap_err();
+        assert!(matches!(writer::classify(gone), StoreError::Unavailable(_)));
     }
 }
