@@ -195,6 +195,15 @@ pub trait Store: Send + Sync {
     /// parser are skipped and counted as duplicates.
     async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError>;
 
+    /// [`Store::write`], taking the batch and handing it back with the
+    /// outcome: a store that writes on another thread (SQLite's) then
+    /// neither copies the batch nor frees it there. The caller keeps it for
+    /// what follows a refusal (splitting it).
+    async fn write_owned(&self, batch: WriteBatch) -> (Result<Written, StoreError>, WriteBatch) {
+        let outcome = self.write(&batch).await;
+        (outcome, batch)
+    }
+
     /// Counts stored records per parser, and dead letters.
     async fn counts(&self) -> Result<Counts, StoreError>;
 

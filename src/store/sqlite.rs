@@ -238,6 +238,13 @@ fn read_only(table: &Table) -> StoreError {
 #[async_trait]
 impl Store for SqliteStore {
     async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
+        self.writer
+            .write(batch.clone(), clock::now_micros())
+            .await
+            .0
+    }
+
+    async fn write_owned(&self, batch: WriteBatch) -> (Result<Written, StoreError>, WriteBatch) {
         self.writer.write(batch, clock::now_micros()).await
     }
 
@@ -661,6 +668,42 @@ mod tests {
                 expected.sort();
                 assert_eq!(store.counts().await.unwrap().parsers, expected);
             });
+        }
+    }
+
+    /// A batch written by hand-over comes back whole, whether stored,
+    /// refused before the writer (a NUL) or refused by it (an average past
+    /// 2^63): the parser splits what comes back.
+    #[tokio::test]
+    async fn a_handed_over_batch_comes_back_whole() {
+        use crate::workloads::{Fact, averages::Number};
+        let (_dir, store) = open_store().await;
+        let big = |seq| {
+            conformance::with_fact(
+                "big",
+                seq,
+                0,
+                0,
+                Fact::Number(Number {
+                    window_start: 0,
+                    window_ms: 1000,
+                    value: i64::MAX,
+                }),
+            )
+        };
+        let stored = conformance::batch("raw", "w", vec![record("a", 0), record("a", 0)]);
+        let nul = conformance::batch("raw", "w", vec![record("a\0", 1)]);
+        let overflow = conformance::batch("avg", "w", vec![big(0), big(1)]);
+        for (batch, expect_stored) in [(stored, true), (nul, false), (overflow, false)] {
+            let (outcome, back) = store.write_owned(batch.clone()).await;
+            assert_eq!(back, batch);
+            match outcome {
+                Ok(written) if expect_stored => {
+                    assert_eq!((written.stored, written.duplicates), (1, 1))
+                }
+                Err(StoreError::Data(_)) if !expect_stored => {}
+                other => panic!("{other:?} for {batch:?}"),
+            }
         }
     }
 

@@ -299,14 +299,17 @@ impl Worker {
             // batch, or the halves of a part the store refused as data.
             let mut parts = vec![whole];
             let mut retry = Backoff::client();
-            while let Some(part) = parts.pop() {
+            while let Some(mut part) = parts.pop() {
                 let started = Instant::now();
-                match self
+                // The store takes the batch and hands it back, so a store
+                // writing on its own thread needs no copy of it.
+                let (outcome, batch) = self
                     .store
-                    .write(&part.batch)
+                    .write_owned(std::mem::take(&mut part.batch))
                     .instrument(commit.clone())
-                    .await
-                {
+                    .await;
+                part.batch = batch;
+                match outcome {
                     Ok(written) => {
                         retry.reset();
                         commit_seconds.record(started.elapsed());

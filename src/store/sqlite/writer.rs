@@ -26,7 +26,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{MAX_VARIABLES, ROWS_PER_INSERT, statement_chunks, values_sql};
 use crate::{
     store::{
-        NewDeadLetter, NewRecord, StoreError, WriteBatch, Written,
+        NewRecord, StoreError, WriteBatch, Written,
         sql::{self, Cell, Existing, Sql, Table, Type, Value},
     },
     workloads,
@@ -48,18 +48,49 @@ const PREPARED: usize = 128;
 /// How long a write waits for another process's lock on the file.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// One batch as the writer's thread needs it: the records to insert, each
-/// key once, with their JSON documents (prepared by the caller, off the
-/// writer's thread).
+/// One batch as the writer's thread needs it, with what the caller worked
+/// out off that thread: which records to insert (each key once) and their
+/// JSON documents.
 struct Prepared {
-    parser: String,
-    writer: String,
-    records: Vec<NewRecord>,
+    batch: WriteBatch,
+    /// The positions in `batch.records` of the records to insert, when a
+    /// key repeats in the batch; `None` when every record is to be.
+    keep: Option<Vec<usize>>,
+    /// The JSON document of each record to insert, in order.
     docs: Vec<Option<String>>,
-    dead_letters: Vec<NewDeadLetter>,
-    /// Records in the batch as given, repeats included.
-    given: usize,
     stored_at: i64,
+}
+
+/// The positions of the records of `batch` to insert, when a key repeats
+/// in it (`None` when every record is to be), and their JSON documents.
+type Plan = (Option<Vec<usize>>, Vec<Option<String>>);
+
+fn plan(batch: &WriteBatch) -> Result<Plan, StoreError> {
+    let (records, docs) = crate::store::storable_with_docs(batch)?;
+    let keep = (records.len() < batch.records.len()).then(|| {
+        let mut kept = records.iter().peekable();
+        let mut keep = Vec::with_capacity(records.len());
+        for (i, record) in batch.records.iter().enumerate() {
+            if kept.next_if(|k| std::ptr::eq(**k, record)).is_some() {
+                keep.push(i);
+            }
+        }
+        keep
+    });
+    Ok((keep, docs))
+}
+
+impl Prepared {
+    /// The records to insert, in order.
+    fn records(&self) -> Vec<&NewRecord> {
+        match &self.keep {
+            None => self.batch.records.iter().collect(),
+            Some(keep) => keep
+                .iter()
+                .filter_map(|&i| self.batch.records.get(i))
+                .collect(),
+        }
+    }
 }
 
 /// A batch's outcome, and the batch handed back so that the caller's
@@ -99,29 +130,42 @@ impl Writer {
     }
 
     /// Writes `batch` in a transaction (shared with other queued batches)
-    /// and answers once it is committed.
+    /// and answers once it is committed, handing the batch back.
     pub(super) async fn write(
         &self,
-        batch: &WriteBatch,
+        batch: WriteBatch,
         stored_at: i64,
-    ) -> Result<Written, StoreError> {
-        let (records, docs) = crate::store::storable_with_docs(batch)?;
-        let (reply, answer) = oneshot::channel();
+    ) -> (Result<Written, StoreError>, WriteBatch) {
+        let (keep, docs) = match plan(&batch) {
+            Ok(plan) => plan,
+            Err(e) => return (Err(e), batch),
+        };
         let batch = Prepared {
-            parser: batch.parser.clone(),
-            writer: batch.writer.clone(),
-            records: records.into_iter().cloned().collect(),
+            batch,
+            keep,
             docs,
-            dead_letters: batch.dead_letters.clone(),
-            given: batch.records.len(),
             stored_at,
         };
-        self.commands
+        let (reply, answer) = oneshot::channel();
+        if let Err(mpsc::error::SendError(command)) = self
+            .commands
             .send(Command::Write(Job { batch, reply }))
             .await
-            .map_err(|_| stopped())?;
-        let (outcome, _freed_here) = answer.await.map_err(|_| stopped())?;
-        outcome
+        {
+            let batch = match command {
+                Command::Write(job) => job.batch.batch,
+                Command::Close(_) => WriteBatch::default(),
+            };
+            return (Err(stopped()), batch);
+        }
+        match answer.await {
+            Ok((outcome, prepared)) => (outcome, prepared.batch),
+            // The thread ended holding the batch, which it never does
+            // without answering (a panic in a write is answered). The
+            // channel is closed by then, so no later write of the empty
+            // batch handed back can succeed and be taken for this one.
+            Err(_) => (Err(stopped()), WriteBatch::default()),
+        }
     }
 
     /// Finishes the queued writes and closes the connection.
@@ -170,7 +214,7 @@ fn run(mut conn: Connection, mut commands: mpsc::Receiver<Command>) {
         while let Some(command) = next.take() {
             match command {
                 Command::Write(job) => {
-                    records += job.batch.records.len();
+                    records += job.batch.batch.records.len();
                     group.push(job);
                 }
                 Command::Close(done) => {
@@ -185,7 +229,20 @@ fn run(mut conn: Connection, mut commands: mpsc::Receiver<Command>) {
         if group.is_empty() {
             continue;
         }
-        let outcomes = commit(&mut conn, &group);
+        // A panic in a write (a bug) fails its group as unavailable and
+        // hands every batch back, so the callers retry rather than lose it.
+        let outcomes =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| commit(&mut conn, &group)))
+                .unwrap_or_else(|_| {
+                    tracing::error!("a store write panicked; its batches will be retried");
+                    if !conn.is_autocommit() {
+                        let _ = conn.execute_batch("ROLLBACK");
+                    }
+                    group
+                        .iter()
+                        .map(|_| Err(StoreError::Unavailable("the store writer failed".into())))
+                        .collect()
+                });
         for (Job { batch, reply }, outcome) in group.into_iter().zip(outcomes) {
             let _ = reply.send((outcome, batch));
         }
@@ -285,7 +342,8 @@ fn records_insert(rows: usize) -> String {
 
 /// One batch's writes, inside the group's transaction.
 fn write(conn: &mut Connection, job: &Prepared) -> Result<Written, StoreError> {
-    let records = &job.records;
+    let records = job.records();
+    let batch = &job.batch;
     // Facts must follow only the records this batch inserts. This
     // connection holds the write lock and a new row's id is one past the
     // highest, so they are the rows past the highest id now. When every
@@ -299,8 +357,8 @@ fn write(conn: &mut Connection, job: &Prepared) -> Result<Written, StoreError> {
         None
     };
     let mut stored = 0u64;
-    for (chunk, docs) in
-        statement_chunks(records, ROWS_PER_INSERT).zip(statement_chunks(&job.docs, ROWS_PER_INSERT))
+    for (chunk, docs) in statement_chunks(&records, ROWS_PER_INSERT)
+        .zip(statement_chunks(&job.docs, ROWS_PER_INSERT))
     {
         let mut insert = conn
             .prepare_cached(&records_insert(chunk.len()))
@@ -308,7 +366,7 @@ fn write(conn: &mut Connection, job: &Prepared) -> Result<Written, StoreError> {
         let mut index = 0;
         for (r, doc) in chunk.iter().zip(docs) {
             let values: [&dyn rusqlite::ToSql; 9] = [
-                &job.parser,
+                &batch.parser,
                 &r.source,
                 &(r.seq as i64),
                 &r.kind,
@@ -327,17 +385,17 @@ fn write(conn: &mut Connection, job: &Prepared) -> Result<Written, StoreError> {
     }
     if with_facts {
         let new: Vec<&NewRecord> = if stored == records.len() as u64 {
-            records.iter().collect()
+            records
         } else {
             let inserted = inserted_since(conn, last_id.unwrap_or(i64::MIN))?;
             records
-                .iter()
+                .into_iter()
                 .filter(|r| inserted.contains(&(r.source.clone(), r.seq as i64)))
                 .collect()
         };
         let context = workloads::Batch {
-            parser: &job.parser,
-            writer: &job.writer,
+            parser: &batch.parser,
+            writer: &batch.writer,
             stored_at: job.stored_at,
         };
         // The workloads' SQL is written once for both backends, as async
@@ -350,17 +408,17 @@ fn write(conn: &mut Connection, job: &Prepared) -> Result<Written, StoreError> {
             "INSERT INTO parser_counts (parser, stored) VALUES (?, ?) \
              ON CONFLICT (parser) DO UPDATE SET stored = stored + excluded.stored",
         )
-        .and_then(|mut upsert| upsert.execute((&job.parser, stored as i64)))
+        .and_then(|mut upsert| upsert.execute((&batch.parser, stored as i64)))
         .map_err(classify)?;
     }
-    for dead in &job.dead_letters {
+    for dead in &batch.dead_letters {
         conn.prepare_cached(
             "INSERT INTO dead_letters (parser, source, seq, kind, body, error, attempts, dead_at) \
              VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (parser, source, seq) DO NOTHING",
         )
         .and_then(|mut insert| {
             insert.execute((
-                &job.parser,
+                &batch.parser,
                 crate::store::dead_letter_text(&dead.source),
                 dead.seq as i64,
                 dead.kind,
@@ -374,7 +432,7 @@ fn write(conn: &mut Connection, job: &Prepared) -> Result<Written, StoreError> {
     }
     Ok(Written {
         stored,
-        duplicates: (job.given as u64).saturating_sub(stored),
+        duplicates: (batch.records.len() as u64).saturating_sub(stored),
     })
 }
 
