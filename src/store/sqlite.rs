@@ -19,7 +19,7 @@ use super::{
     StoreError, StoredRow, WriteBatch, Written, fields,
     sql::{self, Sql, Table, Type, Value},
 };
-use crate::{clock, workloads};
+use crate::workloads;
 
 /// The most rows one INSERT of records takes (9 bound values each, far
 /// under SQLite's limit of 32,766 variables per statement).
@@ -238,14 +238,11 @@ fn read_only(table: &Table) -> StoreError {
 #[async_trait]
 impl Store for SqliteStore {
     async fn write(&self, batch: &WriteBatch) -> Result<Written, StoreError> {
-        self.writer
-            .write(batch.clone(), clock::now_micros())
-            .await
-            .0
+        self.writer.write(batch.clone()).await.0
     }
 
     async fn write_owned(&self, batch: WriteBatch) -> (Result<Written, StoreError>, WriteBatch) {
-        self.writer.write(batch, clock::now_micros()).await
+        self.writer.write(batch).await
     }
 
     async fn counts(&self) -> Result<Counts, StoreError> {

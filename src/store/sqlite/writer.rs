@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::{MAX_VARIABLES, ROWS_PER_INSERT, statement_chunks, values_sql};
 use crate::{
+    clock,
     store::{
         NewRecord, StoreError, WriteBatch, Written,
         sql::{self, Cell, Existing, Sql, Table, Type, Value},
@@ -58,7 +59,6 @@ struct Prepared {
     keep: Option<Vec<usize>>,
     /// The JSON document of each record to insert, in order.
     docs: Vec<Option<String>>,
-    stored_at: i64,
 }
 
 /// The positions of the records of `batch` to insert, when a key repeats
@@ -134,18 +134,12 @@ impl Writer {
     pub(super) async fn write(
         &self,
         batch: WriteBatch,
-        stored_at: i64,
     ) -> (Result<Written, StoreError>, WriteBatch) {
         let (keep, docs) = match plan(&batch) {
             Ok(plan) => plan,
             Err(e) => return (Err(e), batch),
         };
-        let batch = Prepared {
-            batch,
-            keep,
-            docs,
-            stored_at,
-        };
+        let batch = Prepared { batch, keep, docs };
         let (reply, answer) = oneshot::channel();
         if let Err(mpsc::error::SendError(command)) = self
             .commands
@@ -278,9 +272,10 @@ fn commit(conn: &mut Connection, group: &[Job]) -> Vec<Result<Written, StoreErro
             fail(&mut outcomes, &unavailable(e));
             break;
         }
+        let stored_at = clock::now_micros();
         let mut written = Vec::with_capacity(pending.len());
         for &i in &pending {
-            match write(conn, &group[i].batch) {
+            match write(conn, &group[i].batch, stored_at) {
                 Ok(done) => written.push((i, done)),
                 Err(e) => {
                     let rolled_back = conn.is_autocommit();
@@ -341,7 +336,7 @@ fn records_insert(rows: usize) -> String {
 }
 
 /// One batch's writes, inside the group's transaction.
-fn write(conn: &mut Connection, job: &Prepared) -> Result<Written, StoreError> {
+fn write(conn: &mut Connection, job: &Prepared, stored_at: i64) -> Result<Written, StoreError> {
     let records = job.records();
     let batch = &job.batch;
     // Facts must follow only the records this batch inserts. This
@@ -372,7 +367,7 @@ fn write(conn: &mut Connection, job: &Prepared) -> Result<Written, StoreError> {
                 &r.kind,
                 &r.sent_at,
                 &r.received_at,
-                &job.stored_at,
+                &stored_at,
                 &r.body,
                 doc,
             ];
@@ -396,7 +391,7 @@ fn write(conn: &mut Connection, job: &Prepared) -> Result<Written, StoreError> {
         let context = workloads::Batch {
             parser: &batch.parser,
             writer: &batch.writer,
-            stored_at: job.stored_at,
+            stored_at,
         };
         // The workloads' SQL is written once for both backends, as async
         // calls; on this connection none of them waits, so each future is
@@ -425,7 +420,7 @@ fn write(conn: &mut Connection, job: &Prepared) -> Result<Written, StoreError> {
                 &dead.body,
                 crate::store::dead_letter_text(&dead.error),
                 i64::from(dead.attempts),
-                job.stored_at,
+                stored_at,
             ))
         })
         .map_err(classify)?;
