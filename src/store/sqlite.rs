@@ -21,10 +21,6 @@ use super::{
 };
 use crate::workloads;
 
-/// The most rows one INSERT of records takes (9 bound values each, far
-/// under SQLite's limit of 32,766 variables per statement).
-const ROWS_PER_INSERT: usize = 512;
-
 const INIT: &str = "
 CREATE TABLE records (
     id INTEGER PRIMARY KEY,
@@ -117,55 +113,6 @@ impl SqliteStore {
             .map_err(unavailable)?;
         Ok(Self { writer, reader })
     }
-}
-
-/// SQLite's limit of bound variables per statement.
-const MAX_VARIABLES: usize = 32_766;
-
-/// The row counts of the INSERT statements that write `rows` rows, at most
-/// `max` each: as many `max` as fit, then the rest in falling powers of two.
-///
-/// Every statement text is kept prepared in the connection's cache, keyed
-/// by its text, and a many-row INSERT's text follows its row count. Cut at
-/// whatever count a batch happens to have, every batch would bring new
-/// texts, each parsed anew (a 3,000-row statement takes longer to parse
-/// than to run) and pushing the last out of the cache; cut this way, a
-/// table only ever sees `log2(max) + 2` texts.
-fn statement_sizes(rows: usize, max: usize) -> impl Iterator<Item = usize> {
-    let max = max.max(1);
-    let rest = rows % max;
-    std::iter::repeat_n(max, rows / max).chain(
-        (0..usize::BITS)
-            .rev()
-            .map(|bit| 1usize << bit)
-            .filter(move |size| rest & size != 0),
-    )
-}
-
-/// `head` followed by ` VALUES` and `rows` rows of `width` placeholders.
-/// Written out directly: sqlx's `QueryBuilder` formats each placeholder
-/// through `fmt`, which under load cost more than the binding itself.
-fn values_sql(head: &str, width: usize, rows: usize) -> String {
-    let row = format!("({})", vec!["?"; width].join(","));
-    let mut text = String::with_capacity(head.len() + 8 + rows * (row.len() + 1));
-    text.push_str(head);
-    text.push_str(" VALUES ");
-    for i in 0..rows {
-        if i > 0 {
-            text.push(',');
-        }
-        text.push_str(&row);
-    }
-    text
-}
-
-/// Cuts `items` into consecutive slices of [`statement_sizes`].
-fn statement_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
-    statement_sizes(items.len(), max).map(move |size| {
-        let (head, tail) = items.split_at(size);
-        items = tail;
-        head
-    })
 }
 
 /// A read connection running the workloads' SQL: its errors are all
@@ -356,27 +303,10 @@ fn unavailable(e: sqlx::Error) -> StoreError {
 mod tests {
     use proptest::prelude::*;
 
-    proptest! {
-        #[test]
-        fn statements_cover_every_row_once_with_few_texts(rows in 0usize..20_000, max in 1usize..1_000) {
-            let sizes: Vec<usize> = super::statement_sizes(rows, max).collect();
-            prop_assert_eq!(sizes.iter().sum::<usize>(), rows);
-            prop_assert!(sizes.iter().all(|&s| s >= 1 && s <= max));
-            // Past the full statements, each size is a distinct power of two
-            // below `max`: the texts a table can see are few and fixed.
-            let rest: Vec<usize> = sizes.iter().copied().filter(|&s| s != max).collect();
-            prop_assert!(rest.iter().all(|s| s.is_power_of_two() && *s < max));
-            prop_assert!(rest.windows(2).all(|w| w[0] > w[1]));
-            let items: Vec<usize> = (0..rows).collect();
-            let joined: Vec<usize> = super::statement_chunks(&items, max).flatten().copied().collect();
-            prop_assert_eq!(joined, items);
-        }
-    }
-
     use std::collections::HashMap;
 
     use super::*;
-    use crate::store::{conformance, conformance::record};
+    use crate::store::{NewRecord, conformance, conformance::record};
 
     #[tokio::test]
     async fn writes_each_key_once_and_counts_it_once() {
@@ -493,6 +423,35 @@ mod tests {
         );
     }
 
+    /// A record with a number counted into the averages window at 0.
+    fn number(source: &str, seq: u64, value: i64) -> NewRecord {
+        use crate::workloads::{Fact, averages::Number};
+        let fact = Fact::Number(Number {
+            window_start: 0,
+            window_ms: 1000,
+            value,
+        });
+        conformance::with_fact(source, seq, 0, 0, fact)
+    }
+
+    /// A caller that gives up on its write after handing it over (its
+    /// future dropped) leaves the writer serving, and the batch, written
+    /// again, is stored once.
+    #[tokio::test]
+    async fn a_caller_that_vanishes_mid_write_leaves_its_batch_stored_once() {
+        use futures::FutureExt;
+        let (_dir, store) = open_store().await;
+        let batch = conformance::batch("raw", "w", (0..20_000).map(|i| record("a", i)).collect());
+        // One poll hands the batch over; then the caller is gone.
+        assert!(store.write(&batch).now_or_never().is_none());
+        let again = store.write(&batch).await.unwrap();
+        assert_eq!(again.stored + again.duplicates, 20_000);
+        assert_eq!(
+            store.counts().await.unwrap().parsers,
+            vec![("raw".to_string(), 20_000)]
+        );
+    }
+
     /// Batches queued together share one transaction, each in its own
     /// savepoint: one the store refuses as data (an average's sum past
     /// 2^63, found after its records were inserted) is answered with its
@@ -501,21 +460,7 @@ mod tests {
     /// queue up behind it and are written as one group.
     #[tokio::test]
     async fn a_refused_batch_leaves_its_group_stored() {
-        use crate::workloads::{Fact, averages::Number};
         let (_dir, store) = open_store().await;
-        let number = |source: &str, seq, value| {
-            conformance::with_fact(
-                source,
-                seq,
-                0,
-                0,
-                Fact::Number(Number {
-                    window_start: 0,
-                    window_ms: 1000,
-                    value,
-                }),
-            )
-        };
         let mut batches = vec![conformance::batch(
             "first",
             "w",
@@ -620,7 +565,6 @@ mod tests {
         fn group_commits_answer_as_one_transaction_per_batch(
             rounds in prop::collection::vec(prop::collection::vec(numbers(), 1..6), 1..4)
         ) {
-            use crate::workloads::{Fact, averages::Number};
             let runtime = tokio::runtime::Runtime::new().unwrap();
             runtime.block_on(async {
                 let (_dir, store) = open_store().await;
@@ -631,14 +575,7 @@ mod tests {
                         .map(|(parser, numbers)| {
                             let records = numbers
                                 .iter()
-                                .map(|(source, seq, value)| {
-                                    let fact = Fact::Number(Number {
-                                        window_start: 0,
-                                        window_ms: 1000,
-                                        value: *value,
-                                    });
-                                    conformance::with_fact(&format!("s{source}"), *seq, 0, 0, fact)
-                                })
+                                .map(|(source, seq, value)| number(&format!("s{source}"), *seq, *value))
                                 .collect();
                             conformance::batch(&format!("p{parser}"), "w", records)
                         })
@@ -673,21 +610,8 @@ mod tests {
     /// 2^63): the parser splits what comes back.
     #[tokio::test]
     async fn a_handed_over_batch_comes_back_whole() {
-        use crate::workloads::{Fact, averages::Number};
         let (_dir, store) = open_store().await;
-        let big = |seq| {
-            conformance::with_fact(
-                "big",
-                seq,
-                0,
-                0,
-                Fact::Number(Number {
-                    window_start: 0,
-                    window_ms: 1000,
-                    value: i64::MAX,
-                }),
-            )
-        };
+        let big = |seq| number("big", seq, i64::MAX);
         let stored = conformance::batch("raw", "w", vec![record("a", 0), record("a", 0)]);
         let nul = conformance::batch("raw", "w", vec![record("a\0", 1)]);
         let overflow = conformance::batch("avg", "w", vec![big(0), big(1)]);

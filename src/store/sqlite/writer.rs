@@ -23,7 +23,6 @@ use std::{collections::HashSet, path::Path, sync::Mutex, thread, time::Duration}
 use rusqlite::{Connection, OpenFlags, Statement, ffi, types::ToSqlOutput};
 use tokio::sync::{mpsc, oneshot};
 
-use super::{MAX_VARIABLES, ROWS_PER_INSERT, statement_chunks, values_sql};
 use crate::{
     clock,
     store::{
@@ -32,6 +31,59 @@ use crate::{
     },
     workloads,
 };
+
+/// The most rows one INSERT of records takes (9 bound values each, far
+/// under SQLite's limit of 32,766 variables per statement).
+const ROWS_PER_INSERT: usize = 512;
+
+/// SQLite's limit of bound variables per statement.
+const MAX_VARIABLES: usize = 32_766;
+
+/// The row counts of the INSERT statements that write `rows` rows, at most
+/// `max` each: as many `max` as fit, then the rest in falling powers of two.
+///
+/// Every statement text is kept prepared in the connection's cache, keyed
+/// by its text, and a many-row INSERT's text follows its row count. Cut at
+/// whatever count a batch happens to have, every batch would bring new
+/// texts, each parsed anew (a 3,000-row statement takes longer to parse
+/// than to run) and pushing the last out of the cache; cut this way, a
+/// table only ever sees `log2(max) + 2` texts.
+fn statement_sizes(rows: usize, max: usize) -> impl Iterator<Item = usize> {
+    let max = max.max(1);
+    let rest = rows % max;
+    std::iter::repeat_n(max, rows / max).chain(
+        (0..usize::BITS)
+            .rev()
+            .map(|bit| 1usize << bit)
+            .filter(move |size| rest & size != 0),
+    )
+}
+
+/// `head` followed by ` VALUES` and `rows` rows of `width` placeholders.
+/// Written out directly: sqlx's `QueryBuilder` formats each placeholder
+/// through `fmt`, which under load cost more than the binding itself.
+fn values_sql(head: &str, width: usize, rows: usize) -> String {
+    let row = format!("({})", vec!["?"; width].join(","));
+    let mut text = String::with_capacity(head.len() + 8 + rows * (row.len() + 1));
+    text.push_str(head);
+    text.push_str(" VALUES ");
+    for i in 0..rows {
+        if i > 0 {
+            text.push(',');
+        }
+        text.push_str(&row);
+    }
+    text
+}
+
+/// Cuts `items` into consecutive slices of [`statement_sizes`].
+fn statement_chunks<T>(mut items: &[T], max: usize) -> impl Iterator<Item = &[T]> {
+    statement_sizes(items.len(), max).map(move |size| {
+        let (head, tail) = items.split_at(size);
+        items = tail;
+        head
+    })
+}
 
 /// Batches waiting for the writer, at most: a parser awaits its write, so
 /// this only bounds how many parsers' batches queue at once.
@@ -43,7 +95,7 @@ const QUEUED: usize = 64;
 const GROUP_RECORDS: usize = 20_000;
 
 /// Statements kept prepared: each table's many-row insert texts (see
-/// [`super::statement_sizes`]) and the workloads' few statements.
+/// [`statement_sizes`]) and the workloads' few statements.
 const PREPARED: usize = 128;
 
 /// How long a write waits for another process's lock on the file.
@@ -582,5 +634,27 @@ pub(super) fn classify(e: rusqlite::Error) -> StoreError {
         StoreError::Data(e.to_string())
     } else {
         StoreError::Unavailable(e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn statements_cover_every_row_once_with_few_texts(rows in 0usize..20_000, max in 1usize..1_000) {
+            let sizes: Vec<usize> = super::statement_sizes(rows, max).collect();
+            prop_assert_eq!(sizes.iter().sum::<usize>(), rows);
+            prop_assert!(sizes.iter().all(|&s| s >= 1 && s <= max));
+            // Past the full statements, each size is a distinct power of two
+            // below `max`: the texts a table can see are few and fixed.
+            let rest: Vec<usize> = sizes.iter().copied().filter(|&s| s != max).collect();
+            prop_assert!(rest.iter().all(|s| s.is_power_of_two() && *s < max));
+            prop_assert!(rest.windows(2).all(|w| w[0] > w[1]));
+            let items: Vec<usize> = (0..rows).collect();
+            let joined: Vec<usize> = super::statement_chunks(&items, max).flatten().copied().collect();
+            prop_assert_eq!(joined, items);
+        }
     }
 }
