@@ -56,6 +56,12 @@ impl Process {
             .arg("-port")
             .arg(port.to_string())
             .args(extra)
+            // So that a worker still starting when the supervisor dies
+            // knows whose child it was (`worker::exit_with_parent`).
+            .env(
+                crate::worker::PARENT_PID_ENV,
+                std::process::id().to_string(),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

@@ -155,18 +155,27 @@ pub fn go_style(args: impl IntoIterator<Item = String>, command: &clap::Command)
 /// How often the worker checks that its parent is still there.
 const PARENT_POLL: Duration = Duration::from_millis(250);
 
+/// The environment variable through which a supervisor tells the workers
+/// it starts its own pid ([`exit_with_parent`]).
+pub const PARENT_PID_ENV: &str = "TRIBUTARY_WORKER_PARENT_PID";
+
 /// Cancels `token` once the worker's parent process is gone: the kernel
 /// then hands the worker to another parent (init or a subreaper), so the
 /// parent pid changes. Polling is the portable way to see it without
 /// `prctl(PR_SET_PDEATHSIG)`, which must be set between fork and exec.
+///
+/// The parent to watch is the one named by [`PARENT_PID_ENV`] when the
+/// supervisor set it, else the parent at this call. A supervisor killed
+/// while the worker was still starting is then seen as gone at the first
+/// check, not taken for the parent.
 pub fn exit_with_parent(token: CancellationToken) {
-    let parent = nix::unistd::getppid();
+    let parent = std::env::var(PARENT_PID_ENV)
+        .ok()
+        .and_then(|pid| pid.parse().ok())
+        .map(nix::unistd::Pid::from_raw)
+        .unwrap_or_else(nix::unistd::getppid);
     tokio::spawn(async move {
         loop {
-            tokio::select! {
-                () = token.cancelled() => return,
-                () = tokio::time::sleep(PARENT_POLL) => {}
-            }
             if nix::unistd::getppid() != parent {
                 tracing::warn!(
                     parent = parent.as_raw(),
@@ -174,6 +183,10 @@ pub fn exit_with_parent(token: CancellationToken) {
                 );
                 token.cancel();
                 return;
+            }
+            tokio::select! {
+                () = token.cancelled() => return,
+                () = tokio::time::sleep(PARENT_POLL) => {}
             }
         }
     });

@@ -613,6 +613,28 @@ async fn our_workers_exit_when_the_supervisor_is_killed_with_sigkill() {
     .await;
 }
 
+/// A worker whose supervisor died while it was still starting (the parent
+/// its supervisor named is not its parent by the time it looks) exits by
+/// itself instead of being left behind.
+#[tokio::test]
+async fn a_worker_whose_supervisor_died_while_it_started_exits() {
+    // This test process is the worker's parent, and it is not pid 1.
+    let mut worker = tokio::process::Command::new(WORKER)
+        .args(["-workerId", "1", "-port", "0"])
+        .env("TRIBUTARY_WORKER_PARENT_PID", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the worker starts");
+    let exited = tokio::time::timeout(Duration::from_secs(30), worker.wait()).await;
+    assert!(
+        matches!(exited, Ok(Ok(_))),
+        "the worker was still running 30 s after its named parent was gone: {exited:?}"
+    );
+}
+
 /// Writes an executable shell script.
 fn write_script(path: &std::path::Path, text: String) {
     use std::os::unix::fs::PermissionsExt;
