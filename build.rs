@@ -30,6 +30,40 @@ const REST_SERVICES: &[(&str, &str)] = &[
 /// JSON forms (RFC 3339 timestamps); prost-types has no serde support.
 const WELL_KNOWN: (&str, &str) = (".google.protobuf", "::pbjson_types");
 
+/// The public `Delivery` is, in Rust, its wire twin from
+/// `proto/internal/wire.proto`, whose records stay encoded: the ingest
+/// server passes them on from the queue without decoding them, and each
+/// parser decodes them once.
+const WIRE_DELIVERY: (&str, &str) = (".tributary.v1.Delivery", "crate::wire::Delivery");
+
+/// Compiles `proto/internal/wire.proto` into `OUT_DIR/wire/`, kept out of
+/// the descriptor set: its messages are not API, only other Rust types for
+/// public messages' bytes.
+fn wire(out: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
+    let mut compiler = protox::Compiler::new(["proto"])?;
+    compiler
+        .include_imports(true)
+        .open_files(["internal/wire.proto"])?;
+    let dir = out.join("wire");
+    fs::create_dir_all(&dir)?;
+    tonic_prost_build::configure()
+        .build_client(false)
+        .build_server(false)
+        .out_dir(&dir)
+        .compile_well_known_types(true)
+        .extern_path(WELL_KNOWN.0, WELL_KNOWN.1)
+        .extern_path(".tributary.v1", "crate::proto")
+        .bytes(".tributary.wire")
+        .compile_fds(compiler.file_descriptor_set())?;
+    // Its own encoded descriptors, for the tests that hold each message to
+    // its public twin.
+    fs::write(
+        dir.join("wire_descriptor.bin"),
+        compiler.encode_file_descriptor_set(),
+    )?;
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("cargo:rerun-if-changed=proto");
     let mut compiler = protox::Compiler::new(["proto"])?;
@@ -48,11 +82,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .compile_well_known_types(true)
         .extern_path(WELL_KNOWN.0, WELL_KNOWN.1)
+        .extern_path(WIRE_DELIVERY.0, WIRE_DELIVERY.1)
         .compile_fds(fds)?;
     pbjson_build::Builder::new()
         .register_descriptors(&encoded)?
         .extern_path(WELL_KNOWN.0, WELL_KNOWN.1)
+        // Pull responses are gRPC only; their deliveries carry records as
+        // bytes, which have no proto3 JSON of their own.
+        .exclude([WIRE_DELIVERY.0, ".tributary.v1.PullResponse"])
         .build(&[".tributary.v1"])?;
+    wire(&out)?;
 
     for (name, service) in REST_SERVICES {
         let dir = out.join("rest").join(name);

@@ -33,4 +33,5 @@ pub mod telemetry;
 pub mod testkit;
 pub mod tls;
 pub mod trace_context;
+pub mod wire;
 pub mod workloads;

@@ -55,7 +55,7 @@ async fn json_and_blob_records_flow_by_kind(queue: &dyn Queue) {
     let mut got = Vec::new();
     while got.len() < 2 {
         let message = next(&mut open).await;
-        got.extend(message.records.clone());
+        got.extend(message.decoded());
         queue.ack("open", &message.ack_id).await.unwrap();
     }
     got.sort_by(|a, b| a.source.cmp(&b.source));
@@ -68,13 +68,13 @@ async fn json_and_blob_records_flow_by_kind(queue: &dyn Queue) {
         queue.ack("texts", &message.ack_id).await.unwrap();
         assert!(
             message
-                .records
+                .decoded()
                 .iter()
                 .all(|r| matches!(r.payload, Some(Payload::Text(_)))),
             "{:?}",
-            message.records
+            message.decoded()
         );
-        if message.records.contains(&text("t", 0)) {
+        if message.decoded().contains(&text("t", 0)) {
             break;
         }
     }

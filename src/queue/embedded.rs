@@ -34,6 +34,7 @@ use std::{
 };
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use prost::Message as _;
 use sqlx::{Connection, Row, SqliteConnection, SqlitePool, sqlite::SqlitePoolOptions};
 use tokio::{
@@ -54,6 +55,7 @@ use crate::{
     kind::KindSet,
     metrics,
     proto::{RecordBatch, RecordKind},
+    wire,
 };
 
 /// Bodies of retained messages are kept in memory up to this many bytes, so
@@ -585,12 +587,12 @@ impl Inner {
                     .await
                     .map_err(unavailable)?;
                 match row {
-                    Some(row) => Arc::from(row.get::<Vec<u8>, _>(0)),
+                    Some(row) => Bytes::from(row.get::<Vec<u8>, _>(0)),
                     None => return Ok(None),
                 }
             }
         };
-        let batch = RecordBatch::decode(&*body).map_err(|e| {
+        let records = wire::split(body).map_err(|e| {
             QueueError::Unavailable(format!("message {} is corrupt: {e}", claim.id))
         })?;
         Ok(Some(Message {
@@ -601,7 +603,7 @@ impl Inner {
             }
             .to_string(),
             kind: claim.meta.kind,
-            records: batch.records,
+            records,
             attempt: claim.attempt,
             received_at: claim.meta.received_at,
             traceparent: claim.meta.traceparent.map(|t| t.to_string()),
@@ -812,8 +814,7 @@ async fn commit_with(
                         }
                     }
                     if !fresh.is_empty() {
-                        let body: Arc<[u8]> =
-                            Arc::from(RecordBatch { records: fresh }.encode_to_vec());
+                        let body = Bytes::from(RecordBatch { records: fresh }.encode_to_vec());
                         let result = sqlx::query(
                             "INSERT INTO messages (kind, received_at, records, traceparent, body) VALUES (?, ?, ?, ?, ?)",
                         )

@@ -70,6 +70,7 @@ use crate::{
     backoff::Backoff,
     kind::{self, KindSet},
     proto::{Record, RecordBatch, RecordKind},
+    wire,
 };
 
 const RECEIVED_AT: &str = "Tributary-Received-At";
@@ -602,8 +603,8 @@ where
             };
             let headers = message.headers.as_ref();
             let header = |name: &str| headers.and_then(|h| h.get(name)).map(|v| v.to_string());
-            let records = match RecordBatch::decode(message.payload.as_ref()) {
-                Ok(batch) => batch.records,
+            let records = match wire::split(message.payload.clone()) {
+                Ok(records) => records,
                 Err(e) => {
                     // Not ours to parse: someone published to our subjects.
                     // Ack it away rather than redeliver it forever.

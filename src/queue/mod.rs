@@ -19,6 +19,7 @@ pub mod jetstream;
 use std::{path::Path, sync::Arc, time::Duration};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 use crate::{
     backoff::Backoff,
@@ -77,14 +78,27 @@ pub struct Message {
     pub ack_id: String,
     /// The kind of every record.
     pub kind: RecordKind,
-    /// The records.
-    pub records: Vec<Record>,
+    /// The records, each as encoded in the message's body (a slice of it:
+    /// the queue neither decodes nor copies them; see [`crate::wire`]).
+    pub records: Vec<Bytes>,
     /// 1 on the first delivery, counting up on each redelivery.
     pub attempt: u32,
     /// When the ingest server accepted the batch, in microseconds.
     pub received_at: i64,
     /// W3C trace context of the publishing request, if any.
     pub traceparent: Option<String>,
+}
+
+#[cfg(test)]
+impl Message {
+    /// The records, decoded; a test fails on one that cannot be.
+    pub(crate) fn decoded(&self) -> Vec<Record> {
+        use prost::Message as _;
+        self.records
+            .iter()
+            .map(|bytes| Record::decode(bytes.clone()).expect("a queued record decodes"))
+            .collect()
+    }
 }
 
 /// Longest consumer group name, in bytes: a group name is kept in memory, in

@@ -22,9 +22,10 @@ use tributary::{
     clock, grpc,
     kind::{self, KindSet},
     metrics,
-    proto::{AckRefusal, Delivery, PullRequest, PullResponse, RecordKind},
+    proto::{AckRefusal, PullRequest, PullResponse, RecordKind},
     queue::{self, Queue, QueueError, SubscribeOptions, Subscription},
     trace_context,
+    wire::Delivery,
 };
 
 use crate::{IngestService, Limits};

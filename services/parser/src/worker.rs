@@ -16,6 +16,7 @@
 
 use std::{sync::Arc, time::Duration};
 
+use bytes::Bytes;
 use prost::Message;
 use rand::RngExt;
 use tokio::{sync::mpsc, time::Instant};
@@ -29,9 +30,10 @@ use tributary::{
     clock, grpc_client, kind,
     log_throttle::{DEFAULT_INTERVAL, Throttle},
     metrics,
-    proto::{Delivery, Nack, PullRequest, Record, Subscription, ingest_client::IngestClient},
+    proto::{Nack, PullRequest, Record, Subscription, ingest_client::IngestClient},
     store::{NewDeadLetter, NewRecord, Store, StoreError, WriteBatch},
     trace_context,
+    wire::Delivery,
 };
 
 use crate::parsers::{BatchOutcome, Disposition, Parser};
@@ -108,10 +110,39 @@ fn stage_span<'a>(
     span
 }
 
-/// A delivery waiting in a batch, with the span its trace continues in.
+/// A delivery waiting in a batch, its records decoded, with the span its
+/// trace continues in.
 struct Gathered {
+    /// The delivery, its `records` moved to `records` below.
     delivery: Delivery,
+    records: Vec<Delivered>,
     span: Span,
+}
+
+impl Gathered {
+    fn new(group: &str, mut delivery: Delivery) -> Self {
+        let span = delivery_span(group, &delivery);
+        let records = std::mem::take(&mut delivery.records)
+            .into_iter()
+            .map(|bytes| Delivered {
+                record: Record::decode(bytes.clone())
+                    .map_err(|e| format!("the record cannot be decoded: {e}")),
+                bytes,
+            })
+            .collect();
+        Self {
+            delivery,
+            records,
+            span,
+        }
+    }
+}
+
+/// One delivered record: the bytes it came in, and the record they hold or
+/// why they hold none.
+struct Delivered {
+    bytes: Bytes,
+    record: Result<Record, String>,
 }
 
 /// Whether a delivery is past its last attempt: its records are
@@ -235,8 +266,7 @@ impl Worker {
                         }
                         for delivery in response.deliveries {
                             records += delivery.records.len();
-                            let span = delivery_span(&self.group, &delivery);
-                            gathered.push(Gathered { delivery, span });
+                            gathered.push(Gathered::new(&self.group, delivery));
                         }
                         flush_at.get_or_insert_with(|| Instant::now() + self.tuning.linger);
                         if records >= self.tuning.batch_records {
@@ -276,7 +306,7 @@ impl Worker {
         let dead_letters =
             metrics::counter!(metrics::PARSER_DEAD_LETTERS, "parser" => self.group.clone());
         while let Some(gathered) = batches.recv().await {
-            let records: usize = gathered.iter().map(|g| g.delivery.records.len()).sum();
+            let records: usize = gathered.iter().map(|g| g.records.len()).sum();
             let parse = stage_span(
                 gathered.iter().map(|g| &g.span),
                 || tracing::info_span!("parse", parser = %self.group, records),
@@ -388,7 +418,7 @@ impl Worker {
     /// one call so that a parser may work on them concurrently. Returns what
     /// to write, and how to answer the deliveries once it is written.
     async fn process(&self, writer_id: &str, mut gathered: Vec<Gathered>) -> (Part, Answers) {
-        let total = gathered.iter().map(|g| g.delivery.records.len()).sum();
+        let total = gathered.iter().map(|g| g.records.len()).sum();
         let mut part = Part {
             batch: WriteBatch {
                 parser: self.group.clone(),
@@ -403,15 +433,17 @@ impl Worker {
             nacks: Vec::new(),
             spans: Vec::with_capacity(gathered.len()),
         };
-        // The records of deliveries that may still be processed, moved out
-        // in delivery order, with how many each delivery had; the others
-        // keep theirs and are dead-lettered as they are.
+        // The decoded records of deliveries that may still be processed,
+        // moved out in delivery order (a default record is left in each
+        // place); the others keep theirs and are dead-lettered as they are.
         let mut records: Vec<Record> = Vec::with_capacity(total);
-        let mut sizes = Vec::with_capacity(gathered.len());
         for g in &mut gathered {
-            sizes.push(g.delivery.records.len());
             if !exhausted(&g.delivery) {
-                records.append(&mut g.delivery.records);
+                records.extend(
+                    g.records
+                        .iter_mut()
+                        .filter_map(|d| d.record.as_mut().ok().map(std::mem::take)),
+                );
             }
         }
         let outcomes = self.parser.process_batch(&mut records).await;
@@ -422,33 +454,46 @@ impl Worker {
                 .zip(outcomes.into_iter().chain(std::iter::repeat_with(|| {
                     Err("the parser returned fewer outcomes than records".into())
                 })));
-        for (Gathered { mut delivery, span }, size) in gathered.into_iter().zip(sizes) {
+        let keeps = self.parser.keeps_records();
+        for Gathered {
+            delivery,
+            records: delivered,
+            span,
+        } in gathered
+        {
             answers.spans.push(span);
             let mut failure = None;
-            let mut keep = |processed| match processed {
-                Processed::Stored(record) => part.push(record, delivery.attempt),
-                Processed::DeadLettered(dead) => part.batch.dead_letters.push(dead),
-                Processed::Dropped => {}
-                Processed::Failed(error) => failure = Some(error),
-            };
-            if exhausted(&delivery) {
-                let error = format!(
+            let exhausted = exhausted(&delivery).then(|| {
+                format!(
                     "not acknowledged after {} deliveries (parser crashed or timed out)",
                     delivery.max_attempts
-                );
-                for record in std::mem::take(&mut delivery.records) {
-                    keep(Processed::of(
+                )
+            });
+            for (index, Delivered { bytes, record }) in delivered.into_iter().enumerate() {
+                let processed = match (record, &exhausted) {
+                    (Err(error), _) => Processed::undecodable(&delivery, index, bytes, error),
+                    (Ok(record), Some(error)) => Processed::of(
                         &self.group,
                         &delivery,
                         record,
+                        bytes,
                         Err(error.clone()),
-                    ));
-                }
-            } else {
-                // `process_batch` keeps one record per record given, so the
-                // delivery's records are the next ones parsed.
-                for (record, outcome) in parsed.by_ref().take(size) {
-                    keep(Processed::of(&self.group, &delivery, record, outcome));
+                        keeps,
+                    ),
+                    // `process_batch` keeps one record per record given, so
+                    // this record is the next one parsed.
+                    (Ok(_), None) => match parsed.next() {
+                        Some((record, outcome)) => {
+                            Processed::of(&self.group, &delivery, record, bytes, outcome, keeps)
+                        }
+                        None => Processed::Failed("the parser lost a record".into()),
+                    },
+                };
+                match processed {
+                    Processed::Stored(record) => part.push(record, delivery.attempt),
+                    Processed::DeadLettered(dead) => part.batch.dead_letters.push(dead),
+                    Processed::Dropped => {}
+                    Processed::Failed(error) => failure = Some(error),
                 }
             }
             match failure {
@@ -480,9 +525,18 @@ enum Processed {
 }
 
 impl Processed {
-    /// What becomes of `record`, delivered in `delivery`, given the
-    /// parser's `outcome` for it.
-    fn of(group: &str, delivery: &Delivery, record: Record, outcome: BatchOutcome) -> Self {
+    /// What becomes of `record`, delivered in `delivery` as `bytes`, given
+    /// the parser's `outcome` for it. A stored record keeps the delivered
+    /// bytes when the parser `keeps` records as delivered; a dead letter
+    /// always does (a parser leaves a record it fails as it was).
+    fn of(
+        group: &str,
+        delivery: &Delivery,
+        record: Record,
+        bytes: Bytes,
+        outcome: BatchOutcome,
+        keeps: bool,
+    ) -> Self {
         match outcome {
             Ok(Disposition::Drop) => Self::Dropped,
             Ok(Disposition::Store(fact)) => {
@@ -497,7 +551,11 @@ impl Processed {
                     // its payload (a remote parser's JSON or text result).
                     kind: kind::of(&record).map_or(delivery.kind, |k| k as i32),
                     seq: record.seq,
-                    body: record.encode_to_vec(),
+                    body: if keeps {
+                        bytes.to_vec()
+                    } else {
+                        record.encode_to_vec()
+                    },
                     source: record.source,
                     fact,
                 })
@@ -507,7 +565,7 @@ impl Processed {
                 Self::DeadLettered(NewDeadLetter {
                     kind: delivery.kind,
                     seq: record.seq,
-                    body: record.encode_to_vec(),
+                    body: bytes.to_vec(),
                     source: record.source,
                     error,
                     attempts: delivery.attempt,
@@ -515,6 +573,26 @@ impl Processed {
             }
             Err(error) => Self::Failed(error),
         }
+    }
+
+    /// What becomes of delivered bytes that hold no record: the delivery is
+    /// retried while it has attempts left (a record never fails its decode
+    /// by chance, but the rule is the one every failure follows), then they
+    /// are dead-lettered as they came. Their key is unknown, so the dead
+    /// letter is named after the delivery and the record's place in it.
+    fn undecodable(delivery: &Delivery, index: usize, bytes: Bytes, error: String) -> Self {
+        if delivery.attempt < delivery.max_attempts {
+            return Self::Failed(error);
+        }
+        tracing::warn!(ack_id = %delivery.ack_id, index, %error, "dead-lettering delivered bytes that hold no record");
+        Self::DeadLettered(NewDeadLetter {
+            source: format!("undecodable {}", delivery.ack_id),
+            seq: index as u64,
+            kind: delivery.kind,
+            body: bytes.to_vec(),
+            error,
+            attempts: delivery.attempt,
+        })
     }
 }
 

@@ -50,6 +50,7 @@ use std::{
     time::Duration,
 };
 
+use bytes::Bytes;
 use tokio::time::Instant;
 
 use crate::{kind::KindSet, proto::RecordKind, queue::GroupInfo};
@@ -71,7 +72,7 @@ pub(crate) struct Meta {
     pub received_at: i64,
     pub traceparent: Option<Arc<str>>,
     /// The encoded body, when the cache holds it.
-    pub body: Option<Arc<[u8]>>,
+    pub body: Option<Bytes>,
     /// The encoded body's size in bytes, cached or not.
     pub size: usize,
 }

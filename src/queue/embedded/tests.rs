@@ -128,7 +128,7 @@ async fn unacked_messages_survive_a_crash_and_come_back_one_at_a_time() {
     let mut seen = Vec::new();
     for _ in 0..2 {
         let msg = next(&mut sub).await;
-        seen.extend(msg.records.iter().map(|r| (r.source.clone(), r.seq)));
+        seen.extend(msg.decoded().iter().map(|r| (r.source.clone(), r.seq)));
         assert_eq!(
             msg.attempt, 1,
             "a crash while out with others charges nothing"
@@ -162,7 +162,7 @@ async fn a_record_that_crashes_the_process_is_charged_across_restarts() {
             .await
             .unwrap();
         let msg = next(&mut sub).await;
-        assert_eq!(msg.records[0].source, "poison");
+        assert_eq!(msg.decoded()[0].source, "poison");
         attempts.push(msg.attempt);
         std::mem::forget(sub);
         drop(queue);
@@ -180,7 +180,7 @@ async fn a_record_that_crashes_the_process_is_charged_across_restarts() {
     queue.ack("raw", &poison.ack_id).await.unwrap();
     let fine = next(&mut sub).await;
     assert_eq!(
-        (fine.records[0].source.as_str(), fine.attempt),
+        (fine.decoded()[0].source.as_str(), fine.attempt),
         ("fine", 1),
         "its neighbour is never charged"
     );
@@ -218,13 +218,13 @@ async fn a_subscriber_that_keeps_crashing_condemns_only_the_poison() {
         }
         for msg in &held {
             if msg.attempt > max_attempts {
-                dead.push(msg.records[0].source.clone());
+                dead.push(msg.decoded()[0].source.clone());
                 queue.ack("w", &msg.ack_id).await.unwrap();
             }
         }
         if held
             .iter()
-            .any(|m| m.records[0].source == "poison" && m.attempt <= max_attempts)
+            .any(|m| m.decoded()[0].source == "poison" && m.attempt <= max_attempts)
         {
             drop(sub);
             continue;
@@ -379,7 +379,7 @@ async fn a_forged_ack_is_refused_and_the_delivery_stays_its_groups() {
     assert_eq!(retained(&queue), 1);
     // The victim's delivery is still its own: it comes back at its deadline.
     let again = next(&mut victim).await;
-    assert_eq!(again.records[0].source, "a");
+    assert_eq!(again.decoded()[0].source, "a");
     queue.ack("victim", &again.ack_id).await.unwrap();
     assert_eq!(retained(&queue), 0);
 }
@@ -493,7 +493,7 @@ async fn retention_by_size_drops_the_oldest_and_says_so() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let first = next(&mut sub).await;
-    assert!(first.records[0].seq > 0, "the oldest went first");
+    assert!(first.decoded()[0].seq > 0, "the oldest went first");
     assert!(queue.lag("slow").await.unwrap() < 100);
 }
 
@@ -832,7 +832,7 @@ proptest::proptest! {
                     Step::Ack { group, count } => {
                         for _ in 0..count.min(unacked[group].len()) {
                             let msg = next(&mut subs[group]).await;
-                            let got = msg.records[0].seq;
+                            let got = msg.decoded()[0].seq;
                             assert!(unacked[group].remove(&got), "{got} delivered to {} after its ack", MODEL_GROUPS[group]);
                             queue.ack(MODEL_GROUPS[group], &msg.ack_id).await.unwrap();
                         }
@@ -850,7 +850,7 @@ proptest::proptest! {
                 let mut got = std::collections::BTreeSet::new();
                 for _ in 0..model.len() {
                     let msg = next(&mut subs[group]).await;
-                    assert!(got.insert(msg.records[0].seq), "delivered twice");
+                    assert!(got.insert(msg.decoded()[0].seq), "delivered twice");
                     queue.ack(MODEL_GROUPS[group], &msg.ack_id).await.unwrap();
                 }
                 assert_eq!(&got, model, "what {} still lacked", MODEL_GROUPS[group]);

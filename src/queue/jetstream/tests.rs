@@ -174,7 +174,7 @@ async fn subscribers_of_one_group_split_the_messages() {
             m = next(&mut two) => m,
         };
         deliveries += 1;
-        for r in &message.records {
+        for r in &message.decoded() {
             assert!(seen.insert(r.seq), "seq {} delivered twice", r.seq);
         }
         queue.ack("raw", &message.ack_id).await.unwrap();

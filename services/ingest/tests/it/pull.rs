@@ -6,10 +6,11 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Code, Streaming};
 use tributary::{
     proto::{
-        Delivery, PublishBatchRequest, PullRequest, PullResponse, Record, RecordKind, Subscription,
-        Text, ingest_client::IngestClient, record::Payload,
+        PublishBatchRequest, PullRequest, PullResponse, Record, RecordKind, Subscription, Text,
+        ingest_client::IngestClient, record::Payload,
     },
     testkit,
+    wire::Delivery,
 };
 use tributary_ingest::{App, Config, Limits};
 

@@ -87,6 +87,11 @@ impl Parser for Average {
         vec![RecordKind::RandomNumber]
     }
 
+    /// It reads records and never changes one.
+    fn keeps_records(&self) -> bool {
+        true
+    }
+
     async fn process(&self, record: &mut Record) -> Outcome {
         let Some(Payload::RandomNumber(number)) = &record.payload else {
             return Err("average takes only random numbers".into());

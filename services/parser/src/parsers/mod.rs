@@ -52,8 +52,16 @@ pub trait Parser: Send + Sync {
     }
 
     /// Processes one record in place. On error the record must be left as
-    /// it was delivered: it goes to the dead-letter table as it stands.
+    /// it was delivered: it goes to the dead-letter table as delivered.
     async fn process(&self, record: &mut Record) -> Outcome;
+
+    /// Whether every record this parser stores is as it was delivered, so
+    /// the worker stores the delivered bytes instead of encoding the record
+    /// again. The default, `false`, is right for any parser; one that never
+    /// changes a record may say `true` to save the encoding.
+    fn keeps_records(&self) -> bool {
+        false
+    }
 
     /// Processes the records of one store batch, one outcome per record in
     /// order; only here can a parser drop a record. The default takes them

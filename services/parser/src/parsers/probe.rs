@@ -39,6 +39,11 @@ impl Parser for Probe {
         vec![RecordKind::Probe]
     }
 
+    /// It reads records and never changes one.
+    fn keeps_records(&self) -> bool {
+        true
+    }
+
     async fn process(&self, record: &mut Record) -> Outcome {
         match &record.payload {
             Some(Payload::Probe(probe)) if record.sent_at.is_some() => {

@@ -34,6 +34,11 @@ impl Parser for Raw {
         Vec::new()
     }
 
+    /// It reads records and never changes one.
+    fn keeps_records(&self) -> bool {
+        true
+    }
+
     async fn process(&self, _record: &mut Record) -> Outcome {
         Ok(None)
     }

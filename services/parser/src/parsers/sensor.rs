@@ -40,6 +40,11 @@ impl Parser for Sensor {
         vec![RecordKind::SensorReading]
     }
 
+    /// It reads records and never changes one.
+    fn keeps_records(&self) -> bool {
+        true
+    }
+
     async fn process(&self, record: &mut Record) -> Outcome {
         let Some(Payload::SensorReading(reading)) = &record.payload else {
             return Err("sensor takes only sensor readings".into());

@@ -191,6 +191,11 @@ impl Parser for SmsSender {
         Some(u32::try_from(self.concurrency.saturating_mul(4)).unwrap_or(u32::MAX))
     }
 
+    /// It reads records and never changes one.
+    fn keeps_records(&self) -> bool {
+        true
+    }
+
     async fn process(&self, record: &mut Record) -> Outcome {
         if !matches!(record.payload, Some(Payload::Sms(_))) {
             return Err("sms_sender takes only SMS records".into());

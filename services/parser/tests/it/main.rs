@@ -4,6 +4,7 @@
 
 mod remote;
 mod toy_parser;
+mod undecodable;
 
 use std::{sync::Arc, time::Duration};
 
