@@ -95,6 +95,16 @@ sampler, for example parentbased_traceidratio and 0.01 (default: every trace).
 Metrics: every server serves Prometheus text at GET /metrics on its own port.
 Logs: RUST_LOG sets levels (default info); --log-format json writes one JSON object per line.";
 
+/// jemalloc instead of glibc's allocator, for SQLite's allocations too
+/// (`unprefixed_malloc_on_supported_platforms`): each record is decoded
+/// into small allocations at each hop and freed once its batch is stored,
+/// and glibc's malloc and free were the largest cost left in a profile of
+/// the embedded mesh under bulk load. docs/benchmarks.md has the figures,
+/// mimalloc's among them (faster still, but past the 128 MiB peak RSS
+/// `up` is held to).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
