@@ -14,7 +14,7 @@ pub fn record(source: &str, seq: u64) -> NewRecord {
         kind: 5,
         sent_at: 1,
         received_at: 2,
-        body: vec![seq as u8],
+        body: vec![seq as u8].into(),
         fact: None,
     }
 }
@@ -63,7 +63,7 @@ pub async fn reads_back_in_pages_and_keeps_dead_letters(store: &dyn Store) {
             source: "c".into(),
             seq: 7,
             kind: 5,
-            body: vec![1, 2],
+            body: vec![1, 2].into(),
             error: "boom".into(),
             attempts: 5,
         }],
@@ -117,7 +117,7 @@ pub async fn reads_back_in_pages_and_keeps_dead_letters(store: &dyn Store) {
                 source: "c".into(),
                 seq,
                 kind: 5,
-                body: vec![seq as u8],
+                body: vec![seq as u8].into(),
                 error: "boom".into(),
                 attempts: 5,
             })
@@ -167,7 +167,7 @@ pub async fn text_with_nul_is_refused_as_data_by_both(store: &dyn Store) {
             source: "a\0b".into(),
             seq: 0,
             kind: 5,
-            body: vec![0],
+            body: vec![0].into(),
             error: "source holds a NUL".into(),
             attempts: 1,
         }],
@@ -274,7 +274,7 @@ pub fn json_record(source: &str, seq: u64, sent_at: i64, doc: serde_json::Value)
     NewRecord {
         kind: crate::proto::RecordKind::Json as i32,
         sent_at,
-        body,
+        body: body.into(),
         ..record(source, seq)
     }
 }
@@ -512,7 +512,7 @@ pub async fn json_and_blob_records_read_back(store: &dyn Store) {
     };
     let blob = NewRecord {
         kind: crate::proto::RecordKind::Blob as i32,
-        body: blob.encode_to_vec(),
+        body: blob.encode_to_vec().into(),
         ..record("s", 1)
     };
     store
@@ -528,5 +528,11 @@ pub async fn json_and_blob_records_read_back(store: &dyn Store) {
         .await
         .unwrap();
     let read: Vec<(i32, Vec<u8>)> = rows.into_iter().map(|r| (r.kind, r.body)).collect();
-    assert_eq!(read, vec![(json.kind, json.body), (blob.kind, blob.body)]);
+    assert_eq!(
+        read,
+        vec![
+            (json.kind, json.body.to_vec()),
+            (blob.kind, blob.body.to_vec())
+        ]
+    );
 }

@@ -20,7 +20,7 @@ pub(crate) fn of(record: &NewRecord) -> Result<Option<String>, StoreError> {
     if record.kind != RecordKind::Json as i32 {
         return Ok(None);
     }
-    let decoded = Record::decode(record.body.as_slice()).map_err(|e| {
+    let decoded = Record::decode(&record.body[..]).map_err(|e| {
         StoreError::Data(format!(
             "JSON record {:?}/{} does not decode: {e}",
             record.source, record.seq
@@ -60,7 +60,7 @@ mod tests {
         };
         let stored = NewRecord {
             kind: RecordKind::Json as i32,
-            body: json.encode_to_vec(),
+            body: json.encode_to_vec().into(),
             ..record("a", 1)
         };
         assert_eq!(
@@ -69,7 +69,7 @@ mod tests {
         );
         let broken = NewRecord {
             kind: RecordKind::Json as i32,
-            body: vec![0xff],
+            body: vec![0xff].into(),
             ..record("a", 2)
         };
         assert!(matches!(of(&broken), Err(StoreError::Data(_))));

@@ -36,6 +36,7 @@ pub mod tail;
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use bytes::Bytes;
 
 pub use crate::workloads::Fact;
 pub use fields::{FieldAggregates, FieldGroup, FieldPath, FieldQuery};
@@ -73,8 +74,10 @@ pub struct NewRecord {
     pub sent_at: i64,
     /// When an ingest server accepted it (µs since the epoch).
     pub received_at: i64,
-    /// The record as the parser produced it, protobuf-encoded.
-    pub body: Vec<u8>,
+    /// The record as the parser produced it, protobuf-encoded (often a
+    /// slice of the delivery it came in: a parser that keeps records as
+    /// delivered stores their bytes without a copy).
+    pub body: Bytes,
     /// What the parser derived from the record, if anything.
     pub fact: Option<Fact>,
 }
@@ -89,7 +92,7 @@ pub struct NewDeadLetter {
     /// The record kind's protobuf enum value.
     pub kind: i32,
     /// The record as delivered, protobuf-encoded.
-    pub body: Vec<u8>,
+    pub body: Bytes,
     /// The last error met.
     pub error: String,
     /// Deliveries made before giving up.

@@ -335,7 +335,7 @@ impl Store for PostgresStore {
             .bind(chunk.iter().map(|r| r.kind).collect::<Vec<_>>())
             .bind(chunk.iter().map(|r| r.sent_at).collect::<Vec<_>>())
             .bind(chunk.iter().map(|r| r.received_at).collect::<Vec<_>>())
-            .bind(chunk.iter().map(|r| r.body.as_slice()).collect::<Vec<_>>())
+            .bind(chunk.iter().map(|r| &r.body[..]).collect::<Vec<_>>())
             .bind(docs.iter().map(Option::as_deref).collect::<Vec<_>>());
             if with_facts {
                 let rows = insert.fetch_all(&mut *tx).await.map_err(classify)?;
@@ -391,7 +391,7 @@ impl Store for PostgresStore {
                 )
                 .bind(dead.iter().map(|d| d.seq as i64).collect::<Vec<_>>())
                 .bind(dead.iter().map(|d| d.kind).collect::<Vec<_>>())
-                .bind(dead.iter().map(|d| d.body.as_slice()).collect::<Vec<_>>())
+                .bind(dead.iter().map(|d| &d.body[..]).collect::<Vec<_>>())
                 .bind(
                     dead.iter()
                         .map(|d| super::dead_letter_text(&d.error))

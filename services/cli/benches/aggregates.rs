@@ -185,7 +185,7 @@ async fn fill(url: &str, rows: i64, start: i64) {
                 kind: RecordKind::SensorReading as i32,
                 sent_at: start + i * 1000,
                 received_at: start + i * 1000,
-                body: Vec::new(),
+                body: Default::default(),
                 fact: Some(Fact::Reading(Reading {
                     sensor_id: format!("sensor-{:03}", i % SENSORS),
                     metric: "temperature".into(),

@@ -140,7 +140,7 @@ async fn fill(url: &str, rows: i64, start: i64) {
                     kind: kind as i32,
                     sent_at: at,
                     received_at: at,
-                    body: record.encode_to_vec(),
+                    body: record.encode_to_vec().into(),
                     fact: None,
                 });
             }

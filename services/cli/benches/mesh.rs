@@ -154,7 +154,7 @@ async fn jetstream_ceiling(count: u64) -> f64 {
 /// batches.
 async fn postgres_ceiling(url: &str, count: u64) -> f64 {
     let store = PostgresStore::open(url).await.unwrap();
-    let body = reading(0).encode_to_vec();
+    let body = prost::bytes::Bytes::from(reading(0).encode_to_vec());
     let started = Instant::now();
     for start in (0..count).step_by(5_000) {
         let records = (start..(start + 5_000).min(count))

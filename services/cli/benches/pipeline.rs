@@ -346,7 +346,7 @@ async fn sqlite_ceiling(count: u64) -> f64 {
                         kind: 3,
                         sent_at: 0,
                         received_at: 0,
-                        body: record.encode_to_vec(),
+                        body: record.encode_to_vec().into(),
                         fact: None,
                     }
                 })

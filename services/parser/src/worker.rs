@@ -552,9 +552,9 @@ impl Processed {
                     kind: kind::of(&record).map_or(delivery.kind, |k| k as i32),
                     seq: record.seq,
                     body: if keeps {
-                        bytes.to_vec()
+                        bytes
                     } else {
-                        record.encode_to_vec()
+                        record.encode_to_vec().into()
                     },
                     source: record.source,
                     fact,
@@ -565,7 +565,7 @@ impl Processed {
                 Self::DeadLettered(NewDeadLetter {
                     kind: delivery.kind,
                     seq: record.seq,
-                    body: bytes.to_vec(),
+                    body: bytes,
                     source: record.source,
                     error,
                     attempts: delivery.attempt,
@@ -589,7 +589,7 @@ impl Processed {
             source: format!("undecodable {}", delivery.ack_id),
             seq: index as u64,
             kind: delivery.kind,
-            body: bytes.to_vec(),
+            body: bytes,
             error,
             attempts: delivery.attempt,
         })

@@ -420,7 +420,7 @@ fn write(conn: &mut Connection, job: &Prepared, stored_at: i64) -> Result<Writte
                 &r.sent_at,
                 &r.received_at,
                 &stored_at,
-                &r.body,
+                &&r.body[..],
                 doc,
             ];
             for value in values {
@@ -469,7 +469,7 @@ fn write(conn: &mut Connection, job: &Prepared, stored_at: i64) -> Result<Writte
                 crate::store::dead_letter_text(&dead.source),
                 dead.seq as i64,
                 dead.kind,
-                &dead.body,
+                &dead.body[..],
                 crate::store::dead_letter_text(&dead.error),
                 i64::from(dead.attempts),
                 stored_at,

@@ -197,14 +197,14 @@ async fn seed_unshowable_rows(data_dir: &Path) {
         kind: 5,
         sent_at: i64::MAX,
         received_at: i64::MAX,
-        body,
+        body: body.into(),
         fact,
     };
     let dead = |seq: u64, body: Vec<u8>| NewDeadLetter {
         source: "hostile".into(),
         seq,
         kind: 5,
-        body,
+        body: body.into(),
         error: "gave up".into(),
         attempts: 5,
     };
@@ -539,7 +539,7 @@ async fn dead_letters_page_past_1000() {
                     source: "d".into(),
                     seq,
                     kind: 5,
-                    body: record(seq, text("no")).encode_to_vec(),
+                    body: record(seq, text("no")).encode_to_vec().into(),
                     error: "no".into(),
                     attempts: 5,
                 })
