@@ -20,6 +20,11 @@ ENTRYPOINT ["tributary"]
 CMD ["up", "--listen", "0.0.0.0:8080"]
 
 FROM rust:1.95-slim-bookworm AS build
+# make: jemalloc (tikv-jemalloc-sys) is built from source with configure and
+# make; gcc, which SQLite needs too, comes with the image.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends make \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 # Cache mounts keep the registry and build directory between builds; the
