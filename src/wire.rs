@@ -6,10 +6,10 @@
 //! is also how a `repeated bytes` field of that number looks. So the ingest
 //! server splits a body into its records' encodings ([`split`]) and hands
 //! them on in a [`Delivery`] without decoding or re-encoding one; the parser
-//! decodes each record once ([`Delivery::records`]). Clients see
-//! `tributary.v1.Delivery` as `ingest.proto` describes it: the tests below
-//! hold each twin in `proto/internal/wire.proto` to its public message,
-//! field by field, and compare their bytes.
+//! decodes each record once. Clients see `tributary.v1.Delivery` as
+//! `ingest.proto` describes it: the tests below hold each twin in
+//! `proto/internal/wire.proto` to its public message, field by field, and
+//! decode each one's bytes as the other.
 
 use bytes::Bytes;
 use prost::{DecodeError, Message};
