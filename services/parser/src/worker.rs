@@ -122,11 +122,12 @@ struct Gathered {
 impl Gathered {
     fn new(group: &str, mut delivery: Delivery) -> Self {
         let span = delivery_span(group, &delivery);
+        let decoded: Vec<_> = delivery.records().collect();
         let records = std::mem::take(&mut delivery.records)
             .into_iter()
-            .map(|bytes| Delivered {
-                record: Record::decode(bytes.clone())
-                    .map_err(|e| format!("the record cannot be decoded: {e}")),
+            .zip(decoded)
+            .map(|(bytes, record)| Delivered {
+                record: record.map_err(|e| format!("the record cannot be decoded: {e}")),
                 bytes,
             })
             .collect();
